@@ -1,0 +1,60 @@
+"""Shared fixtures: where the real data lives, and skips with a reason when it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "medscan" / "sample"
+SAMPLE_CT = SAMPLE / "ct-lungdx-a0002-b40f"
+SAMPLE_XRAY = SAMPLE / "xray"
+SHARED_DATA = Path(os.environ.get("MEDSCAN_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def _shared(relative: str) -> Path:
+    path = SHARED_DATA / relative
+    if not path.exists():
+        pytest.skip(
+            f"needs the shared data set at {path} (not part of a user's clone; "
+            "set MEDSCAN_SHARED_DATA to its location)"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def sample_ct() -> Path:
+    """The embedded CC BY 4.0 chest CT series (30 slices)."""
+    return SAMPLE_CT
+
+
+@pytest.fixture(scope="session")
+def sample_xray() -> Path:
+    """The embedded 16 chest X-rays (ROOT/<CLASS>/*)."""
+    return SAMPLE_XRAY
+
+
+@pytest.fixture(scope="session")
+def shared_ct() -> Path:
+    """`../shared/data/ct` (four real chest CT series), or skip."""
+    return _shared("ct")
+
+
+@pytest.fixture(scope="session")
+def shared_ct_qa() -> Path:
+    """`../shared/data/ct-qa` (tilted, unevenly spaced head CT), or skip."""
+    return _shared("ct-qa")
+
+
+@pytest.fixture(scope="session")
+def shared_xray() -> Path:
+    """`../shared/data/xray` (81 original Kermany JPEGs), or skip."""
+    return _shared("xray")
+
+
+@pytest.fixture(scope="session")
+def shared_xray_224() -> Path:
+    """`../shared/data/xray-224` (official train split, 224 px), or skip."""
+    return _shared("xray-224")
