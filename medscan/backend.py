@@ -145,14 +145,14 @@ def gpu_available() -> tuple[bool, str]:
 
 
 def cpu_backend() -> Backend:
-    """The NumPy / SciPy / scikit-image / cc3d backend."""
+    """Return the NumPy / SciPy / scikit-image / cc3d backend."""
     import scipy.ndimage as ndi
 
     return Backend(name="cpu", xp=np, ndi=ndi, ski=_LazySkimage("skimage"))
 
 
 def gpu_backend() -> Backend:
-    """The CuPy / cuCIM / warp backend; raises :class:`BackendUnavailable` without a GPU."""
+    """Return the CuPy / cuCIM / warp backend; raise :class:`BackendUnavailable` without a GPU."""
     ok, reason = gpu_available()
     if not ok:
         raise BackendUnavailable(f"backend=gpu needs a CUDA GPU: {reason}")
