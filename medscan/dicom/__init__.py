@@ -1,0 +1,80 @@
+"""DICOM CT loading: discover series in a folder tree, decode them into HU volumes, report QC.
+
+>>> from medscan.dicom import discover, load, load_path
+>>> found = discover("scans/")            # headers only
+>>> volume = load(found.series[0])        # HU (z, y, x), affine index -> LPS mm
+>>> volume = load_path("scans/one-series/")
+
+See ``docs/dicom.md`` for the rules (grouping, ordering, padding, tilt, identity).
+"""
+
+from __future__ import annotations
+
+import os
+
+from medscan.dicom.discover import Discovery, discover, iter_files
+from medscan.dicom.headers import SkippedFile, SliceHeader, read_header
+from medscan.dicom.identity import DEFAULT_SALT
+from medscan.dicom.pixels import PADDING_HU, SeriesError, decode_file, load
+from medscan.dicom.series import SeriesInfo
+from medscan.volume import AIR_HU, Volume
+
+__all__ = [
+    "AIR_HU",
+    "DEFAULT_SALT",
+    "PADDING_HU",
+    "Discovery",
+    "SeriesError",
+    "SeriesInfo",
+    "SkippedFile",
+    "SliceHeader",
+    "decode_file",
+    "discover",
+    "iter_files",
+    "load",
+    "load_path",
+    "read_header",
+]
+
+
+def load_path(
+    path: str | os.PathLike[str],
+    *,
+    salt: str | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+) -> Volume:
+    """Load the CT series under ``path`` (the first by case id when there are several).
+
+    Parameters
+    ----------
+    path : str or PathLike
+        A folder (walked recursively) or one DICOM file.
+    salt : str, optional
+        Salt of the pseudonymous ids.
+    workers : int, optional
+        Decoding threads (see :func:`load`).
+    progress : bool
+        Progress bar while reading headers of many files.
+
+    Returns
+    -------
+    Volume
+
+    Raises
+    ------
+    SeriesError
+        When no CT series is found (the message lists why files were skipped) or it fails to load.
+    FileNotFoundError
+        When ``path`` does not exist.
+    """
+    found = discover(path, salt=salt, workers=None, progress=progress)
+    if not found.series:
+        why = "; ".join(f"{s.path.name}: {s.reason}" for s in found.skipped[:5])
+        other = ", ".join(sorted({s.modality for s in found.other_series}))
+        raise SeriesError(
+            f"{path}: no CT image series found"
+            + (f" (other modalities: {other})" if other else "")
+            + (f"; skipped {len(found.skipped)} file(s): {why}" if found.skipped else "")
+        )
+    return load(found.series[0], workers=workers)

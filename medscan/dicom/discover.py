@@ -1,0 +1,136 @@
+"""Walk a folder tree, read DICOM headers and group them into series."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medscan.dicom.headers import SkippedFile, SliceHeader, read_header
+from medscan.dicom.series import SeriesInfo, group_series
+
+#: Show a progress bar (when asked for) from this many files on.
+PROGRESS_MIN_FILES = 200
+
+
+@dataclass
+class Discovery:
+    """What :func:`discover` found under a root.
+
+    Attributes
+    ----------
+    root : Path
+        The folder or file walked.
+    series : list of SeriesInfo
+        Image series of the wanted modalities, sorted by case id.
+    other_series : list of SeriesInfo
+        Series of other modalities, or without pixel data (reported, not loaded).
+    skipped : list of SkippedFile
+        Files that are not part of any series, with the reason.
+    """
+
+    root: Path
+    series: list[SeriesInfo] = field(default_factory=list)
+    other_series: list[SeriesInfo] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe summary (no patient identity)."""
+        return {
+            "root": str(self.root),
+            "series": [s.to_dict() for s in self.series],
+            "other_series": [s.to_dict() for s in self.other_series],
+            "skipped": [s.to_dict() for s in self.skipped],
+        }
+
+
+def iter_files(root: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield every regular file under ``root`` (or ``root`` itself), in sorted order.
+
+    Hidden files and folders (name starting with ``.``) are skipped; symlinked folders are not
+    followed (no cycles).
+    """
+    root = Path(root)
+    if root.is_file():
+        yield root
+        return
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                yield Path(dirpath) / name
+
+
+def _read_all(
+    paths: list[Path], salt: str | None, workers: int | None, progress: bool
+) -> list[SliceHeader | SkippedFile]:
+    def read(p: Path) -> SliceHeader | SkippedFile:
+        return read_header(p, salt)
+
+    n_workers = workers if workers is not None else 1
+    show = progress and len(paths) >= PROGRESS_MIN_FILES
+    results: Iterable[SliceHeader | SkippedFile]
+    executor = ThreadPoolExecutor(n_workers) if n_workers > 1 else None
+    try:
+        results = executor.map(read, paths) if executor else map(read, paths)
+        if show:
+            from rich.progress import track
+
+            results = track(results, total=len(paths), description="Reading DICOM headers")
+        return list(results)
+    finally:
+        if executor:
+            executor.shutdown()
+
+
+def discover(
+    root: str | os.PathLike[str],
+    *,
+    modalities: Iterable[str] = ("CT",),
+    salt: str | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+) -> Discovery:
+    """Find the DICOM series under ``root`` (headers only, no pixels).
+
+    Parameters
+    ----------
+    root : str or PathLike
+        A folder (walked recursively) or a single file.
+    modalities : iterable of str
+        Modalities loaded as image series (default CT); others go to ``other_series``.
+    salt : str, optional
+        Salt of the pseudonymous case and patient ids (default: ``$MEDSCAN_ID_SALT`` or the
+        project constant).
+    workers : int, optional
+        Threads reading headers (default 1: header parsing is pure Python and holds the GIL).
+    progress : bool
+        Show a rich progress bar when there are many files.
+
+    Returns
+    -------
+    Discovery
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``root`` does not exist.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: no such file or folder")
+    wanted = {m.upper() for m in modalities}
+    paths = list(iter_files(root))
+    results = _read_all(paths, salt, workers, progress)
+    headers = [r for r in results if isinstance(r, SliceHeader)]
+    found = Discovery(root=root, skipped=[r for r in results if isinstance(r, SkippedFile)])
+    for info in group_series(headers, salt):
+        is_image = bool(info.slices) and info.slices[0].has_pixels
+        if info.modality in wanted and is_image:
+            found.series.append(info)
+        else:
+            found.other_series.append(info)
+    return found
