@@ -386,8 +386,8 @@ def _spacing_findings(
         text = "; ".join(
             f"{d['step_mm']:g} mm between {d['from_mm']:g} and {d['to_mm']:g} mm "
             f"(about {d['estimated_missing']} missing)"
-            for d in details
-        )
+            for d in details[:3]
+        ) + (f"; ... ({len(details) - 3} more)" if len(details) > 3 else "")
         findings.append(
             Finding(
                 "missing_slices",

@@ -1,0 +1,110 @@
+"""``medscan inspect PATH [--json]``: list the DICOM series under a folder and their QC findings.
+
+Reads headers only. Prints a table (rich) by default; ``--json`` prints
+``{"root", "series": [...], "other_series": [...], "skipped": [...]}``, each series with
+``case_id, patient_id, modality, n_slices, shape, spacing, transfer_syntax, findings`` (no
+patient name or PatientID: ids are salted hashes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from medscan.dicom.discover import Discovery, discover
+from medscan.dicom.series import SeriesInfo
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="medscan inspect",
+        description="List DICOM series, skipped files and QC findings under PATH (headers only).",
+    )
+    p.add_argument("path", help="folder (walked recursively) or a single DICOM file")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--modality",
+        action="append",
+        default=None,
+        help="modality loaded as image series (repeatable; default CT)",
+    )
+    p.add_argument("--salt", default=None, help="salt of the pseudonymous ids")
+    p.add_argument("--files", action="store_true", help="JSON: include each series' file list")
+    return p
+
+
+def _series_row(s: SeriesInfo) -> list[str]:
+    sz, sy, sx = s.spacing
+    codes = ", ".join(f"{f.code}" for f in s.findings) or "-"
+    return [
+        s.case_id,
+        s.patient_id,
+        s.modality,
+        str(s.n_slices),
+        "x".join(str(v) for v in s.shape),
+        f"{sz:.3g} x {sy:.3g} x {sx:.3g}",
+        s.transfer_syntax_name,
+        codes,
+    ]
+
+
+def _print_table(found: Discovery) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"DICOM series under {found.root}")
+    for col in ("case", "patient", "mod", "slices", "shape z,y,x", "spacing mm", "syntax", "QC"):
+        table.add_column(col)
+    for s in found.series:
+        table.add_row(*_series_row(s))
+    console.print(table)
+    for s in found.series:
+        for f in s.findings:
+            colour = {"error": "red", "warning": "yellow"}.get(f.severity, "cyan")
+            console.print(f"[{colour}]{s.case_id} {f.severity} {f.code}[/]: {f.message}")
+    if found.other_series:
+        other = Table(title="Other series (not loaded)")
+        for col in ("case", "patient", "mod", "files", "QC"):
+            other.add_column(col)
+        for s in found.other_series:
+            codes = ", ".join(f.code for f in s.findings) or "-"
+            other.add_row(s.case_id, s.patient_id, s.modality, str(s.n_slices), codes)
+        console.print(other)
+    if found.skipped:
+        skipped = Table(title=f"Skipped files ({len(found.skipped)})")
+        skipped.add_column("path")
+        skipped.add_column("reason")
+        for k in found.skipped:
+            skipped.add_row(str(k.path), k.reason)
+        console.print(skipped)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``medscan inspect``; return 0, or 2 when PATH does not exist."""
+    args = _parser().parse_args(argv)
+    try:
+        found = discover(
+            args.path,
+            modalities=tuple(args.modality or ("CT",)),
+            salt=args.salt,
+            progress=not args.json and sys.stderr.isatty(),
+        )
+    except FileNotFoundError as exc:
+        print(f"medscan inspect: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        data = found.to_dict()
+        if not args.files:
+            for s in data["series"] + data["other_series"]:
+                s.pop("files", None)
+        json.dump(data, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        _print_table(found)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
