@@ -36,6 +36,17 @@ except ImportError:  # pragma: no cover - depends on the environment
 PADDING_HU = -2000
 #: JPEG Lossless Process 14 (SV1 and any predictor).
 JPEG_LOSSLESS = {"1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"}
+#: JPEG, JPEG-LS and JPEG 2000 transfer syntaxes (codestreams end with FFD9).
+JPEG_FAMILY = {
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.81",
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+}
 #: Files per slice below which a thread pool does not pay.
 PARALLEL_MIN_SLICES = 8
 
@@ -56,6 +67,19 @@ def _signed(arr: np.ndarray, pixel_representation: int, bits_stored: int) -> np.
     return signed
 
 
+def _check_end_marker(ds: pydicom.Dataset, path: Path) -> bytes | None:
+    """Return the single frame of a JPEG-family file after checking its end marker.
+
+    JPEG decoders are lenient: a cut stream decodes to an image with a blank bottom and no
+    error. Every JPEG, JPEG-LS and JPEG 2000 codestream ends with the marker FFD9 (EOI/EOC),
+    so its absence means the pixel data are truncated.
+    """
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    if not frame.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        raise ValueError(f"{path}: compressed pixel data have no end-of-image marker (truncated)")
+    return frame
+
+
 def decode_file(path: str | os.PathLike[str]) -> np.ndarray:
     """Decode the stored pixel values of a single-frame DICOM file.
 
@@ -72,9 +96,11 @@ def decode_file(path: str | os.PathLike[str]) -> np.ndarray:
     """
     ds = pydicom.dcmread(path)
     ts = str(ds.file_meta.TransferSyntaxUID)
-    if ts in JPEG_LOSSLESS and _ljpeg_decode is not None:
+    frame = None
+    if ts in JPEG_FAMILY and int(ds.get("NumberOfFrames", 1) or 1) == 1:
+        frame = _check_end_marker(ds, Path(path))
+    if frame is not None and ts in JPEG_LOSSLESS and _ljpeg_decode is not None:
         try:
-            frame = next(generate_frames(ds.PixelData, number_of_frames=1))
             arr = _ljpeg_decode(frame)
             if arr.shape == (ds.Rows, ds.Columns):
                 return _signed(
