@@ -77,6 +77,8 @@ class SliceHeader:
     gantry_tilt: float | None
     slice_thickness: float | None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: (byte offset, length) of native (uncompressed) pixel data in the file, when known.
+    native_pixels: tuple[int, int] | None = None
 
 
 def _float(ds: pydicom.Dataset, keyword: str, default: float | None = None) -> float | None:
@@ -110,14 +112,19 @@ def _vector(ds: pydicom.Dataset, keyword: str, n: int) -> np.ndarray | None:
     return arr if arr.shape == (n,) and np.all(np.isfinite(arr)) else None
 
 
-def _check_pixel_data(fp: Any, size: int, explicit_vr: bool) -> tuple[bool, str | None]:
-    """Look at the element after the header: (has pixel data, reason if truncated)."""
+def _check_pixel_data(
+    fp: Any, size: int, explicit_vr: bool
+) -> tuple[bool, str | None, tuple[int, int] | None]:
+    """Look at the element after the header.
+
+    Returns (has pixel data, reason if truncated, (offset, length) of a native pixel value).
+    """
     head = fp.read(12)
     if len(head) < 8 or head[:4] != PIXEL_DATA_TAG:
-        return False, None  # no pixel data (e.g. a structured report)
+        return False, None, None  # no pixel data (e.g. a structured report)
     if explicit_vr:
         if len(head) < 12:
-            return True, "truncated: pixel data element header cut off"
+            return True, "truncated: pixel data element header cut off", None
         (length,) = struct.unpack("<I", head[8:12])
         value_start = fp.tell()
     else:
@@ -126,14 +133,15 @@ def _check_pixel_data(fp: Any, size: int, explicit_vr: bool) -> tuple[bool, str 
     if length == 0xFFFFFFFF:  # encapsulated: the fragment sequence must be closed
         fp.seek(max(value_start, size - 4096))
         if SEQ_DELIMITER not in fp.read():
-            return True, "truncated: encapsulated pixel data has no sequence delimiter (cut off)"
-        return True, None
+            reason = "truncated: encapsulated pixel data has no sequence delimiter (cut off)"
+            return True, reason, None
+        return True, None, None
     if value_start + length > size:
         return True, (
             f"truncated: pixel data needs {length} bytes but only "
             f"{max(size - value_start, 0)} are in the file"
-        )
-    return True, None
+        ), None
+    return True, None, (value_start, length)
 
 
 def read_header(path: str | os.PathLike[str], salt: str | None = None) -> SliceHeader | SkippedFile:
@@ -166,7 +174,7 @@ def read_header(path: str | os.PathLike[str], salt: str | None = None) -> SliceH
             meta = getattr(ds, "file_meta", None)
             ts_uid = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
             explicit = True if ts_uid is None else not ts_uid.is_implicit_VR
-            has_pixels, truncated = _check_pixel_data(fp, size, explicit)
+            has_pixels, truncated, native = _check_pixel_data(fp, size, explicit)
     except InvalidDicomError:
         return SkippedFile(path, "not a DICOM file (no DICM marker)")
     except (OSError, EOFError, ValueError, struct.error, KeyError, TypeError) as exc:
@@ -221,4 +229,5 @@ def read_header(path: str | os.PathLike[str], salt: str | None = None) -> SliceH
         gantry_tilt=_float(ds, "GantryDetectorTilt"),
         slice_thickness=_float(ds, "SliceThickness"),
         meta=meta_info,
+        native_pixels=native,
     )

@@ -36,6 +36,8 @@ except ImportError:  # pragma: no cover - depends on the environment
 PADDING_HU = -2000
 #: JPEG Lossless Process 14 (SV1 and any predictor).
 JPEG_LOSSLESS = {"1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"}
+#: Uncompressed little-endian transfer syntaxes (read without pydicom in :func:`load`).
+NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
 #: JPEG, JPEG-LS and JPEG 2000 transfer syntaxes (codestreams end with FFD9).
 JPEG_FAMILY = {
     "1.2.840.10008.1.2.4.50",
@@ -112,6 +114,34 @@ def decode_file(path: str | os.PathLike[str]) -> np.ndarray:
     return ds.pixel_array
 
 
+def _read_native(h: SliceHeader) -> np.ndarray | None:
+    """Read little-endian native pixel data straight from the file (offsets from discover).
+
+    Avoids parsing the header a second time; None when the fast path does not apply.
+    """
+    if (
+        h.native_pixels is None
+        or h.transfer_syntax not in NATIVE_LITTLE_ENDIAN
+        or h.bits_allocated not in (8, 16)
+        or h.samples_per_pixel != 1
+        or h.frames != 1
+    ):
+        return None
+    offset, length = h.native_pixels
+    itemsize = h.bits_allocated // 8
+    if length < h.rows * h.columns * itemsize:
+        return None
+    kind = "i" if h.pixel_representation == 1 else "u"
+    with open(h.path, "rb") as fp:
+        fp.seek(offset)
+        buf = fp.read(h.rows * h.columns * itemsize)
+    arr = np.frombuffer(buf, dtype=f"<{kind}{itemsize}").reshape(h.rows, h.columns)
+    if h.pixel_representation == 1 and h.bits_stored < h.bits_allocated:
+        shift = h.bits_allocated - h.bits_stored
+        arr = (arr << shift) >> shift  # sign-extend, as pydicom does
+    return arr
+
+
 def _hu_dtype(slices: list[SliceHeader]) -> np.dtype:
     pairs = {(h.slope, h.intercept) for h in slices}
     if not all(float(s).is_integer() and float(i).is_integer() for s, i in pairs):
@@ -130,7 +160,9 @@ def _hu_dtype(slices: list[SliceHeader]) -> np.dtype:
 
 
 def _fill_slice(out: np.ndarray, k: int, h: SliceHeader) -> dict[str, Any]:
-    raw = decode_file(h.path)
+    raw = _read_native(h)
+    if raw is None:
+        raw = decode_file(h.path)
     if raw.shape != out.shape[1:]:
         raise ValueError(f"decoded shape {raw.shape} differs from {out.shape[1:]}")
     mask = None
@@ -167,9 +199,12 @@ def _fill_slice(out: np.ndarray, k: int, h: SliceHeader) -> dict[str, Any]:
 def _default_workers(series: SeriesInfo) -> int:
     if series.n_slices < PARALLEL_MIN_SLICES:
         return 1
-    if series.transfer_syntax in JPEG_LOSSLESS and _ljpeg_decode is not None:
+    fast = series.transfer_syntax in NATIVE_LITTLE_ENDIAN or (
+        series.transfer_syntax in JPEG_LOSSLESS and _ljpeg_decode is not None
+    )
+    if fast:  # file reads, imagecodecs and numpy release the GIL: threads pay (measured)
         return max(1, min(4, os.cpu_count() or 1))
-    # Uncompressed and pylibjpeg decoding hold the GIL: threads do not pay (measured).
+    # pydicom + pylibjpeg decoding holds the GIL: threads do not pay (measured).
     return 1
 
 
@@ -181,8 +216,8 @@ def load(series: SeriesInfo, *, workers: int | None = None) -> Volume:
     series : SeriesInfo
         From :func:`medscan.dicom.discover`.
     workers : int, optional
-        Decoding threads; default: up to 4 for JPEG Lossless (the decoder releases the GIL),
-        1 otherwise.
+        Decoding threads; default: up to 4 (and at most the CPU count) for uncompressed and
+        JPEG Lossless data (whose readers release the GIL), 1 otherwise.
 
     Returns
     -------
