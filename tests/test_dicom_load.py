@@ -243,3 +243,34 @@ def test_load_refuses_series_without_geometry(sample_ct: Path, tmp_path: Path) -
     assert "no_geometry" in {f.code for f in series.findings}
     with pytest.raises(SeriesError, match="no_geometry"):
         load(series)
+
+
+def test_uniform_resampling_of_uneven_tilted_stack(shared_ct_qa: Path, sample_ct: Path) -> None:
+    series = discover(shared_ct_qa).series[0]
+    acquired = load(series)
+    vol = load(series, uniform=True)
+    (finding,) = [f for f in vol.findings if f.code == "resampled"]
+    step = finding.details["step_mm"]
+    assert step == pytest.approx(4.22, abs=0.01)  # median step along the stacking line
+    positions = np.array([ipp(f) for f in series.files])
+    t = np.linalg.norm(positions - positions[0], axis=1)
+    assert vol.shape[0] == int(t[-1] // step) + 1
+    # Output slice k lies at origin + k * step along the (tilted) stacking line...
+    unit = (positions[-1] - positions[0]) / t[-1]
+    k = np.arange(vol.shape[0])
+    world = vol.world_from_zyx(np.stack([k, 0 * k, 0 * k], axis=1))
+    np.testing.assert_allclose(world, positions[0] + np.outer(k * step, unit), atol=1e-3)
+    # ...the first 14 coincide with acquired slices (equal 4.22 mm steps) and are unchanged,
+    assert np.array_equal(vol.hu[:14], acquired.hu[:14])
+    # and one between two acquired slices is their linear interpolation.
+    k = 20
+    tk = k * step
+    b = int(np.searchsorted(t, tk))
+    w = (tk - t[b - 1]) / (t[b] - t[b - 1])
+    expected = np.rint(acquired.hu[b - 1] * (1 - w) + acquired.hu[b] * w)
+    assert np.abs(vol.hu[k].astype(float) - expected).max() <= 1
+    # An evenly spaced series is left as acquired.
+    sample = discover(sample_ct).series[0]
+    even = load(sample, uniform=True)
+    assert "resampled" not in {f.code for f in even.findings}
+    assert np.array_equal(even.hu, load(sample).hu)

@@ -16,6 +16,7 @@ from medscan.dicom.discover import Discovery, discover, iter_files
 from medscan.dicom.headers import SkippedFile, SliceHeader, read_header
 from medscan.dicom.identity import DEFAULT_SALT
 from medscan.dicom.pixels import PADDING_HU, SeriesError, decode_file, load
+from medscan.dicom.resample import regularize_stack
 from medscan.dicom.series import SeriesInfo
 from medscan.volume import AIR_HU, Volume
 
@@ -34,6 +35,7 @@ __all__ = [
     "load",
     "load_path",
     "read_header",
+    "regularize_stack",
 ]
 
 
@@ -42,6 +44,7 @@ def load_path(
     *,
     salt: str | None = None,
     workers: int | None = None,
+    uniform: bool = False,
     progress: bool = False,
 ) -> Volume:
     """Load the CT series under ``path`` (the first by case id when there are several).
@@ -54,8 +57,10 @@ def load_path(
         Salt of the pseudonymous ids.
     workers : int, optional
         Decoding threads (see :func:`load`).
+    uniform : bool
+        Resample unevenly spaced stacks to uniform spacing (see :func:`load`).
     progress : bool
-        Progress bar while reading headers of many files.
+        Progress bars (stderr) while reading headers of many files and decoding long series.
 
     Returns
     -------
@@ -77,4 +82,4 @@ def load_path(
             + (f" (other modalities: {other})" if other else "")
             + (f"; skipped {len(found.skipped)} file(s): {why}" if found.skipped else "")
         )
-    return load(found.series[0], workers=workers)
+    return load(found.series[0], workers=workers, uniform=uniform, progress=progress)

@@ -77,9 +77,16 @@ def _read_all(
     try:
         results = executor.map(read, paths) if executor else map(read, paths)
         if show:
+            from rich.console import Console
             from rich.progress import track
 
-            results = track(results, total=len(paths), description="Reading DICOM headers")
+            results = track(
+                results,
+                total=len(paths),
+                description="Reading DICOM headers",
+                console=Console(stderr=True),
+                transient=True,
+            )
         return list(results)
     finally:
         if executor:

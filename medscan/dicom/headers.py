@@ -145,7 +145,7 @@ def _check_pixel_data(
 
 
 def read_header(path: str | os.PathLike[str], salt: str | None = None) -> SliceHeader | SkippedFile:
-    """Read the header of ``path`` (pixels are not read).
+    """Read the header of ``path`` (pixels are not read); never raises for a bad file.
 
     Parameters
     ----------
@@ -160,6 +160,13 @@ def read_header(path: str | os.PathLike[str], salt: str | None = None) -> SliceH
         The header record, or the reason the file is skipped.
     """
     path = Path(path)
+    try:
+        return _read_header(path, salt)
+    except Exception as exc:  # a malformed value deep in a header: skip the file, go on
+        return SkippedFile(path, f"unreadable DICOM header: {type(exc).__name__}: {exc}")
+
+
+def _read_header(path: Path, salt: str | None) -> SliceHeader | SkippedFile:
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -177,7 +184,7 @@ def read_header(path: str | os.PathLike[str], salt: str | None = None) -> SliceH
             has_pixels, truncated, native = _check_pixel_data(fp, size, explicit)
     except InvalidDicomError:
         return SkippedFile(path, "not a DICOM file (no DICM marker)")
-    except (OSError, EOFError, ValueError, struct.error, KeyError, TypeError) as exc:
+    except Exception as exc:
         return SkippedFile(path, f"unreadable DICOM header: {type(exc).__name__}: {exc}")
     if truncated:
         return SkippedFile(path, truncated)

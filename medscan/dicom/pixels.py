@@ -24,6 +24,7 @@ import pydicom
 from pydicom.encaps import generate_frames
 
 from medscan.dicom.headers import SliceHeader
+from medscan.dicom.resample import regularize_stack
 from medscan.dicom.series import SeriesInfo
 from medscan.volume import AIR_HU, Finding, Volume
 
@@ -79,7 +80,7 @@ def _check_end_marker(ds: pydicom.Dataset, path: Path) -> bytes | None:
     frame = next(generate_frames(ds.PixelData, number_of_frames=1))
     # Encoders pad odd-length frames with one byte, not always 0x00: look at the last 8 bytes.
     if b"\xff\xd9" not in frame[-8:]:
-        raise ValueError(f"{path}: compressed pixel data have no end-of-image marker (truncated)")
+        raise ValueError("compressed pixel data have no end-of-image marker (truncated)")
     return frame
 
 
@@ -208,7 +209,13 @@ def _default_workers(series: SeriesInfo) -> int:
     return 1
 
 
-def load(series: SeriesInfo, *, workers: int | None = None) -> Volume:
+def load(
+    series: SeriesInfo,
+    *,
+    workers: int | None = None,
+    uniform: bool = False,
+    progress: bool = False,
+) -> Volume:
     """Decode ``series`` into a HU volume.
 
     Parameters
@@ -218,6 +225,13 @@ def load(series: SeriesInfo, *, workers: int | None = None) -> Volume:
     workers : int, optional
         Decoding threads; default: up to 4 (and at most the CPU count) for uncompressed and
         JPEG Lossless data (whose readers release the GIL), 1 otherwise.
+    uniform : bool
+        If True and the slice steps vary (non-uniform spacing or gaps), resample the stack to
+        the median step along its stacking line (linear interpolation, see
+        :mod:`medscan.dicom.resample`) and add a ``resampled`` finding. Default False: the
+        acquired slices are kept and the affine uses the mean step.
+    progress : bool
+        Show a rich progress bar (stderr) for series of 100 slices or more.
 
     Returns
     -------
@@ -252,11 +266,24 @@ def load(series: SeriesInfo, *, workers: int | None = None) -> Volume:
             errors.append((slices[k].path, f"{type(exc).__name__}: {exc}"))
             return None
 
-    if n_workers > 1:
-        with ThreadPoolExecutor(n_workers) as pool:
-            results = list(pool.map(work, range(len(slices))))
-    else:
-        results = [work(k) for k in range(len(slices))]
+    pool = ThreadPoolExecutor(n_workers) if n_workers > 1 else None
+    try:
+        it = pool.map(work, range(len(slices))) if pool else map(work, range(len(slices)))
+        if progress and len(slices) >= 100:
+            from rich.console import Console
+            from rich.progress import track
+
+            it = track(
+                it,
+                total=len(slices),
+                description=f"Decoding {series.case_id}",
+                console=Console(stderr=True),
+                transient=True,
+            )
+        results = list(it)
+    finally:
+        if pool:
+            pool.shutdown()
     stats = [r for r in results if r is not None]
     if errors:
         errors.sort()
@@ -298,6 +325,25 @@ def load(series: SeriesInfo, *, workers: int | None = None) -> Volume:
                 {"voxels": n_clip},
             )
         )
+    affine = series.affine.copy()
+    uneven = {"nonuniform_spacing", "missing_slices"} & {f.code for f in series.findings}
+    if uniform and uneven and len(slices) > 1:
+        positions = np.array([h.position for h in slices])
+        try:
+            out, affine, info = regularize_stack(out, positions, affine)
+        except ValueError as exc:
+            raise SeriesError(f"series {series.case_id}: cannot resample: {exc}") from exc
+        findings.append(
+            Finding(
+                "resampled",
+                "info",
+                f"{len(slices)} unevenly spaced slices resampled (linear) to "
+                f"{info['n_slices']} slices {info['step_mm']:.4g} mm apart along the stacking "
+                "line",
+                [],
+                info,
+            )
+        )
     metadata = dict(series.metadata)
     metadata.update(
         {
@@ -311,7 +357,7 @@ def load(series: SeriesInfo, *, workers: int | None = None) -> Volume:
     )
     return Volume(
         hu=out,
-        affine=series.affine.copy(),
+        affine=affine,
         case_id=series.case_id,
         patient_id=series.patient_id,
         metadata=metadata,
