@@ -219,7 +219,7 @@ def test_leakage_check_by_content(shared_xray_224, shared_xray):
     train = xd.scan_folder(shared_xray_224, "train")[:50]
     train_hashes = {xd.content_hash(r.path) for r in train}
     evaluation = {str(r.path): xd.content_hash(r.path) for r in train[:3]}
-    with pytest.raises(xd.LeakageError, match="3 of 3 .*allow_train_overlap"):
+    with pytest.raises(xd.LeakageError, match=r"3 of 3 .*allow_train_overlap"):
         xd.leakage_check(evaluation, train_hashes)
     assert len(xd.leakage_check(evaluation, train_hashes, allow=True)) == 3
     # a re-encoded original of a training image is NOT byte-identical: only patients overlap

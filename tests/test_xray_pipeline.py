@@ -1,0 +1,234 @@
+"""X-ray jobs end to end through the real CLI.
+
+Train, resume, evaluate, predict, Grad-CAM, export, DDP.
+
+Runs on the embedded 16-image sample (so a user's clone is tested), 64 px, resnet18, a few steps.
+Hydra logs to stdout, so error messages are read with ``capsys``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medscan.cli import main as cli
+from medscan.xray import data as xd
+from medscan.xray import gradcam, load_checkpoint, predict_images
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "model=resnet18",
+    "data.image_size=64",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "data.val_fraction=0.25",
+    "data.augment.enabled=false",
+    "trainer=smoke",
+    "trainer.max_epochs=4",
+    "trainer.scheduler=constant",
+]
+HELD_BACK = {"IM-0128-0001.jpeg", "IM-0129-0001.jpeg", "person1004_bacteria_2935.jpeg",
+             "person1004_virus_1686.jpeg"}
+
+
+@pytest.fixture(scope="module")
+def split_root(sample_xray, tmp_path_factory) -> Path:
+    """ROOT/train + ROOT/test from the sample; the test patients are held back (IM-0128/0129,
+    person1004)."""
+    root = tmp_path_factory.mktemp("xray") / "data"
+    for path in sorted(sample_xray.rglob("*.jpeg")):
+        split = "test" if path.name in HELD_BACK else "train"
+        dest = root / split / path.parent.name / path.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, dest)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(split_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "out"
+    rc = cli(["train", f"data.root={split_root}", f"output={out}", *TINY])
+    assert rc == 0
+    return out
+
+
+def _history(out: Path) -> list[dict]:
+    with open(out / "metrics.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_training_lowers_loss_and_writes_checkpoints(trained):
+    rows = _history(trained)
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    losses = [float(r["train_loss"]) for r in rows]
+    assert losses[-1] < losses[0], losses
+    for name in ("best.pt", "last.pt"):
+        ckpt = torch.load(trained / "checkpoints" / name, map_location="cpu", weights_only=True)
+        assert ckpt["config"]["model_name"] == "resnet18"
+        assert ckpt["config"]["image_size"] == 64
+        assert ckpt["config"]["classes"] == ["NORMAL", "PNEUMONIA"]
+        assert 0.0 <= ckpt["threshold"] <= 1.0
+        assert len(ckpt["train_hashes"]) + len(ckpt["val_hashes"]) == 12
+    last = torch.load(trained / "checkpoints" / "last.pt", weights_only=True)
+    assert last["epoch"] == 3 and last["finished"] and last["optimizer_state"]["state"]
+    summary = json.loads((trained / "train_summary.json").read_text())
+    assert summary["stopped"] == "max_epochs" and summary["epochs_run"] == 4
+    model, info = load_checkpoint(trained / "checkpoints" / "best.pt")
+    assert info["threshold"] == pytest.approx(
+        torch.load(trained / "checkpoints" / "best.pt", weights_only=True)["threshold"])
+    assert not model.training
+
+
+def test_resume_continues_from_last(trained, split_root, tmp_path):
+    """A run killed after epoch 1 (as a Slurm preemption would) continues at epoch 2."""
+    out = tmp_path / "out"
+    shutil.copytree(trained, out)
+    last = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    killed = {**last, "epoch": 1, "finished": False, "stopped": None,
+              "history": last["history"][:2]}
+    torch.save(killed, out / "checkpoints" / "last.pt")
+    assert cli(["train", f"data.root={split_root}", f"output={out}", *TINY]) == 0
+    rows = _history(out)
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    assert rows[:2] == _history(trained)[:2]  # earlier epochs kept, not redone
+    resumed = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert resumed["global_step"] > killed["global_step"] and resumed["finished"]
+    # a finished run is not redone when requeued again
+    stamp = (out / "checkpoints" / "last.pt").stat().st_mtime_ns
+    assert cli(["train", f"data.root={split_root}", f"output={out}", *TINY]) == 0
+    assert (out / "checkpoints" / "last.pt").stat().st_mtime_ns == stamp
+
+
+def test_evaluate_on_held_back_split(trained, split_root, tmp_path):
+    out = tmp_path / "eval"
+    ckpt = trained / "checkpoints" / "best.pt"
+    rc = cli(["evaluate", f"checkpoint={ckpt}", f"data.root={split_root}", "data.split=test",
+              f"output={out}", "n_bootstrap=50"])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics) == ["accuracy", "precision", "recall", "specificity", "f1", "roc_auc",
+                             "pr_auc", "ece", "threshold", "confusion", "n", "ci"]
+    assert metrics["n"] == 4
+    assert metrics["threshold"] == pytest.approx(torch.load(ckpt, weights_only=True)["threshold"])
+    with open(out / "predictions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["file", "label", "prob_pneumonia", "pred"]
+    assert {Path(r["file"]).name for r in rows} == HELD_BACK
+    # the metrics are those of the predictions file
+    y = np.array([r["label"] == "PNEUMONIA" for r in rows])
+    pred = np.array([r["pred"] == "PNEUMONIA" for r in rows])
+    assert metrics["accuracy"] == pytest.approx((y == pred).mean())
+    assert sorted(p.name for p in (out / "plots").glob("*.png")) == [
+        "confusion.png", "pr.png", "reliability.png", "roc.png"]
+    facts = json.loads((out / "evaluation.json").read_text())
+    assert facts["shared_patients"]["count"] == 0 and facts["threshold_source"] == "checkpoint"
+
+
+def test_leakage_guard_refuses_training_images(trained, split_root, tmp_path, capsys):
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"earlier": true}')
+    ckpt = trained / "checkpoints" / "best.pt"
+    args = ["evaluate", f"checkpoint={ckpt}", f"data.root={split_root}", "data.split=train",
+            f"output={out}", "n_bootstrap=0"]
+    assert cli(args) == 2
+    assert "byte-identical to training images" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text()) == {"earlier": True}  # nothing lost
+    assert cli([*args, "allow_train_overlap=true"]) == 0
+    facts = json.loads((out / "evaluation.json").read_text())
+    assert len(facts["train_overlap_files"]) >= 8
+    # the checkpoint's own carved-out validation images are not training images
+    assert cli(["evaluate", f"checkpoint={ckpt}", f"data.root={split_root}", "data.split=train",
+                "data.holdout=checkpoint", f"output={tmp_path / 'val'}", "n_bootstrap=0"]) == 0
+
+
+def test_evaluate_unknown_class_names_the_folder(trained, split_root, tmp_path, capsys):
+    root = tmp_path / "data"
+    shutil.copytree(split_root / "test", root / "test")
+    (root / "test" / "TUBERCULOSIS").mkdir()
+    shutil.copy(next((root / "test" / "NORMAL").iterdir()), root / "test" / "TUBERCULOSIS")
+    rc = cli(["evaluate", f"checkpoint={trained / 'checkpoints' / 'best.pt'}",
+              f"data.root={root}", "data.split=test", f"output={tmp_path / 'e'}"])
+    assert rc == 2
+    assert "TUBERCULOSIS: unknown class folder" in capsys.readouterr().out
+
+
+def test_predict_with_bad_file_and_gradcam(trained, split_root, tmp_path):
+    inputs = tmp_path / "in"
+    shutil.copytree(split_root / "test", inputs)
+    (inputs / "NORMAL" / "corrupt.jpeg").write_bytes(b"\xff\xd8 not really")
+    out = tmp_path / "pred"
+    rc = cli(["predict", f"checkpoint={trained / 'checkpoints' / 'best.pt'}",
+              f"input={inputs}", f"output={out}", "gradcam=true"])
+    assert rc == 1  # one unreadable file; the rest of the batch went on
+    with open(out / "predictions.csv") as fh:
+        rows = {Path(r["file"]).name: r for r in csv.DictReader(fh)}
+    assert set(rows) == HELD_BACK | {"corrupt.jpeg"}
+    assert rows["corrupt.jpeg"]["error"] and rows["corrupt.jpeg"]["prob_pneumonia"] == ""
+    good = [r for n, r in rows.items() if n != "corrupt.jpeg"]
+    assert all(0 <= float(r["prob_pneumonia"]) <= 1 and r["pred"] in ("NORMAL", "PNEUMONIA")
+               for r in good)
+    pngs = sorted(p.stem for p in (out / "gradcam").glob("*.png"))
+    assert pngs == sorted(Path(n).stem for n in HELD_BACK)
+
+
+def test_python_api_and_gradcam(trained, split_root):
+    model, info = load_checkpoint(trained / "checkpoints" / "best.pt")
+    files = sorted((split_root / "test").rglob("*.jpeg"))
+    rows = predict_images(model, info, files)
+    again = predict_images(model, info, files)
+    assert [r["prob_pneumonia"] for r in rows] == [r["prob_pneumonia"] for r in again]
+    overlay = gradcam(model, info, files[0])
+    assert overlay.shape == (64, 64, 3) and overlay.dtype == np.uint8
+    assert overlay.std() > 5
+
+
+def test_export_matches_pytorch(trained, split_root, tmp_path):
+    from medscan.xray.export import compare_exports
+
+    out = tmp_path / "export"
+    assert cli(["export", f"checkpoint={trained / 'checkpoints' / 'best.pt'}",
+                f"output={out}"]) == 0
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["image_size"] == 64 and set(meta["files"]) == {"onnx", "torchscript"}
+    model, _ = load_checkpoint(trained / "checkpoints" / "best.pt")
+    images = np.stack([xd.load_image(p, 64) for p in sorted(split_root.rglob("*.jpeg"))])
+    diffs = compare_exports(model, meta["files"], images)
+    assert diffs["onnx"] < 1e-5 and diffs["torchscript"] < 1e-5, diffs
+
+
+def test_pretrained_without_local_file_is_a_clear_error(split_root, tmp_path, capsys):
+    rc = cli(["train", f"data.root={split_root}", f"output={tmp_path / 'o'}", *TINY,
+              "model.pretrained=true"])
+    assert rc == 2
+    assert "never downloads from a model hub" in capsys.readouterr().out
+    assert not (tmp_path / "o" / "checkpoints").exists()
+
+
+def test_ddp_two_cpu_processes(split_root, tmp_path):
+    """torchrun --nproc_per_node 2 (gloo): both ranks train, rank 0 alone writes."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--standalone", "-m", "medscan.cli", "train", f"data.root={split_root}",
+           f"output={out}", *TINY, "trainer.max_epochs=2", "data.batch_size=2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["rank"] == 0
+    rows = _history(out)
+    assert len(rows) == 2
+    n_train = len(torch.load(out / "checkpoints" / "last.pt", weights_only=True)["train_hashes"])
+    # each rank saw its half: the gathered count is the whole (drop_last trims a partial batch)
+    assert n_train - 2 * 2 < int(rows[0]["train_images"]) <= n_train
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
