@@ -279,8 +279,8 @@ def read_batch(path: str | Path) -> list[LayerDataTuple]:
     for case_dir in case_dirs:
         try:
             layers += read_case(case_dir, visible=not layers)
-        except (ValueError, OSError) as exc:
-            warnings.warn(f"{case_dir}: skipped ({exc})", stacklevel=2)
+        except Exception as exc:  # any unreadable case: report it, open the others
+            warnings.warn(f"{case_dir}: skipped ({type(exc).__name__}: {exc})", stacklevel=2)
     if not layers:
         raise ValueError(f"{folder}: no readable case in this batch folder")
     return layers

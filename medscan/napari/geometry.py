@@ -2,15 +2,24 @@
 
 napari indexes layer data in array order, so a CT volume ``hu[k, j, i]`` is ``(z, y, x)``, while
 the NIfTI/DICOM affine maps ``(i, j, k)`` = ``(x, y, z)`` and meshes store vertices as LPS
-``(x, y, z)`` in mm. medscan therefore uses **patient LPS millimetres in reversed axis order**
-as the napari world: world axis 0 is S (superior), axis 1 is P (posterior), axis 2 is L (left).
+``(x, y, z)`` in mm. The medscan napari world is **patient LPS millimetres with axes
+(I, P, L)**: world axis 0 is inferior (``-z`` of LPS), axis 1 is posterior (``y``), axis 2 is
+left (``x``)::
 
-* volumes and label maps: ``world = P @ A_lps @ P`` applied to ``(z, y, x)`` indices, where ``P``
-  reverses the three axes; axis-aligned grids become plain ``scale`` + ``translate``;
-* meshes: ``world = vertices_lps[:, ::-1]`` (no transform on the layer).
+    world = (-z_lps, y_lps, x_lps)
 
-In 2D the displayed plane is then (P down, L right): the radiological convention (patient's left
-on the right of the screen, anterior at the top).
+Why not plain ``(z, y, x)`` = (S, P, L)? napari draws the last two axes with axis 1 pointing down
+and axis 2 right, and in 3D axis 0 pointing *towards* the viewer, i.e. it assumes a right-handed
+``(axis 0, axis 1, axis 2)``. (S, P, L) is left-handed, so its 3D view would be a mirror image
+(the patient's left shown on the right in an anterior view), and napari's 3D lighting breaks
+when the camera's depth axis is flipped to compensate. (I, P, L) is a proper rotation of LPS:
+2D slices show the radiological convention (anterior up, patient's left on the right, seen from
+the feet), 3D views have the right chirality in a plain napari, and mesh normals keep pointing
+outwards. Coordinates in the status bar are LPS mm with the sign of z flipped (axis label I).
+
+* volumes and label maps: :func:`world_affine` maps ``(z, y, x)`` indices to the world; after
+  :func:`reorient_lps` an axial grid is a plain ``scale`` + ``translate``;
+* meshes: :func:`world_from_lps` on the vertices, no transform on the layer.
 
 These helpers import neither napari nor Qt, so they are usable and testable without a display.
 """
@@ -21,18 +30,28 @@ from typing import Any
 
 import numpy as np
 
-#: Axis labels of the medscan napari world (LPS mm, reversed to array order).
-WORLD_AXES = ("S", "P", "L")
+#: Axis labels of the medscan napari world (LPS mm, reordered and z negated).
+WORLD_AXES = ("I", "P", "L")
 
-#: Reverses the three spatial axes (homogeneous 4x4).
+#: LPS (x, y, z) -> world (I, P, L) = (-z, y, x) (homogeneous 4x4, a proper rotation).
+_WORLD_FROM_LPS = np.array(
+    [[0, 0, -1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]],
+    dtype=np.float64,
+)
+_LPS_FROM_WORLD = _WORLD_FROM_LPS.T.copy()
+
+#: Index order (z, y, x) <-> (i, j, k) = (x, y, z) (homogeneous 4x4, its own inverse).
 _REVERSE = np.array(
     [[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]],
     dtype=np.float64,
 )
 
+#: LPS -> LPI (z negated): the frame :func:`reorient_lps` aligns the array axes with.
+_LPI = np.diag([1.0, 1.0, -1.0, 1.0])
+
 
 def world_from_lps(points_lps: np.ndarray) -> np.ndarray:
-    """Map LPS ``(x, y, z)`` mm points (e.g. mesh vertices) to the napari world ``(S, P, L)``.
+    """Map LPS ``(x, y, z)`` mm points (e.g. mesh vertices) to the napari world ``(I, P, L)``.
 
     Parameters
     ----------
@@ -44,16 +63,18 @@ def world_from_lps(points_lps: np.ndarray) -> np.ndarray:
     numpy.ndarray
         Shape ``(n, 3)``, world coordinates in mm (float64).
     """
-    return np.ascontiguousarray(np.asarray(points_lps, dtype=np.float64)[:, ::-1])
+    pts = np.asarray(points_lps, dtype=np.float64)
+    return pts @ _WORLD_FROM_LPS[:3, :3].T
 
 
 def lps_from_world(points_world: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`world_from_lps`."""
-    return world_from_lps(points_world)
+    """Inverse of :func:`world_from_lps`: napari world ``(I, P, L)`` -> LPS ``(x, y, z)`` mm."""
+    pts = np.asarray(points_world, dtype=np.float64)
+    return pts @ _LPS_FROM_WORLD[:3, :3].T
 
 
 def world_affine(lps_affine: np.ndarray) -> np.ndarray:
-    """Layer affine mapping ``(z, y, x)`` array indices to the napari world ``(S, P, L)`` mm.
+    """Layer affine mapping ``(z, y, x)`` array indices to the napari world ``(I, P, L)`` mm.
 
     Parameters
     ----------
@@ -66,21 +87,21 @@ def world_affine(lps_affine: np.ndarray) -> np.ndarray:
     numpy.ndarray
         4x4 for napari's ``affine=`` (or ``scale``/``translate`` via :func:`layer_transform`).
     """
-    return _REVERSE @ np.asarray(lps_affine, dtype=np.float64) @ _REVERSE
+    return _WORLD_FROM_LPS @ np.asarray(lps_affine, dtype=np.float64) @ _REVERSE
 
 
 def lps_affine_from_world(affine_zyx: np.ndarray) -> np.ndarray:
     """Inverse of :func:`world_affine`: napari ``(z, y, x)`` affine -> LPS ``(i, j, k)`` one."""
-    return _REVERSE @ np.asarray(affine_zyx, dtype=np.float64) @ _REVERSE
+    return _LPS_FROM_WORLD @ np.asarray(affine_zyx, dtype=np.float64) @ _REVERSE
 
 
 def reorient_lps(data_zyx: np.ndarray, lps_affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Flip/transpose a volume so its axes run along +L, +P, +S as closely as possible.
+    """Flip/transpose a volume so its axes ``(x, y, z)`` run along +L, +P, +I (head first).
 
     The voxels keep their world positions; only the storage order changes (a view, no copy).
-    dcm2niix-style NIfTI files, for example, store rows bottom-up, which is a negative y spacing
-    in LPS; after this the grid of an axial series has a positive diagonal affine, which napari
-    renders as a plain ``scale``.
+    dcm2niix-style NIfTI files, for example, store rows bottom-up (a negative y spacing in
+    LPS) and slices feet first; after this an axial grid maps to the napari world with a
+    positive diagonal, which napari shows as a plain ``scale``.
 
     Parameters
     ----------
@@ -100,7 +121,7 @@ def reorient_lps(data_zyx: np.ndarray, lps_affine: np.ndarray) -> tuple[np.ndarr
 
     lps_affine = np.asarray(lps_affine, dtype=np.float64)
     data_xyz = np.asarray(data_zyx).transpose(2, 1, 0)
-    ornt = orientations.io_orientation(lps_affine)
+    ornt = orientations.io_orientation(_LPI @ lps_affine)
     out_xyz = orientations.apply_orientation(data_xyz, ornt)
     new_affine = lps_affine @ orientations.inv_ornt_aff(ornt, data_xyz.shape)
     return out_xyz.transpose(2, 1, 0), new_affine

@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Open medscan outputs in napari: a case folder or a batch output folder from "
             "`medscan segment`, one NIfTI or mesh file it wrote, or a DICOM folder. All layers "
-            "share one world: patient LPS millimetres, axes (S, P, L)."
+            "share one world: patient LPS millimetres, napari axes (I, P, L) = (-z, y, x)."
         ),
     )
     parser.add_argument("paths", nargs="+", type=Path, help="what to open")
