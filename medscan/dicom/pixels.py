@@ -147,17 +147,19 @@ def _hu_dtype(slices: list[SliceHeader]) -> np.dtype:
     pairs = {(h.slope, h.intercept) for h in slices}
     if not all(float(s).is_integer() and float(i).is_integer() for s, i in pairs):
         return np.dtype(np.float32)
-    lo_hi = []
-    for h in slices[:1]:
-        bs = h.bits_stored
-        lo, hi = (-(2 ** (bs - 1)), 2 ** (bs - 1) - 1) if h.pixel_representation else (0, 2**bs - 1)
-        lo_hi.append((lo, hi))
-    lo, hi = lo_hi[0]
-    ends = [v * s + i for s, i in pairs for v in (lo, hi)]
+    ends = [v * s + i for h in slices[:1] for s, i in pairs for v in _stored_range(h)]
     info = np.iinfo(np.int16)
     if min(ends) >= info.min and max(ends) <= info.max:
         return np.dtype(np.int16)
     return np.dtype(np.int32)  # narrowed to int16 afterwards when the values fit
+
+
+def _stored_range(h: SliceHeader) -> tuple[int, int]:
+    """Smallest and largest stored value allowed by BitsStored / PixelRepresentation."""
+    bs = h.bits_stored
+    if h.pixel_representation == 1:
+        return -(2 ** (bs - 1)), 2 ** (bs - 1) - 1
+    return 0, 2**bs - 1
 
 
 def _fill_slice(out: np.ndarray, k: int, h: SliceHeader) -> dict[str, Any]:
@@ -173,27 +175,34 @@ def _fill_slice(out: np.ndarray, k: int, h: SliceHeader) -> dict[str, Any]:
             mask = (raw >= lo) & (raw <= hi)
         else:
             mask = raw == h.padding_value
-    if out.dtype.kind == "f":
+    dst = out[k]
+    clipped = 0
+    lo, hi = _stored_range(h)
+    if out.dtype == np.int16 and raw.min() >= lo and raw.max() <= hi:
+        # Fast path: _hu_dtype guaranteed that every allowed stored value fits int16 after
+        # rescale, so compute in int32 and store straight into the int16 slice.
+        if h.slope == 1:
+            np.add(raw, np.int32(h.intercept), out=dst, casting="unsafe")
+        else:
+            np.add(raw * np.int32(h.slope), np.int32(h.intercept), out=dst, casting="unsafe")
+        hu = dst
+    elif out.dtype.kind == "f":
         hu = raw.astype(np.float32) * np.float32(h.slope) + np.float32(h.intercept)
-    else:
-        hu = raw.astype(np.int32)
-        if h.slope != 1:
-            hu *= int(h.slope)
-        if h.intercept:
-            hu += int(h.intercept)
+    else:  # int32 buffer, or stored values outside BitsStored (garbage high bits)
+        hu = raw.astype(np.int64) * int(h.slope) + int(h.intercept)
+        if out.dtype == np.int16:
+            info = np.iinfo(np.int16)
+            bad = (hu < info.min) | (hu > info.max)
+            clipped = int(np.count_nonzero(bad))
+            if clipped:
+                hu = np.clip(hu, info.min, info.max)
     low = hu <= PADDING_HU
     mask = low if mask is None else mask | low
     n_pad = int(np.count_nonzero(mask))
     if n_pad:
-        hu[mask] = AIR_HU
-    clipped = 0
-    if out.dtype == np.int16:
-        info = np.iinfo(np.int16)
-        bad = (hu < info.min) | (hu > info.max)
-        clipped = int(np.count_nonzero(bad))
-        if clipped:
-            hu = np.clip(hu, info.min, info.max)
-    out[k] = hu
+        np.copyto(hu, hu.dtype.type(AIR_HU), where=mask)
+    if hu is not dst:
+        dst[...] = hu
     return {"padding": n_pad, "clipped": clipped}
 
 
