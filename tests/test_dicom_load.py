@@ -274,3 +274,28 @@ def test_uniform_resampling_of_uneven_tilted_stack(shared_ct_qa: Path, sample_ct
     even = load(sample, uniform=True)
     assert "resampled" not in {f.code for f in even.findings}
     assert np.array_equal(even.hu, load(sample).hu)
+
+
+def test_rescale_per_slice_and_dtypes(sample_ct: Path, tmp_path: Path) -> None:
+    files = copy_series(sample_ct, tmp_path / "r")
+    base = load_path(sample_ct)
+    raw5 = pydicom.dcmread(files[5]).pixel_array.astype(np.float64)
+    ds = pydicom.dcmread(files[5])  # slice 5 (files sort like slices here): slope 0.5
+    ds.RescaleSlope, ds.RescaleIntercept = "0.5", "-512"
+    ds.save_as(files[5])
+    series = discover(tmp_path / "r").series[0]
+    assert "rescale_varies" in {f.code for f in series.findings}
+    vol = load(series)
+    assert vol.hu.dtype == np.float32
+    k = [p.name for p in series.files].index(files[5].name)
+    expected = raw5 * 0.5 - 512
+    expected[expected <= PADDING_HU] = AIR_HU
+    np.testing.assert_array_equal(vol.hu[k], expected.astype(np.float32))
+    others = [i for i in range(30) if i != k]
+    np.testing.assert_array_equal(vol.hu[others], base.hu[others].astype(np.float32))
+    # Integral rescale whose HU leave the int16 range: float32, exact values.
+    ds.RescaleSlope, ds.RescaleIntercept = "1", "31000"
+    ds.save_as(files[5])
+    wide = load(discover(tmp_path / "r").series[0])
+    assert wide.hu.dtype == np.float32
+    assert wide.hu[k].max() == raw5.max() + 31000
