@@ -36,6 +36,8 @@ SPACING_TOL_MM = 0.05
 SPACING_TOL_REL = 0.01
 #: Positions closer than this along the normal are "the same position" (mm).
 SAME_POSITION_MM = 0.01
+#: Direction cosines differing by more than this are another orientation (geometry split).
+ORIENT_TOL = 1e-3
 #: Angle between the slice step and the normal above which the series is tilted (degrees).
 TILT_TOL_DEG = 0.1
 
@@ -112,10 +114,32 @@ class SeriesInfo:
         }
 
 
-def _geometry_key(h: SliceHeader) -> tuple[Any, ...]:
-    orient = None if h.orientation is None else tuple(np.round(h.orientation, 4).tolist())
-    spacing = None if h.pixel_spacing is None else tuple(round(v, 4) for v in h.pixel_spacing)
-    return (orient, h.rows, h.columns, spacing)
+def _same_geometry(a: SliceHeader, b: SliceHeader) -> bool:
+    """Same rows/columns, and orientation and pixel spacing equal within tolerance."""
+    if (a.rows, a.columns) != (b.rows, b.columns):
+        return False
+    if (a.orientation is None) != (b.orientation is None):
+        return False
+    if a.orientation is not None and np.max(np.abs(a.orientation - b.orientation)) > ORIENT_TOL:
+        return False
+    if (a.pixel_spacing is None) != (b.pixel_spacing is None):
+        return False
+    if a.pixel_spacing is not None and b.pixel_spacing is not None:
+        return bool(np.allclose(a.pixel_spacing, b.pixel_spacing, rtol=1e-3, atol=1e-4))
+    return True
+
+
+def _geometry_groups(headers: list[SliceHeader]) -> list[list[SliceHeader]]:
+    """Split headers into groups of one geometry (tolerant: no rounding-boundary splits)."""
+    groups: list[list[SliceHeader]] = []
+    for h in headers:
+        for group in groups:
+            if _same_geometry(group[0], h):
+                group.append(h)
+                break
+        else:
+            groups.append([h])
+    return sorted(groups, key=lambda g: (-len(g), str(g[0].path)))
 
 
 def group_series(
@@ -142,16 +166,13 @@ def group_series(
     for uid, members in by_uid.items():
         members.sort(key=lambda h: str(h.path))
         unique, dup_findings = _dedupe_instances(members)
-        groups: dict[tuple[Any, ...], list[SliceHeader]] = defaultdict(list)
-        for h in unique:
-            groups[_geometry_key(h)].append(h)
-        ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), repr(kv[0])))
-        for split, (key, group) in enumerate(ordered):
+        ordered = _geometry_groups(unique)
+        for split, group in enumerate(ordered):
             info = build_series(group, uid, split, salt)
             mine = {str(p) for p in info.files}
             info.findings[:0] = [f for f in dup_findings if set(f.files) & mine]
             if len(ordered) > 1:
-                shapes = ", ".join(f"{len(g)} files {k[1]}x{k[2]} px" for k, g in ordered)
+                shapes = ", ".join(f"{len(g)} files {g[0].rows}x{g[0].columns} px" for g in ordered)
                 info.findings.append(
                     Finding(
                         "geometry_split",
@@ -159,9 +180,14 @@ def group_series(
                         f"one SeriesInstanceUID holds files of different geometry "
                         f"(orientation, rows/columns or pixel spacing): {shapes}; split into "
                         f"{len(ordered)} volumes, this is part {split} "
-                        f"({key[1]}x{key[2]} px, {len(group)} files)",
+                        f"({group[0].rows}x{group[0].columns} px, {len(group)} files)",
                         [str(h.path) for h in group],
-                        {"n_parts": len(ordered), "part": split, "rows": key[1], "columns": key[2]},
+                        {
+                            "n_parts": len(ordered),
+                            "part": split,
+                            "rows": group[0].rows,
+                            "columns": group[0].columns,
+                        },
                     )
                 )
             out.append(info)
