@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from medscan.napari.layers import WINDOW_PRESETS
+import numpy as np
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from medscan.napari.layers import WINDOW_PRESETS, labels_layer, surface_layer
 
 if TYPE_CHECKING:
     import napari
+
+#: Slider range of the HU band sliders; a band end at either extreme means "unbounded".
+HU_SLIDER_MIN = -1024
+HU_SLIDER_MAX = 3071
 
 
 def apply_window(layer: napari.layers.Image, preset: str) -> None:
@@ -32,3 +49,210 @@ def ct_window_widget():
             apply_window(layer, preset)
 
     return ct_window
+
+
+def volume_from_layer(layer: napari.layers.Image):
+    """A :class:`medscan.volume.Volume` (HU + LPS affine) from a CT Image layer.
+
+    The LPS affine is read back from the layer's own transforms (what napari displays), so
+    any 3D image placed in the medscan world works, whoever made it.
+    """
+    from medscan.napari.geometry import lps_affine_from_layer
+    from medscan.volume import Volume
+
+    if layer.ndim != 3 or getattr(layer, "rgb", False):
+        raise ValueError(f"layer {layer.name!r} is not a 3D CT volume")
+    meta = layer.metadata.get("medscan", {})
+    affine = lps_affine_from_layer(layer)
+    hu = np.asarray(layer.data)
+    case_id = str(meta.get("case_id") or layer.name.split()[0])
+    return Volume(hu=hu, affine=affine, case_id=case_id, metadata=dict(meta.get("series", {})))
+
+
+def band_bounds(value: tuple[float, float]) -> tuple[float | None, float | None]:
+    """Slider value -> HU band ``[lo, hi)``; a slider end at its extreme means unbounded."""
+    lo, hi = float(value[0]), float(value[1])
+    return (None if lo <= HU_SLIDER_MIN else lo, None if hi >= HU_SLIDER_MAX else hi)
+
+
+class CTSegmentationWidget(QWidget):
+    """Dock widget: HU band sliders, segmentation in a worker thread, metrics, save a case.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+        The viewer (injected by napari).
+    """
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        from magicgui.widgets import ComboBox, FileEdit, RangeSlider
+
+        from medscan.ct.tissues import default_tissues
+
+        self.viewer = napari_viewer
+        self.tissues = default_tissues()
+        self.result: dict[str, Any] | None = None
+        self.worker: Any = None
+
+        self.layer_combo = ComboBox(label="CT image", choices=self._image_layers)
+        self.backend_combo = ComboBox(label="backend", choices=["cpu", "auto"], value="cpu")
+        self.sliders: dict[str, RangeSlider] = {}
+        for band in self.tissues.bands:
+            lo = HU_SLIDER_MIN if band.hu_min is None else int(band.hu_min)
+            hi = HU_SLIDER_MAX if band.hu_max is None else int(band.hu_max)
+            self.sliders[band.name] = RangeSlider(
+                min=HU_SLIDER_MIN, max=HU_SLIDER_MAX, value=(lo, hi), label=f"{band.name} HU"
+            )
+        self.run_button = QPushButton("Run segmentation")
+        self.run_button.clicked.connect(self.run)
+        self.output_edit = FileEdit(mode="d", label="output folder")
+        self.save_button = QPushButton("Save case folder")
+        self.save_button.clicked.connect(lambda: self.save(self.output_edit.value))
+        self.save_button.setEnabled(False)
+        self.status = QLabel("load a CT (DICOM folder or volume.nii.gz), then run")
+        self.status.setWordWrap(True)
+        self.metrics_table = QTableWidget(0, 2)
+        self.metrics_table.setHorizontalHeaderLabels(["metric", "value"])
+        self.metrics_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+
+        layout = QVBoxLayout(self)
+        for widget in (self.layer_combo, self.backend_combo, *self.sliders.values()):
+            layout.addWidget(widget.native)
+        layout.addWidget(self.run_button)
+        layout.addWidget(self.status)
+        layout.addWidget(self.metrics_table)
+        layout.addWidget(self.output_edit.native)
+        layout.addWidget(self.save_button)
+        events = self.viewer.layers.events
+        events.inserted.connect(self._reset_choices)
+        events.removed.connect(self._reset_choices)
+
+    # ------------------------------------------------------------------ helpers
+    def _image_layers(self, *_: Any) -> list[Any]:
+        from napari.layers import Image
+
+        return [
+            (layer.name, layer)
+            for layer in self.viewer.layers
+            if isinstance(layer, Image) and layer.ndim == 3 and not layer.rgb
+        ]
+
+    def _reset_choices(self, *_: Any) -> None:
+        self.layer_combo.reset_choices()
+
+    def tissue_table(self):
+        """The tissue table with the bands as set on the sliders."""
+        bands = []
+        for band in self.tissues.bands:
+            lo, hi = band_bounds(self.sliders[band.name].value)
+            bands.append(dataclasses.replace(band, hu_min=lo, hu_max=hi))
+        return dataclasses.replace(self.tissues, bands=bands)
+
+    # ------------------------------------------------------------------ running
+    def run(self) -> Any:
+        """Segment the chosen CT layer in a worker thread; returns the started worker."""
+        from napari.qt.threading import thread_worker
+
+        from medscan.napari import _pipeline
+
+        layer = self.layer_combo.value
+        if layer is None:
+            self.status.setText("no CT image layer: open a DICOM folder or a volume.nii.gz")
+            return None
+        volume = volume_from_layer(layer)
+        table = self.tissue_table()
+        backend = self.backend_combo.value
+
+        @thread_worker
+        def work():
+            return _pipeline.run_case(volume, table, backend=backend)
+
+        self.run_button.setEnabled(False)
+        self.save_button.setEnabled(False)
+        self.status.setText(f"segmenting {volume.case_id} ({backend}) ...")
+        self.worker = work()
+        self.worker.returned.connect(self._show_result)
+        self.worker.errored.connect(self._show_error)
+        self.worker.finished.connect(lambda: self.run_button.setEnabled(True))
+        self.worker.start()
+        return self.worker
+
+    def _show_error(self, exc: Exception) -> None:
+        self.status.setText(f"segmentation failed: {type(exc).__name__}: {exc}")
+
+    def _show_result(self, result: dict[str, Any]) -> None:
+        self.result = result
+        volume = result["volume"]
+        case_id = volume.case_id
+        table = {
+            int(k): {"name": v["name"], "color": v["color"]} for k, v in result["labels"].items()
+        }
+        from medscan.napari.layers import label_table
+
+        table = label_table(table)
+        metrics = result["metrics"]
+        meta = {"case_id": case_id, "metrics": metrics, "source": "CT segmentation widget"}
+        tuples = [
+            labels_layer(
+                result["label_map"],
+                volume.affine,
+                f"{case_id} labels",
+                table,
+                tissue_metrics=metrics.get("tissues"),
+                metadata=meta,
+            )
+        ]
+        colors = {entry["name"]: entry["color"] for entry in table.values()}
+        for tissue, (vertices, faces) in result["meshes"].items():
+            tuples.append(
+                surface_layer(
+                    vertices,
+                    faces,
+                    f"{case_id} {tissue} mesh",
+                    colors.get(tissue),
+                    metadata={**meta, "tissue": tissue},
+                )
+            )
+        for data, kwargs, kind in tuples:
+            name = kwargs["name"]
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+            getattr(self.viewer, f"add_{kind}")(data, **kwargs)
+        self._fill_metrics(metrics)
+        self.save_button.setEnabled(True)
+        self.status.setText(
+            f"{case_id}: {len(result['meshes'])} meshes; "
+            + ("lungs found" if result["lungs_found"] else f"no lungs: {result['reason']}")
+        )
+
+    def _fill_metrics(self, metrics: dict[str, Any]) -> None:
+        rows: list[tuple[str, str]] = []
+        for key, value in metrics.items():
+            if key == "tissues":
+                continue
+            rows.append((key, "n/a" if value is None else _fmt(value)))
+        for name, numbers in (metrics.get("tissues") or {}).items():
+            for column in ("volume_ml", "mean_hu", "std_hu"):
+                if column in numbers:
+                    rows.append((f"{name}.{column}", _fmt(numbers[column])))
+        self.metrics_table.setRowCount(len(rows))
+        for i, (key, value) in enumerate(rows):
+            self.metrics_table.setItem(i, 0, QTableWidgetItem(key))
+            self.metrics_table.setItem(i, 1, QTableWidgetItem(value))
+
+    def save(self, output: str | Path) -> Path:
+        """Write the last result as a case folder under ``output`` (the segment job's layout)."""
+        from medscan.napari import _pipeline
+
+        if self.result is None:
+            raise RuntimeError("run the segmentation first")
+        case_dir = _pipeline.save_case(self.result, Path(output))
+        self.status.setText(f"saved {case_dir}")
+        return case_dir
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
