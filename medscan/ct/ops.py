@@ -1,0 +1,197 @@
+"""Mask operations written once against a :class:`~medscan.backend.Backend`.
+
+Hole filling uses connected components of the background (``be.label``) rather than
+``ndimage.binary_fill_holes``: on a 255x512x512 chest CT SciPy's iterative fill takes about
+1.7 s, labelling the background (3-D, or slice by slice) 0.2-0.4 s.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from medscan.backend import Backend
+
+
+def bbox(be: Backend, mask: Any, margin: tuple[int, int, int] = (0, 0, 0)) -> tuple[slice, ...]:
+    """Bounding box of a 3-D mask as slices, grown by ``margin`` voxels and clipped.
+
+    Returns an empty box (zero-length slices) for an empty mask.
+    """
+    xp = be.xp
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hit = be.asnumpy(xp.any(mask, axis=other))
+        idx = np.flatnonzero(hit)
+        if idx.size == 0:
+            return (slice(0, 0),) * 3
+        lo = max(int(idx[0]) - margin[axis], 0)
+        hi = min(int(idx[-1]) + 1 + margin[axis], mask.shape[axis])
+        box.append(slice(lo, hi))
+    return tuple(box)
+
+
+def component_sizes(be: Backend, labels: Any, n: int) -> np.ndarray:
+    """Voxel count of components ``0..n`` (index 0 = background), on the host."""
+    return be.asnumpy(be.xp.bincount(labels.ravel(), minlength=n + 1)).astype(np.int64)
+
+
+def largest_component(be: Backend, mask: Any, connectivity: int = 6) -> Any:
+    """The largest connected component of ``mask`` (empty if ``mask`` is empty)."""
+    labels, n = be.label(mask, connectivity)
+    if n == 0:
+        return be.xp.zeros(mask.shape, dtype=bool)
+    sizes = component_sizes(be, labels, n)
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
+def _outside_lut(be: Backend, labels: Any, n: int, faces: list[Any]) -> Any:
+    """Boolean LUT over component ids: True for ids seen on the given border faces."""
+    xp = be.xp
+    lut = xp.zeros(n + 1, dtype=bool)
+    for face in faces:
+        lut[face.ravel()] = True
+    lut[0] = False
+    return lut
+
+
+def fill_holes_3d(be: Backend, mask: Any) -> Any:
+    """Fill background cavities of ``mask`` not connected (6-conn.) to the array border."""
+    labels, n = be.label(~mask, 6)
+    faces = [labels[0], labels[-1], labels[:, 0], labels[:, -1], labels[:, :, 0], labels[:, :, -1]]
+    outside = _outside_lut(be, labels, n, faces)
+    return ~outside[labels]
+
+
+def fill_holes_2d(be: Backend, mask: Any) -> Any:
+    """Fill holes slice by slice (axis 0), in-plane 4-connectivity of the background."""
+    xp = be.xp
+    out = xp.empty_like(mask)
+    for k in range(mask.shape[0]):
+        labels, n = be.label(~mask[k : k + 1], 6)
+        plane = labels[0]
+        outside = _outside_lut(be, labels, n, [plane[0], plane[-1], plane[:, 0], plane[:, -1]])
+        out[k] = ~outside[plane]
+    return out
+
+
+def binary_closing_mm(
+    be: Backend, mask: Any, radius_mm: float, spacing: tuple[float, float, float]
+) -> Any:
+    """Morphological closing with a box of half-width ``radius_mm`` on an anisotropic grid.
+
+    Separable maximum/minimum filters (cost independent of the radius); ``mask`` is padded so
+    that the array border does not erode.
+    """
+    r = tuple(round(radius_mm / s) for s in spacing)
+    if not any(r):
+        return mask
+    work = be.xp.pad(mask, tuple((k, k) for k in r))
+    size = tuple(2 * k + 1 for k in r)
+    work = erode(be, dilate(be, work, size), size)  # type: ignore[arg-type]
+    nz, ny, nx = mask.shape
+    return work[r[0] : r[0] + nz, r[1] : r[1] + ny, r[2] : r[2] + nx]
+
+
+def block_factors(spacing: tuple[float, float, float], work_mm: float) -> tuple[int, int, int]:
+    """Integer down-sampling factors per axis that bring the voxel size close to ``work_mm``.
+
+    ``work_mm <= 0`` means full resolution (all factors 1).
+    """
+    if work_mm <= 0:
+        return (1, 1, 1)
+    return tuple(max(1, round(work_mm / s)) for s in spacing)  # type: ignore[return-value]
+
+
+def block_mean(be: Backend, array: Any, factors: tuple[int, int, int]) -> Any:
+    """float32 mean over ``factors`` blocks; the trailing remainder of each axis is dropped.
+
+    Summed axis by axis from strided views (much faster than a 6-D reshape reduction).
+    """
+    xp = be.xp
+    nz, ny, nx = (s // f for s, f in zip(array.shape, factors, strict=True))
+    out = array[: nz * factors[0], : ny * factors[1], : nx * factors[2]]
+    first = True
+    for axis, f in enumerate(factors):
+        if f == 1:
+            continue
+        idx = [slice(None)] * 3
+        idx[axis] = slice(0, None, f)
+        acc = out[tuple(idx)].astype(xp.float32)
+        for o in range(1, f):
+            idx[axis] = slice(o, None, f)
+            acc += out[tuple(idx)]
+        out = acc
+        first = False
+    if first:
+        return out.astype(xp.float32)
+    out *= 1.0 / float(factors[0] * factors[1] * factors[2])
+    return out
+
+
+def _repeat_last(be: Backend, a: Any, f: int) -> Any:
+    """Repeat each element of the last axis ``f`` times (1-byte arrays, fast paths f=2, 4)."""
+    xp = be.xp
+    if a.dtype.itemsize == 1 and f in (2, 4):
+        wide = xp.uint16 if f == 2 else xp.uint32
+        mult = 0x0101 if f == 2 else 0x01010101
+        u = xp.ascontiguousarray(a).view(xp.uint8).astype(wide) * wide(mult)
+        return u.view(xp.uint8).reshape(*a.shape[:-1], a.shape[-1] * f).view(a.dtype)
+    return xp.repeat(a, f, axis=-1)
+
+
+def upsample(be: Backend, low: Any, factors: tuple[int, int, int], shape: tuple[int, ...]) -> Any:
+    """Nearest-neighbour up-sampling of ``low`` by ``factors`` into an array of ``shape``.
+
+    The part of ``shape`` beyond ``low.shape * factors`` (the dropped remainder) is zero.
+    """
+    xp = be.xp
+    fz, fy, fx = factors
+    up = low
+    if fx > 1:
+        up = _repeat_last(be, up, fx)
+    if fy > 1:
+        up = xp.repeat(up, fy, axis=1)
+    if fz > 1:
+        up = xp.repeat(up, fz, axis=0)
+    if tuple(up.shape) == tuple(shape):
+        return up
+    out = xp.zeros(shape, dtype=low.dtype)
+    out[: up.shape[0], : up.shape[1], : up.shape[2]] = up
+    return out
+
+
+def dilate(be: Backend, mask: Any, size: tuple[int, int, int]) -> Any:
+    """Binary dilation with a box ``size`` (separable maximum filter: cost independent of size)."""
+    return be.ndi.maximum_filter(mask.view(be.xp.uint8), size=size).view(bool)
+
+
+def erode(be: Backend, mask: Any, size: tuple[int, int, int]) -> Any:
+    """Binary erosion with a box ``size`` (separable minimum filter; outside counts as set)."""
+    return be.ndi.minimum_filter(mask.view(be.xp.uint8), size=size, mode="nearest").view(bool)
+
+
+def refine(
+    be: Backend, lows: list[Any], factors: tuple[int, int, int], condition: Any
+) -> list[Any]:
+    """Full-resolution masks from low-resolution ones and a full-resolution condition.
+
+    For each low mask, the interior (eroded by one in-plane voxel) is taken as is, so filled
+    vessels stay filled; in the one-voxel band around its border the full-resolution
+    ``condition`` (a threshold) decides, so borders have full-resolution precision. The masks
+    share one up-sampling (a code map), and an earlier mask wins where bands overlap.
+    """
+    xp = be.xp
+    if factors == (1, 1, 1):
+        return list(lows)
+    code = xp.zeros(lows[0].shape, dtype=xp.uint8)
+    for n, low in enumerate(lows):
+        inner = erode(be, low, (1, 3, 3))
+        band = dilate(be, low, (1, 3, 3)) & ~inner
+        code[band & (code == 0)] = 2 * n + 1
+        code[inner] = 2 * n + 2
+    up = upsample(be, code, factors, condition.shape)
+    return [(up == 2 * n + 2) | ((up == 2 * n + 1) & condition) for n in range(len(lows))]
