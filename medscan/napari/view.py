@@ -20,7 +20,12 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("paths", nargs="+", type=Path, help="what to open")
-    parser.add_argument("--3d", dest="three_d", action="store_true", help="start in 3D")
+    parser.add_argument(
+        "--3d",
+        dest="three_d",
+        action="store_true",
+        help="start in 3D (anterior view, CT images hidden so the meshes show)",
+    )
     parser.add_argument(
         "--screenshot",
         type=Path,
@@ -31,6 +36,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-widgets", action="store_true", help="do not dock the CT window widget"
     )
     return parser
+
+
+def show_3d(viewer, hide_images: bool = True) -> None:
+    """Switch to 3D with an anterior view, head up (world (I, P, L): look along +P, up = -I).
+
+    CT images are hidden by default in 3D (their volume rendering covers the meshes); tick them
+    back on in the layer list.
+    """
+    from napari.layers import Image
+
+    if hide_images:
+        for layer in viewer.layers:
+            if isinstance(layer, Image) and layer.ndim == 3 and not layer.rgb:
+                layer.visible = False
+    viewer.dims.ndisplay = 3
+    viewer.reset_view()
+    viewer.camera.set_view_direction((0.0, 1.0, 0.0), up_direction=(-1.0, 0.0, 0.0))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_widgets:
         viewer.window.add_plugin_dock_widget("medscan", "CT window")
     if args.three_d:
-        viewer.dims.ndisplay = 3
-    viewer.reset_view()
+        show_3d(viewer)
+    else:
+        viewer.reset_view()
     if args.screenshot:
         args.screenshot.parent.mkdir(parents=True, exist_ok=True)
         viewer.screenshot(str(args.screenshot), canvas_only=True, flash=False)
