@@ -118,3 +118,23 @@ def test_ids_are_path_safe_and_stable(sample_ct: Path, tmp_path: Path) -> None:
     b = discover(tmp_path / "elsewhere").series[0]
     assert a.case_id == b.case_id and a.patient_id == b.patient_id
     assert a.case_id.replace("-", "").isalnum()
+
+
+def test_volume_metadata_and_findings_carry_no_identity(shared_ct: Path) -> None:
+    from medscan.dicom import load
+
+    folder = shared_ct / "lungdx-a0001-chest-5mm"
+    secrets = identity_values(folder)
+    assert secrets
+    series = discover(folder).series[0]
+    vol = load(series)
+    blob = json.dumps(
+        {
+            "metadata": vol.metadata,
+            "findings": [f.to_dict() for f in vol.findings],
+            "series": series.to_dict(),
+            "ids": [vol.case_id, vol.patient_id],
+        }
+    )
+    for value in secrets:
+        assert value not in blob
