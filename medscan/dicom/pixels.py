@@ -79,8 +79,8 @@ def _check_end_marker(ds: pydicom.Dataset, path: Path) -> bytes | None:
     so its absence means the pixel data are truncated.
     """
     frame = next(generate_frames(ds.PixelData, number_of_frames=1))
-    # Encoders pad odd-length frames with one byte, not always 0x00: look at the last 8 bytes.
-    if b"\xff\xd9" not in frame[-8:]:
+    # Encoders pad odd-length frames with one byte (not always 0x00), some with a few more.
+    if b"\xff\xd9" not in frame.rstrip(b"\x00")[-64:]:
         raise ValueError("compressed pixel data have no end-of-image marker (truncated)")
     return frame
 
