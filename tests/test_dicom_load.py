@@ -299,3 +299,13 @@ def test_rescale_per_slice_and_dtypes(sample_ct: Path, tmp_path: Path) -> None:
     wide = load(discover(tmp_path / "r").series[0])
     assert wide.hu.dtype == np.float32
     assert wide.hu[k].max() == raw5.max() + 31000
+
+
+def test_parallel_header_reading_matches_sequential(sample_ct: Path) -> None:
+    one = discover(sample_ct, workers=1)
+    two = discover(sample_ct, workers=2)  # process pool
+    assert [(s.case_id, s.patient_id, s.files) for s in one.series] == [
+        (s.case_id, s.patient_id, s.files) for s in two.series
+    ]
+    np.testing.assert_array_equal(one.series[0].affine, two.series[0].affine)
+    assert [k.to_dict() for k in one.skipped] == [k.to_dict() for k in two.skipped]

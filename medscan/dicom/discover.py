@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from medscan.dicom.headers import SkippedFile, SliceHeader, read_header
 from medscan.dicom.series import SeriesInfo, group_series
 
+#: From this many files on, headers are read by a process pool unless ``workers`` says otherwise.
+PARALLEL_MIN_FILES = 1000
 #: Show a progress bar (when asked for) from this many files on.
 PROGRESS_MIN_FILES = 200
 
@@ -67,15 +70,19 @@ def iter_files(root: str | os.PathLike[str]) -> Iterator[Path]:
 def _read_all(
     paths: list[Path], salt: str | None, workers: int | None, progress: bool
 ) -> list[SliceHeader | SkippedFile]:
-    def read(p: Path) -> SliceHeader | SkippedFile:
-        return read_header(p, salt)
-
-    n_workers = workers if workers is not None else 1
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1) if len(paths) >= PARALLEL_MIN_FILES else 1
     show = progress and len(paths) >= PROGRESS_MIN_FILES
-    results: Iterable[SliceHeader | SkippedFile]
-    executor = ThreadPoolExecutor(n_workers) if n_workers > 1 else None
+    read = partial(read_header, salt=salt)
+    # Header parsing is pure Python and holds the GIL: threads make it slower (measured),
+    # processes pay (383 files: 0.38 s sequential, 0.22 s with 2 processes on 2 cores).
+    executor = ProcessPoolExecutor(workers) if workers > 1 else None
     try:
-        results = executor.map(read, paths) if executor else map(read, paths)
+        results: Iterable[SliceHeader | SkippedFile]
+        if executor:
+            results = executor.map(read, paths, chunksize=max(1, min(64, len(paths) // workers)))
+        else:
+            results = map(read, paths)
         if show:
             from rich.console import Console
             from rich.progress import track
@@ -90,7 +97,7 @@ def _read_all(
         return list(results)
     finally:
         if executor:
-            executor.shutdown()
+            executor.shutdown(cancel_futures=True)
 
 
 def discover(
@@ -113,7 +120,8 @@ def discover(
         Salt of the pseudonymous case and patient ids (default: ``$MEDSCAN_ID_SALT`` or the
         project constant).
     workers : int, optional
-        Threads reading headers (default 1: header parsing is pure Python and holds the GIL).
+        Processes reading headers (header parsing is pure Python and holds the GIL, so
+        threads do not help). Default: 1 below 1000 files, else up to 8 (CPU count).
     progress : bool
         Show a rich progress bar when there are many files.
 
