@@ -34,6 +34,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Short transfer syntax labels for the table (the JSON has the full names).
+SHORT_SYNTAX = {
+    "1.2.840.10008.1.2": "implicit LE",
+    "1.2.840.10008.1.2.1": "explicit LE",
+    "1.2.840.10008.1.2.2": "explicit BE",
+    "1.2.840.10008.1.2.4.50": "JPEG baseline",
+    "1.2.840.10008.1.2.4.51": "JPEG extended",
+    "1.2.840.10008.1.2.4.57": "JPEG lossless",
+    "1.2.840.10008.1.2.4.70": "JPEG lossless SV1",
+    "1.2.840.10008.1.2.4.80": "JPEG-LS lossless",
+    "1.2.840.10008.1.2.4.81": "JPEG-LS near-lossless",
+    "1.2.840.10008.1.2.4.90": "JPEG 2000 lossless",
+    "1.2.840.10008.1.2.4.91": "JPEG 2000",
+    "1.2.840.10008.1.2.5": "RLE",
+}
+
+
 def _series_row(s: SeriesInfo) -> list[str]:
     sz, sy, sx = s.spacing
     codes = ", ".join(f"{f.code}" for f in s.findings) or "-"
@@ -44,7 +61,7 @@ def _series_row(s: SeriesInfo) -> list[str]:
         str(s.n_slices),
         "x".join(str(v) for v in s.shape),
         f"{sz:.3g} x {sy:.3g} x {sx:.3g}",
-        s.transfer_syntax_name,
+        SHORT_SYNTAX.get(s.transfer_syntax, s.transfer_syntax_name),
         codes,
     ]
 
@@ -55,7 +72,9 @@ def _print_table(found: Discovery) -> None:
 
     console = Console()
     table = Table(title=f"DICOM series under {found.root}")
-    for col in ("case", "patient", "mod", "slices", "shape z,y,x", "spacing mm", "syntax", "QC"):
+    for col in ("case", "patient"):
+        table.add_column(col, no_wrap=True, min_width=13)
+    for col in ("mod", "slices", "shape z,y,x", "spacing mm", "syntax", "QC"):
         table.add_column(col)
     for s in found.series:
         table.add_row(*_series_row(s))
