@@ -35,13 +35,16 @@ def load_gdcm(folder: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(reader.Execute())
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
-    times, result = [], None
+def interleaved(fns: dict[str, object], repeats: int) -> tuple[dict[str, float], dict[str, object]]:
+    """Run every function once per round (so all see the same machine load); medians."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    results: dict[str, object] = {}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), result
+        for key, fn in fns.items():
+            t0 = time.perf_counter()
+            results[key] = fn()
+            times[key].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}, results
 
 
 def main() -> None:
@@ -52,19 +55,31 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="medscan decode threads")
     args = parser.parse_args()
     print(f"cpu cores: {os.cpu_count()}, SimpleITK {sitk.Version.VersionString()}")
-    print(f"{'series':28} {'medscan s':>10} {'GDCM s':>8} {'ratio':>6}  same HU")
+    print(
+        f"{'series':28} {'medscan s':>10} {'1 thread s':>10} {'GDCM s':>8} {'ratio':>6} "
+        f"{'ratio 1t':>8}  same HU"
+    )
     for name in SERIES:
         folder = args.data / name
-        load_gdcm(folder)  # warm the page cache for both
-        t_gdcm, ref = timed(lambda f=folder: load_gdcm(f), args.repeats)
-        t_ms, hu = timed(lambda f=folder: load_medscan(f, args.workers), args.repeats)
-        ref = np.asarray(ref)
+        load_gdcm(folder)  # warm the page cache
+        med, res = interleaved(
+            {
+                "gdcm": lambda f=folder: load_gdcm(f),
+                "medscan": lambda f=folder: load_medscan(f, args.workers),
+                "medscan1": lambda f=folder: load_medscan(f, 1),
+            },
+            args.repeats,
+        )
+        ref, hu = np.asarray(res["gdcm"]), np.asarray(res["medscan"])
         # ITK may order slices the other way; compare after matching the z order.
-        if not np.array_equal(hu[0] == -1024, ref[0] <= -1024) and hu.shape == ref.shape:
+        if hu.shape == ref.shape and not np.array_equal(hu[0] == -1024, ref[0] <= -1024):
             ref = ref[::-1]
         mask = ref > PADDING_HU
         same = hu.shape == ref.shape and np.array_equal(hu[mask], ref[mask])
-        print(f"{name:28} {t_ms:10.3f} {t_gdcm:8.3f} {t_ms / t_gdcm:6.2f}  {same}")
+        print(
+            f"{name:28} {med['medscan']:10.3f} {med['medscan1']:10.3f} {med['gdcm']:8.3f} "
+            f"{med['medscan'] / med['gdcm']:6.2f} {med['medscan1'] / med['gdcm']:8.2f}  {same}"
+        )
 
 
 if __name__ == "__main__":
