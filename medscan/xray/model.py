@@ -46,6 +46,37 @@ class XrayNet(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
+    def freeze(self, names: list[str] | tuple[str, ...]) -> list[str]:
+        """Freeze backbone sub-modules by name (e.g. ``conv_stem``, ``blocks.0``).
+
+        Their parameters stop receiving gradients and they stay in eval mode (BatchNorm
+        statistics frozen) even while the rest trains. The state dict is unchanged.
+        Returns the names that were frozen.
+
+        Raises
+        ------
+        KeyError
+            A name that is not a sub-module of the backbone.
+        """
+        modules = dict(self.backbone.named_modules())
+        missing = [n for n in names if n not in modules]
+        if missing:
+            kind = type(self.backbone).__name__
+            raise KeyError(f"model.freeze: no sub-module {missing} in {kind}")
+        for name in names:
+            for param in modules[name].parameters():
+                param.requires_grad_(False)
+        self._frozen = [modules[n] for n in names]
+        self.train(self.training)
+        return list(names)
+
+    def train(self, mode: bool = True) -> XrayNet:
+        """Like ``nn.Module.train``, but frozen sub-modules stay in eval mode."""
+        super().train(mode)
+        for module in getattr(self, "_frozen", []):
+            module.eval()
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, 2)`` for images ``(B, 1, S, S)`` (or ``(B, 3, S, S)``) in [0, 1]."""
         if x.shape[1] == 1:
@@ -119,7 +150,7 @@ def map_state_dict(
         mapped = by_name
     else:
         mapped = {}
-        for (tk, tv), (_, sv) in zip(tgt.items(), src.values(), strict=False):
+        for (tk, tv), sv in zip(tgt.items(), src.values(), strict=False):
             if tv.shape != sv.shape:
                 continue
             mapped[tk] = sv
@@ -183,6 +214,12 @@ def build_model(
             state = state["model_state"]
         mapped, skipped = map_state_dict(state, backbone.state_dict())
         backbone.load_state_dict(mapped, strict=False)
+        head_name = (getattr(backbone, "pretrained_cfg", None) or {}).get("classifier")
+        if head_name and skipped and all(k.startswith(head_name + ".") for k in skipped):
+            # a new head on pretrained features: start from zero logits (loss ln 2), so the
+            # first steps do not push large random gradients into the pretrained layers
+            for param in backbone.get_submodule(head_name).parameters():
+                nn.init.zeros_(param)
         log.info(
             "pretrained %s from %s: %d tensors loaded, left initialised: %s",
             name,

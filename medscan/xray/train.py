@@ -385,6 +385,12 @@ def train(cfg: Any) -> dict:
         weights=m.get("weights"),
         drop_rate=float(m.get("drop_rate", 0.0)),
     ).to(device)
+    if m.get("freeze"):
+        frozen = model.freeze(list(m["freeze"]))
+        if info.is_main:
+            log.info("frozen (no gradient, BN in eval mode): %s", frozen)
+    if t_cfg.get("channels_last", True):
+        model = model.to(memory_format=torch.channels_last)
     if state is not None:
         if state["config"]["model_name"] != m["name"]:
             raise ValueError(
@@ -410,7 +416,7 @@ def train(cfg: Any) -> dict:
         label_smoothing=float(t_cfg.get("label_smoothing", 0.0)),
     )
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=float(t_cfg.get("lr", 3e-4)),
+        [p for p in model.parameters() if p.requires_grad], lr=float(t_cfg.get("lr", 3e-4)),
         weight_decay=float(t_cfg.get("weight_decay", 0.05)),
     )
     max_epochs = int(t_cfg.get("max_epochs", 10))
@@ -523,7 +529,9 @@ def train(cfg: Any) -> dict:
             )
             ckpt = {
                 "format": CHECKPOINT_FORMAT,
-                "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "model_state": {
+                    k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+                },
                 "config": ckpt_cfg,
                 "threshold": row["threshold"],
                 "threshold_method": threshold_method,
