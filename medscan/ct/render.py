@@ -1,0 +1,167 @@
+"""Headless case preview (matplotlib Agg): slices with the label overlay, 3-D mesh views.
+
+Slices are drawn in the radiological convention (patient left on the image right for the
+axial view, head up in the coronal and sagittal views) with the true aspect ratio from the
+voxel spacing. The 3-D views are orthographic projections of the LPS meshes (painter's
+algorithm with Lambert shading), seen from the front (anterior), from the top (superior) and
+from the patient's left.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medscan.ct.tissues import TissueTable
+
+
+def _overlay_rgba(labels2d: np.ndarray, colors: np.ndarray, alpha: float) -> np.ndarray:
+    rgba = np.zeros((*labels2d.shape, 4), dtype=np.float32)
+    rgba[..., :3] = colors[labels2d, :3]
+    rgba[..., 3] = np.where(labels2d > 0, alpha, 0.0)
+    return rgba
+
+
+def _shaded_projection(ax: Any, meshes: list[tuple[Any, tuple[int, int, int]]],
+                       view: str, max_faces: int = 6000) -> None:
+    """Draw meshes (LPS mm) projected along a view axis onto ``ax``."""
+    from matplotlib.collections import PolyCollection
+
+    # (horizontal axis, sign), (vertical axis, sign), (depth axis, sign toward viewer)
+    views = {
+        # anterior view: patient right on the image left... radiological: patient left on right
+        "front": ((0, 1), (2, 1), (1, -1)),
+        "top": ((0, 1), (1, -1), (2, 1)),
+        "side": ((1, -1), (2, 1), (0, 1)),
+    }
+    (h, hs), (v, vs), (d, ds) = views[view]
+    light = np.array([0.3, 0.5, 1.0])
+    light /= np.linalg.norm(light)
+    polys, shades, depths = [], [], []
+    for mesh, color in meshes:
+        m = mesh
+        if len(m.faces) > max_faces:
+            idx = np.random.default_rng(0).choice(len(m.faces), max_faces, replace=False)
+            faces = m.faces[idx]
+            normals = m.face_normals[idx]
+        else:
+            faces, normals = m.faces, m.face_normals
+        tri = m.vertices[faces]  # (n, 3, 3)
+        n_view = np.stack([normals[:, h] * hs, normals[:, v] * vs, normals[:, d] * ds], axis=1)
+        lam = np.clip(n_view @ light, 0.0, 1.0)
+        keep = n_view[:, 2] > 0  # facing the viewer
+        tri = tri[keep]
+        lam = lam[keep]
+        xy = np.stack([tri[..., h] * hs, tri[..., v] * vs], axis=-1)
+        polys.append(xy)
+        base = np.array(color, float) / 255.0
+        shades.append(np.clip(base[None, :] * (0.35 + 0.65 * lam[:, None]), 0, 1))
+        depths.append((tri[..., d] * ds).mean(axis=1))
+    if not polys:
+        ax.text(0.5, 0.5, "no meshes", ha="center", va="center", transform=ax.transAxes)
+        ax.axis("off")
+        return
+    xy = np.concatenate(polys)
+    col = np.concatenate(shades)
+    order = np.argsort(np.concatenate(depths))  # far first
+    ax.add_collection(PolyCollection(xy[order], facecolors=col[order], edgecolors="none"))
+    lo, hi = xy.reshape(-1, 2).min(axis=0), xy.reshape(-1, 2).max(axis=0)
+    pad = 0.03 * (hi - lo).max()
+    ax.set_xlim(lo[0] - pad, hi[0] + pad)
+    ax.set_ylim(lo[1] - pad, hi[1] + pad)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title({"front": "3-D, anterior", "top": "3-D, top (superior)",
+                  "side": "3-D, side (patient left)"}[view], fontsize=9)
+
+
+def render_preview(
+    hu: np.ndarray,
+    labels: np.ndarray,
+    affine: np.ndarray,
+    tissues: TissueTable,
+    meshes: dict[str, Any],
+    path: str | Path,
+    title: str = "",
+    dpi: int = 80,
+) -> Path:
+    """Write the preview PNG of one case.
+
+    Parameters
+    ----------
+    hu : numpy.ndarray
+        HU volume ``(z, y, x)``.
+    labels : numpy.ndarray
+        Label map on the same grid.
+    affine : numpy.ndarray
+        4x4 index -> LPS mm (used for the slice aspect ratios).
+    tissues : TissueTable
+        Colours and names.
+    meshes : dict
+        ``{tissue name: trimesh.Trimesh}`` in LPS mm (may be empty).
+    path : str or Path
+        Output PNG.
+    title : str
+        Figure title (case id, status).
+    dpi : int
+        Resolution.
+
+    Returns
+    -------
+    Path
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    colors = np.zeros((256, 3), dtype=np.float32)
+    for t in tissues.all:
+        colors[t.label] = np.array(t.color) / 255.0
+    sx, sy, sz = np.linalg.norm(affine[:3, :3], axis=0)
+    lungs = np.isin(labels, [tissues["lung_left"].label, tissues["lung_right"].label])
+    if lungs.any():
+        zz, yy, xx = (int(np.median(a)) for a in np.nonzero(lungs[:, ::4, ::4]))
+        yy, xx = yy * 4, xx * 4
+    else:
+        zz, yy, xx = (s // 2 for s in hu.shape)
+    flip_z = affine[2, 2] > 0  # slice index grows toward the head: draw head up
+    axial_hu, axial_lab = hu[zz], labels[zz]
+    if affine[0, 0] < 0:  # draw patient left (+x) on the image right
+        axial_hu, axial_lab = axial_hu[:, ::-1], axial_lab[:, ::-1]
+    if affine[1, 1] < 0:  # anterior at the top
+        axial_hu, axial_lab = axial_hu[::-1], axial_lab[::-1]
+    views = [
+        ("axial", axial_hu, axial_lab, sy / sx),
+        ("coronal", hu[:, yy, :], labels[:, yy, :], sz / sx),
+        ("sagittal", hu[:, :, xx], labels[:, :, xx], sz / sy),
+    ]
+    fig = Figure(figsize=(15, 8.5), dpi=dpi)
+    axes = fig.subplots(2, 3)
+    for ax, (name, img, lab, aspect) in zip(axes[0], views, strict=True):
+        origin = "lower" if (name != "axial" and flip_z) else "upper"
+        ax.imshow(img, cmap="gray", vmin=-1000, vmax=500, aspect=aspect, origin=origin,
+                  interpolation="nearest")
+        ax.imshow(_overlay_rgba(lab, colors, 0.45), aspect=aspect, origin=origin,
+                  interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    mesh_list = [(m, tissues[name].color) for name, m in meshes.items() if m is not None]
+    for ax, view in zip(axes[1], ("front", "top", "side"), strict=True):
+        _shaded_projection(ax, mesh_list, view)
+    seen = set(np.unique(labels[::2, ::4, ::4]).tolist())
+    present = [t for t in tissues.all if t.label in seen]
+    fig.legend(
+        handles=[Patch(color=colors[t.label], label=f"{t.label} {t.name}") for t in present],
+        loc="lower center", ncol=max(len(present), 1), fontsize=8, frameon=False,
+    )
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.04, 1, 0.96))
+    path = Path(path)
+    fig.savefig(path, dpi=dpi)
+    return path
