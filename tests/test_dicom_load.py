@@ -309,3 +309,23 @@ def test_parallel_header_reading_matches_sequential(sample_ct: Path) -> None:
     ]
     np.testing.assert_array_equal(one.series[0].affine, two.series[0].affine)
     assert [k.to_dict() for k in one.skipped] == [k.to_dict() for k in two.skipped]
+
+
+def test_single_file_and_padding_range(sample_ct: Path, tmp_path: Path) -> None:
+    src = sorted(sample_ct.glob("*.dcm"))[12]
+    ds = pydicom.dcmread(src)
+    raw = ds.pixel_array.astype(np.int32)
+    # Stored 0..50 (HU -1024..-974) declared as padding (US: the pixels are unsigned).
+    ds.add_new(0x00280120, "US", 0)  # PixelPaddingValue
+    ds.add_new(0x00280121, "US", 50)  # PixelPaddingRangeLimit
+    ds.save_as(tmp_path / "one.dcm")
+    vol = load_path(tmp_path / "one.dcm")
+    assert vol.shape == (1, 512, 512)
+    assert "single_slice" in {f.code for f in vol.findings}
+    hu = raw - 1024
+    padded = raw <= 50
+    assert padded.any() and (~padded).any()
+    assert np.array_equal(vol.hu[0][~padded], hu[~padded])
+    assert np.all(vol.hu[0][padded] == AIR_HU)
+    (pad,) = [f for f in vol.findings if f.code == "padding"]
+    assert pad.details["voxels"] == int(padded.sum())
