@@ -31,10 +31,11 @@ def _shaded_projection(ax: Any, meshes: list[tuple[Any, tuple[int, int, int]]],
 
     # (horizontal axis, sign), (vertical axis, sign), (depth axis, sign toward viewer)
     views = {
-        # anterior view: patient right on the image left... radiological: patient left on right
+        # seen from the front: patient left on the image right (as in radiology); from the
+        # top: anterior up; from the patient's left: anterior on the image left
         "front": ((0, 1), (2, 1), (1, -1)),
         "top": ((0, 1), (1, -1), (2, 1)),
-        "side": ((1, -1), (2, 1), (0, 1)),
+        "side": ((1, 1), (2, 1), (0, 1)),
     }
     (h, hs), (v, vs), (d, ds) = views[view]
     light = np.array([0.3, 0.5, 1.0])
@@ -43,11 +44,8 @@ def _shaded_projection(ax: Any, meshes: list[tuple[Any, tuple[int, int, int]]],
     for mesh, color in meshes:
         m = mesh
         if len(m.faces) > max_faces:
-            idx = np.random.default_rng(0).choice(len(m.faces), max_faces, replace=False)
-            faces = m.faces[idx]
-            normals = m.face_normals[idx]
-        else:
-            faces, normals = m.faces, m.face_normals
+            m = m.simplify_quadric_decimation(face_count=max_faces)
+        faces, normals = m.faces, m.face_normals
         tri = m.vertices[faces]  # (n, 3, 3)
         n_view = np.stack([normals[:, h] * hs, normals[:, v] * vs, normals[:, d] * ds], axis=1)
         lam = np.clip(n_view @ light, 0.0, 1.0)
@@ -66,7 +64,8 @@ def _shaded_projection(ax: Any, meshes: list[tuple[Any, tuple[int, int, int]]],
     xy = np.concatenate(polys)
     col = np.concatenate(shades)
     order = np.argsort(np.concatenate(depths))  # far first
-    ax.add_collection(PolyCollection(xy[order], facecolors=col[order], edgecolors="none"))
+    ax.add_collection(PolyCollection(xy[order], facecolors=col[order], edgecolors=col[order],
+                                     linewidths=0.3))
     lo, hi = xy.reshape(-1, 2).min(axis=0), xy.reshape(-1, 2).max(axis=0)
     pad = 0.03 * (hi - lo).max()
     ax.set_xlim(lo[0] - pad, hi[0] + pad)
@@ -146,7 +145,7 @@ def render_preview(
         origin = "lower" if (name != "axial" and flip_z) else "upper"
         ax.imshow(img, cmap="gray", vmin=-1000, vmax=500, aspect=aspect, origin=origin,
                   interpolation="nearest")
-        ax.imshow(_overlay_rgba(lab, colors, 0.45), aspect=aspect, origin=origin,
+        ax.imshow(_overlay_rgba(lab, colors, 0.3), aspect=aspect, origin=origin,
                   interpolation="nearest")
         ax.set_title(name, fontsize=9)
         ax.set_xticks([])

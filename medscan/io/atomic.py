@@ -16,6 +16,12 @@ from typing import Any
 import numpy as np
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     """Call ``write(tmp_path)`` then rename ``tmp_path`` to ``path`` (same folder).
 
@@ -41,6 +47,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     tmp = Path(name)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
