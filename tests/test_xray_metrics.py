@@ -68,7 +68,17 @@ def test_ece_matches_calibration_curve(scores):
 
 
 def test_bootstrap_cis(scores):
+    from medscan.xray.metrics import _fast_point, _point
+
     y, p = scores
+    # the bootstrap's fast path computes the same numbers as the sklearn path
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        i = rng.integers(0, len(y), len(y))
+        pred = (p[i] >= 0.5).astype(int)
+        slow, fast = _point(y[i], p[i], pred, 15), _fast_point(y[i], p[i], pred, 15)
+        for key, value in fast.items():
+            assert value == pytest.approx(slow[key]), key
     a = compute_metrics(y, p, 0.5, n_bootstrap=200, seed=3)
     b = compute_metrics(y, p, 0.5, n_bootstrap=200, seed=3)
     assert a["ci"] == b["ci"]
