@@ -25,7 +25,7 @@ def _overlay_rgba(labels2d: np.ndarray, colors: np.ndarray, alpha: float) -> np.
 
 
 def _shaded_projection(ax: Any, meshes: list[tuple[Any, tuple[int, int, int]]],
-                       view: str, max_faces: int = 6000) -> None:
+                       view: str, max_faces: int = 20000) -> None:
     """Draw meshes (LPS mm) projected along a view axis onto ``ax``."""
     from matplotlib.collections import PolyCollection
 

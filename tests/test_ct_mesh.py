@@ -1,0 +1,94 @@
+"""Meshes from real labels: LPS mm through the full affine, enclosed volume, export formats."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+import trimesh
+
+from medscan.ct.mesh import MeshParams, export_mesh, label_surface, mesh_summary
+from medscan.ct.segment import segment
+from medscan.ct.tissues import LUNG_LEFT, LUNG_RIGHT, default_tissues
+from medscan.dicom import load_path
+
+
+@pytest.fixture(scope="module")
+def case(sample_ct):
+    tissues = default_tissues()
+    volume = load_path(sample_ct)
+    seg = segment(volume, tissues)
+    assert seg.lungs_found
+    return volume, seg.labels, tissues
+
+
+@pytest.fixture(scope="module")
+def lung_mesh(case):
+    volume, labels, tissues = case
+    return label_surface(labels, tissues[LUNG_LEFT].label, volume.affine)
+
+
+def test_lung_mesh_in_world_box_and_encloses_voxel_volume(case, lung_mesh):
+    volume, labels, tissues = case
+    lo, hi = volume.world_bounds()
+    half = np.array(volume.spacing)[::-1] / 2  # (x, y, z) half voxel
+    assert (lung_mesh.vertices >= lo - half - 1e-6).all()
+    assert (lung_mesh.vertices <= hi + half + 1e-6).all()
+    assert lung_mesh.is_watertight
+    voxels_ml = np.count_nonzero(labels == tissues[LUNG_LEFT].label) * volume.voxel_volume_ml
+    mesh_ml = lung_mesh.volume / 1000.0
+    assert mesh_ml > 0  # outward normals
+    assert abs(mesh_ml - voxels_ml) / voxels_ml < 0.05, (mesh_ml, voxels_ml)
+    summary = mesh_summary(lung_mesh)
+    assert summary["watertight"] and summary["faces"] <= MeshParams().max_faces
+    # the left lung mesh lies on the patient's left (+x LPS) of the right lung's
+    right = label_surface(labels, tissues[LUNG_RIGHT].label, volume.affine)
+    assert lung_mesh.vertices[:, 0].mean() > right.vertices[:, 0].mean() + 80
+
+
+def test_full_affine_is_used(case):
+    """A rotated and shifted grid moves the mesh by exactly that rotation and shift."""
+    volume, labels, tissues = case
+    params = MeshParams(smooth_iterations=0, max_faces=0)
+    base = label_surface(labels, tissues[LUNG_RIGHT].label, volume.affine, params)
+    theta = np.deg2rad(30)
+    rot = np.eye(4)
+    rot[:3, :3] = [[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0],
+                   [0, 0, 1]]
+    rot[:3, 3] = [10.0, -20.0, 5.0]
+    moved = label_surface(labels, tissues[LUNG_RIGHT].label, rot @ volume.affine, params)
+    np.testing.assert_allclose(moved.vertices, base.vertices @ rot[:3, :3].T + rot[:3, 3],
+                               atol=1e-6)
+    assert moved.volume == pytest.approx(base.volume, rel=1e-6)
+
+
+def test_absent_label_gives_no_mesh(case):
+    volume, labels, _ = case
+    assert label_surface(labels, 250, volume.affine) is None
+
+
+@pytest.mark.parametrize("fmt", ["ply", "stl", "obj", "glb"])
+def test_export_round_trip(tmp_path, lung_mesh, fmt):
+    path = export_mesh(lung_mesh, tmp_path / f"lung_left.{fmt}", (240, 150, 80),
+                       {"tissue": "lung_left", "label": 8})
+    raw = path.read_bytes()
+    loaded = trimesh.load(path, force="mesh")
+    assert len(loaded.faces) == len(lung_mesh.faces)
+    # same coordinates (LPS mm) after the round trip
+    np.testing.assert_allclose(loaded.bounds, lung_mesh.bounds, atol=1e-3)
+    if fmt == "ply":
+        header = raw[: raw.index(b"end_header")].decode()
+        assert "comment medscan coordinate_space=LPS units=mm" in header
+        assert loaded.visual.vertex_colors[0, :3].tolist() == [240, 150, 80]
+    elif fmt == "stl":
+        assert raw[:80].startswith(b"medscan coordinate_space=LPS units=mm")
+    elif fmt == "obj":
+        assert raw.startswith(b"# medscan coordinate_space=LPS units=mm")
+    else:
+        (json_len,) = struct.unpack("<I", raw[12:16])
+        gltf = json.loads(raw[20 : 20 + json_len])
+        extras = gltf["meshes"][0]["extras"]
+        assert extras["coordinate_space"] == "LPS" and extras["units"] == "mm"
+        assert extras["tissue"] == "lung_left"
