@@ -341,5 +341,6 @@ def read_dicom(path: str | Path) -> list[LayerDataTuple]:
         "path": str(path),
         "findings": [f.to_dict() for f in volume.findings],
         "series": dict(volume.metadata),
+        "files": list(volume.files),
     }
     return [image_layer(volume.hu, volume.affine, f"{volume.case_id} CT", meta)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,9 +65,16 @@ def volume_from_layer(layer: napari.layers.Image):
         raise ValueError(f"layer {layer.name!r} is not a 3D CT volume")
     meta = layer.metadata.get("medscan", {})
     affine = lps_affine_from_layer(layer)
-    hu = np.asarray(layer.data)
+    hu = np.ascontiguousarray(layer.data)
     case_id = str(meta.get("case_id") or layer.name.split()[0])
-    return Volume(hu=hu, affine=affine, case_id=case_id, metadata=dict(meta.get("series", {})))
+    sources = meta.get("files") or ([meta["path"]] if meta.get("path") else [])
+    return Volume(
+        hu=hu,
+        affine=affine,
+        case_id=case_id,
+        metadata=dict(meta.get("series", {})),
+        files=[str(f) for f in sources],
+    )
 
 
 def band_bounds(value: tuple[float, float]) -> tuple[float | None, float | None]:
@@ -182,6 +190,9 @@ class CTSegmentationWidget(QWidget):
         self.status.setText(f"segmentation failed: {type(exc).__name__}: {exc}")
 
     def _show_result(self, result: dict[str, Any]) -> None:
+        old = self.result
+        if old is not None and old.get("staging") != result.get("staging"):
+            shutil.rmtree(old["staging"], ignore_errors=True)
         self.result = result
         volume = result["volume"]
         case_id = volume.case_id
@@ -192,7 +203,12 @@ class CTSegmentationWidget(QWidget):
 
         table = label_table(table)
         metrics = result["metrics"]
-        meta = {"case_id": case_id, "metrics": metrics, "source": "CT segmentation widget"}
+        meta = {
+            "case_id": case_id,
+            "status": result["status"],
+            "metrics": metrics,
+            "source": "CT segmentation widget",
+        }
         tuples = [
             labels_layer(
                 result["label_map"],
@@ -222,8 +238,9 @@ class CTSegmentationWidget(QWidget):
         self._fill_metrics(metrics)
         self.save_button.setEnabled(True)
         self.status.setText(
-            f"{case_id}: {len(result['meshes'])} meshes; "
-            + ("lungs found" if result["lungs_found"] else f"no lungs: {result['reason']}")
+            f"{case_id}: status {result['status']}"
+            + (f" ({result['reason']})" if result["reason"] else "")
+            + f"; {len(result['meshes'])} meshes; {result['seconds']:.1f} s"
         )
 
     def _fill_metrics(self, metrics: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--3d",
         dest="three_d",
         action="store_true",
-        help="start in 3D (anterior view, CT images hidden so the meshes show)",
+        help="start in 3D (anterior view; CT and labels hidden so the meshes show)",
     )
     parser.add_argument(
         "--screenshot",
@@ -38,17 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def show_3d(viewer, hide_images: bool = True) -> None:
+def show_3d(viewer, hide_volumes: bool = True) -> None:
     """Switch to 3D with an anterior view, head up (world (I, P, L): look along +P, up = -I).
 
-    CT images are hidden by default in 3D (their volume rendering covers the meshes); tick them
-    back on in the layer list.
+    CT images and label maps are hidden by default in 3D: their volume renderings cover the
+    meshes, which are the 3D view of the tissues. Tick them back on in the layer list.
     """
-    from napari.layers import Image
+    from napari.layers import Image, Labels
 
-    if hide_images:
+    if hide_volumes:
         for layer in viewer.layers:
-            if isinstance(layer, Image) and layer.ndim == 3 and not layer.rgb:
+            volume = isinstance(layer, Labels) or (isinstance(layer, Image) and not layer.rgb)
+            if volume and layer.ndim == 3:
                 layer.visible = False
     viewer.dims.ndisplay = 3
     viewer.reset_view()

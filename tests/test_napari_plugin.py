@@ -1,0 +1,282 @@
+"""The medscan napari plugin on a real case: `medscan segment` run on the embedded sample CT.
+
+Tests marked ``napari`` open a real viewer window (pytest-xvfb provides the X display; a hidden
+window renders black, so ``show=True``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+
+from medscan.napari import _reader
+from medscan.napari.geometry import lps_affine_from_layer, parse_color
+from medscan.volume import Volume
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def segment_out(tmp_path_factory) -> Path:
+    """Output folder of the REAL `medscan segment` on the embedded sample (run once)."""
+    work = tmp_path_factory.mktemp("napari-segment")
+    out = work / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "medscan.cli", "segment", f"output={out}"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def case_dir(segment_out) -> Path:
+    cases = [c for c in segment_out.iterdir() if (c / "manifest.json").is_file()]
+    assert len(cases) == 1, cases
+    return cases[0]
+
+
+def _layers(paths):
+    """Build real napari layer objects (no viewer) from the reader's tuples."""
+    from napari.layers import Layer
+
+    reader = _reader.get_reader(paths)
+    assert reader is not None
+    return [Layer.create(*t) for t in reader(paths)]
+
+
+def test_npe2_validate_clean():
+    proc = subprocess.run(
+        [sys.executable, "-m", "npe2", "validate", "medscan", "--imports"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "valid" in proc.stdout
+
+
+def test_manifest_declares_reader_and_widgets():
+    import npe2
+
+    pm = npe2.PluginManager.instance()
+    pm.discover()
+    manifest = pm.get_manifest("medscan")
+    widgets = {w.display_name for w in manifest.contributions.widgets}
+    assert {"CT segmentation", "X-ray review", "CT window"} <= widgets
+    assert manifest.contributions.readers[0].accepts_directories
+
+
+def test_reader_declines_foreign_paths(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    assert _reader.get_reader(str(tmp_path / "notes.txt")) is None
+    assert _reader.get_reader(str(tmp_path)) is None
+
+
+def test_case_folder_layers(case_dir):
+    manifest = json.loads((case_dir / "manifest.json").read_text())
+    metrics = json.loads((case_dir / "metrics.json").read_text())
+    layers = _layers(str(case_dir))
+    case_id = manifest["case_id"]
+    kinds = [type(layer).__name__ for layer in layers]
+    assert kinds[:2] == ["Image", "Labels"]
+    assert set(kinds[2:]) == {"Surface"}
+    image, labels, surfaces = layers[0], layers[1], layers[2:]
+    assert image.name == f"{case_id} CT"
+    assert labels.name == f"{case_id} labels"
+    tissues = {m["tissue"] for m in manifest["meshes"]}
+    assert tissues  # the sample has lungs and bone meshes
+    assert {s.name for s in surfaces} == {f"{case_id} {t} mesh" for t in tissues}
+
+    # Scale = voxel size in mm from the NIfTI affine, identical for image and labels.
+    nifti = Volume.from_nifti(case_dir / "volume.nii.gz")
+    np.testing.assert_allclose(image.scale, nifti.spacing, rtol=1e-6)
+    np.testing.assert_allclose(labels.scale, image.scale)
+    np.testing.assert_allclose(labels.translate, image.translate)
+    assert image.units == labels.units == surfaces[0].units
+
+    # Tissue names and colours from the manifest.
+    names = dict(zip(labels.features["index"], labels.features["name"], strict=True))
+    for key, entry in manifest["labels"].items():
+        assert names[int(key)] == entry["name"]
+        rgba = labels.colormap.map(np.array([int(key)]))[0]
+        np.testing.assert_allclose(rgba, parse_color(entry["color"]), atol=1 / 255 + 1e-6)
+    # Metrics travel with the layers.
+    assert image.metadata["medscan"]["metrics"] == metrics
+    for name, numbers in (metrics.get("tissues") or {}).items():
+        row = labels.features[labels.features["name"] == name]
+        assert float(row["volume_ml"].iloc[0]) == pytest.approx(numbers["volume_ml"])
+
+
+def test_mesh_vertices_land_on_their_label_voxels(case_dir):
+    """Every mesh vertex, mapped by napari world->data of the Labels layer, touches its tissue."""
+    layers = _layers(str(case_dir))
+    labels = next(layer for layer in layers if type(layer).__name__ == "Labels")
+    features = labels.features
+    ids = {name: int(i) for i, name in zip(features["index"], features["name"], strict=True)}
+    data = np.asarray(labels.data)
+    surfaces = [layer for layer in layers if type(layer).__name__ == "Surface"]
+    assert surfaces
+    rng = np.random.default_rng(0)
+    for surface in surfaces:
+        tissue = surface.metadata["medscan"]["tissue"]
+        verts = np.asarray(surface.data[0], dtype=np.float64)
+        verts = verts[rng.choice(len(verts), size=min(len(verts), 2000), replace=False)]
+        world = np.array([surface.data_to_world(v) for v in verts])
+
+        def hit_fraction(points_world, label=ids[tissue]):
+            idx = np.array([labels.world_to_data(p) for p in points_world])
+            inside = np.all((idx > -1) & (idx < np.array(data.shape)), axis=1)
+            hits = np.zeros(len(idx), bool)
+            lo = np.floor(idx).astype(int)
+            # The voxel a marching-cubes vertex came from is one of the 8 around it.
+            for corner in np.ndindex(2, 2, 2):
+                c = np.clip(lo + corner, 0, np.array(data.shape) - 1)
+                hits |= data[c[:, 0], c[:, 1], c[:, 2]] == label
+            return float(np.mean(hits & inside))
+
+        assert hit_fraction(world) >= 0.98, tissue
+        # The test can fail: the same vertices read as RAS instead of LPS mostly miss.
+        ras = world * np.array([1.0, -1.0, -1.0])
+        assert hit_fraction(ras) < 0.5, tissue
+
+
+def test_batch_folder_opens_every_case_and_skips_a_broken_one(segment_out, case_dir, tmp_path):
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    (batch / case_dir.name).symlink_to(case_dir)
+    broken = batch / "ct-broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text(json.dumps({"case_id": "ct-broken", "status": "ok"}))
+    (broken / "volume.nii.gz").write_bytes(b"not a nifti")
+    assert _reader.classify(batch) == "batch"
+    with pytest.warns(UserWarning, match="ct-broken"):
+        layers = _layers(str(batch))
+    assert {layer.metadata["medscan"]["case_id"] for layer in layers} == {case_dir.name}
+    # The real batch output folder (with index.csv) works too.
+    assert _reader.classify(segment_out) == "batch"
+    assert len(_layers(str(segment_out))) == len(_layers(str(case_dir)))
+
+
+def test_single_nifti_and_mesh_files(case_dir):
+    manifest = json.loads((case_dir / "manifest.json").read_text())
+    (labels,) = _layers(str(case_dir / "labels.nii.gz"))
+    assert type(labels).__name__ == "Labels"
+    assert set(labels.features["name"]) >= {e["name"] for e in manifest["labels"].values()}
+    (image,) = _layers(str(case_dir / "volume.nii.gz"))
+    assert type(image).__name__ == "Image"
+    np.testing.assert_allclose(image.scale, labels.scale)
+    mesh_path = case_dir / manifest["meshes"][0]["path"]
+    (surface,) = _layers(str(mesh_path))
+    assert type(surface).__name__ == "Surface"
+    assert surface.metadata["medscan"]["tissue"] == mesh_path.stem
+
+
+def test_dicom_folder_reader_matches_case_world(sample_ct, case_dir):
+    """The sample dragged in as DICOM lands on the same world points as the case's NIfTI."""
+    import medscan.dicom
+
+    if not hasattr(medscan.dicom, "load_path"):
+        pytest.skip("medscan.dicom.load_path not written yet")
+    assert _reader.classify(sample_ct) == "dicom"
+    (dicom_image,) = _layers(str(sample_ct))
+    (case_image,) = _layers(str(case_dir / "volume.nii.gz"))
+    assert dicom_image.data.shape == case_image.data.shape
+    np.testing.assert_allclose(
+        lps_affine_from_layer(dicom_image), lps_affine_from_layer(case_image), atol=1e-3
+    )
+    np.testing.assert_array_equal(np.asarray(dicom_image.data), np.asarray(case_image.data))
+
+
+def test_view_rejects_unknown_path(tmp_path, capsys):
+    from medscan.napari.view import main
+
+    assert main([str(tmp_path / "missing")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def _not_blank(path: Path) -> tuple[float, float]:
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(path).convert("RGB")).astype(np.float64)
+    background = np.median(np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]), axis=0)
+    differs = np.abs(rgb - background).max(axis=2) > 30
+    return float(differs.mean()), float(rgb.std())
+
+
+@pytest.mark.napari
+def test_3d_screenshot_of_case_is_not_blank(make_napari_viewer, case_dir):
+    viewer = make_napari_viewer(show=True)
+    from medscan.napari.view import show_3d
+
+    layers = viewer.open(str(case_dir), plugin="medscan")
+    assert len(layers) >= 3
+    show_3d(viewer)  # anterior view; CT and labels hidden, the meshes show
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "napari-case-3d.png"
+    viewer.screenshot(str(shot), canvas_only=True, flash=False)
+    fraction, std = _not_blank(shot)
+    assert fraction > 0.05, fraction
+    assert std > 10, std
+
+
+@pytest.mark.napari
+@pytest.mark.slow
+def test_medscan_view_cli_screenshot(case_dir, tmp_path):
+    shot = tmp_path / "view.png"
+    env = dict(os.environ)
+    cmd = [sys.executable, "-m", "medscan.cli", "view", str(case_dir), "--3d"]
+    proc = subprocess.run(
+        [*cmd, "--screenshot", str(shot)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fraction, std = _not_blank(shot)
+    assert fraction > 0.05 and std > 10
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copy(shot, ARTIFACTS / "napari-view-cli-3d.png")
+
+
+@pytest.mark.napari
+def test_3d_view_has_patient_chirality(make_napari_viewer, case_dir):
+    """Anterior view, head up: a marker on the patient's left appears on the screen's right."""
+    from PIL import Image
+
+    viewer = make_napari_viewer(show=True)
+    for layer in viewer.open(str(case_dir), plugin="medscan"):
+        layer.visible = type(layer).__name__ == "Surface"
+    lo, hi = viewer.layers.extent.world
+    mid = (lo + hi) / 2
+    # World (I, P, L): most superior = smallest I; patient's left = largest L.
+    marker = viewer.add_points(
+        [[lo[0], mid[1], hi[2]]], size=40, face_color="lime", border_width=0
+    )
+    marker.units = ("mm", "mm", "mm")
+    viewer.dims.ndisplay = 3
+    viewer.reset_view()
+    viewer.camera.set_view_direction((0, 1, 0), up_direction=(-1, 0, 0))
+    shot = ARTIFACTS / "napari-chirality.png"
+    ARTIFACTS.mkdir(exist_ok=True)
+    viewer.screenshot(str(shot), canvas_only=True, flash=False)
+    rgb = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    green = (rgb[..., 1] > 200) & (rgb[..., 0] < 80) & (rgb[..., 2] < 80)
+    ys, xs = np.nonzero(green)
+    assert len(xs) > 20
+    assert xs.mean() / rgb.shape[1] > 0.6  # patient's left on the right
+    assert ys.mean() / rgb.shape[0] < 0.4  # head up
