@@ -105,6 +105,20 @@ class SlurmCluster:
         out = self.run("sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", job_id)
         return [line.split("|")[1] for line in out.splitlines() if line]
 
+    def final_states(self, job_id: str, timeout: float = 60) -> set[str]:
+        """Wait until ``sacct`` shows the job (all array tasks) ended; return the states.
+
+        submitit returns results as soon as the result pickle exists, a moment before Slurm
+        marks the job done, so tests wait here before they check states.
+        """
+        active = {"PENDING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
+        deadline = time.monotonic() + timeout
+        while True:
+            states = set(self.job_states(job_id))
+            if (states and not states & active) or time.monotonic() > deadline:
+                return states
+            time.sleep(0.5)
+
     def wait_idle(self, timeout: float = 120) -> None:
         """Wait until no job is queued or running (the node is back to ``idle``)."""
         deadline = time.monotonic() + timeout

@@ -96,7 +96,7 @@ def test_cluster_accounting_works(slurm_cluster) -> None:
     job = slurm_cluster.run("sbatch", "--parsable", "--wrap", "hostname").strip()
     slurm_cluster.wait_idle(60)
     if slurm_cluster.accounting:
-        assert slurm_cluster.job_states(job) == ["COMPLETED"]
+        assert slurm_cluster.final_states(job) == {"COMPLETED"}
 
 
 @pytest.mark.slurm
@@ -116,7 +116,7 @@ def test_hydra_multirun_is_a_slurm_array(slurm_cluster, tmp_path: Path) -> None:
     assert "Bypassing sacct error" not in proc.stderr  # accounting answers submitit's polls
     if slurm_cluster.accounting:
         for job in jobs:
-            assert set(slurm_cluster.job_states(job)) == {"COMPLETED"}
+            assert slurm_cluster.final_states(job) == {"COMPLETED"}
 
 
 @pytest.mark.slurm
@@ -153,4 +153,4 @@ def test_preempted_job_is_requeued_and_resumes(slurm_cluster, tmp_path: Path) ->
     assert int(starts[1][0]) >= 3  # ... and resumed from its checkpoint, not from step 0
     assert json.loads(state.read_text())["step"] == 12
     if slurm_cluster.accounting:
-        assert slurm_cluster.job_states(job) == ["COMPLETED"]
+        assert slurm_cluster.final_states(job) == {"COMPLETED"}

@@ -1,0 +1,102 @@
+"""`medscan train` on the real local Slurm: 2-process DDP (gloo) and a preempted run that resumes.
+
+Tiny: the embedded 16 X-rays at 64 px, resnet18 from scratch, 4 steps per epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from submitit.slurm.slurm import SlurmJobEnvironment
+
+pytest_plugins = ["slurm_cluster"]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+TINY = [
+    "model=resnet18", "data.image_size=64", "data.batch_size=4", "data.num_workers=0",
+    "data.val_fraction=0.25", "data.augment.enabled=false", "trainer=smoke",
+    "trainer.scheduler=constant",
+]  # fmt: skip
+
+
+def _slurm_args(sweep: Path, *overrides: str) -> list[str]:
+    return [
+        sys.executable, "-m", "medscan.cli", "train", "-m",
+        f"hydra.sweep.dir={sweep}",
+        "hydra.launcher.partition=debug", "hydra.launcher.timeout_min=10",
+        "hydra.launcher.mem_gb=2", "hydra.launcher.gpus_per_node=null",
+        *TINY, *overrides,
+    ]  # fmt: skip
+
+
+def _epochs(out: Path) -> list[int]:
+    with open(out / "metrics.csv") as fh:
+        return [int(row["epoch"]) for row in csv.DictReader(fh)]
+
+
+def test_ddp_training_on_two_slurm_tasks(slurm_cluster, sample_xray, tmp_path: Path) -> None:
+    """hydra/launcher=slurm_ddp with 2 tasks of 1 CPU: one DDP run of world size 2."""
+    out, sweep = tmp_path / "out", tmp_path / "sweep"
+    args = _slurm_args(
+        sweep, "hydra/launcher=slurm_ddp", "hydra.launcher.tasks_per_node=2",
+        "hydra.launcher.cpus_per_task=1", f"data.root={sample_xray}", f"output={out}",
+        "trainer.max_epochs=1", "data.batch_size=2", "trainer.devices=2",
+    )  # fmt: skip
+    proc = subprocess.run(
+        args, capture_output=True, text=True, timeout=600, env=slurm_cluster.env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["rank"] == 0
+    assert _epochs(out) == [0]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    logs = sorted((sweep / ".submitit").glob("*/*_log.out"))
+    assert len(logs) == 2  # one log per Slurm task (rank)
+    if slurm_cluster.accounting:
+        job = logs[0].parent.name
+        assert slurm_cluster.final_states(job) == {"COMPLETED"}
+
+
+def test_preempted_training_requeues_and_resumes(slurm_cluster, sample_xray, tmp_path: Path):
+    """Preempt a Slurm training after its first epoch: submitit requeues it, it resumes."""
+    out, sweep = tmp_path / "out", tmp_path / "sweep"
+    args = _slurm_args(
+        sweep, "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=2",
+        "hydra.launcher.max_num_timeout=2", f"data.root={sample_xray}", f"output={out}",
+        "trainer.max_epochs=8",
+    )  # fmt: skip
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=slurm_cluster.env
+    )
+    last = out / "checkpoints" / "last.pt"
+    try:
+        deadline = time.monotonic() + 300
+        while not last.exists():
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "no checkpoint after 300 s"
+            time.sleep(0.1)
+        job = next((sweep / ".submitit").iterdir()).name
+        # Preemption as Slurm does it (and as submitit's SlurmJob._interrupt simulates it).
+        slurm_cluster.run("scancel", "--signal=TERM", job)
+        slurm_cluster.run("scancel", f"--signal={SlurmJobEnvironment.USR_SIG}", job)
+        log, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, log[-3000:]
+    final = torch.load(last, weights_only=True)
+    assert final["finished"] and final["epoch"] == 7
+    assert _epochs(out) == list(range(8))  # every epoch once: resumed, not restarted
+    job_log = (sweep / ".submitit" / job / f"{job}_0_log.out").read_text()
+    assert "resumed from" in job_log  # the requeued run started from last.pt
+    if slurm_cluster.accounting:
+        assert slurm_cluster.final_states(job) == {"COMPLETED"}
+        history = slurm_cluster.run("sacct", "-n", "-D", "-X", "-P", "-o", "State", "-j", job)
+        assert "REQUEUED" in history.split()  # the same job ran twice
