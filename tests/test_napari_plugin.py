@@ -280,3 +280,70 @@ def test_3d_view_has_patient_chirality(make_napari_viewer, case_dir):
     assert len(xs) > 20
     assert xs.mean() / rgb.shape[1] > 0.6  # patient's left on the right
     assert ys.mean() / rgb.shape[0] < 0.4  # head up
+
+
+@pytest.mark.napari
+@pytest.mark.slow
+def test_ct_segmentation_widget_end_to_end(
+    make_napari_viewer, qtbot, sample_ct, case_dir, tmp_path
+):
+    """DICOM in, segment in a worker, same labels as the job, sliders matter, save a case."""
+    from importlib.resources import files
+
+    import yaml
+
+    from medscan.napari._widget import band_bounds
+
+    viewer = make_napari_viewer(show=True)
+    (ct,) = viewer.open(str(sample_ct), plugin="medscan")
+    _, widget = viewer.window.add_plugin_dock_widget("medscan", "CT segmentation")
+    assert widget.layer_combo.value is ct
+    config = yaml.safe_load((files("medscan_conf") / "tissues" / "default.yaml").read_text())
+    for name, spec in config["bands"].items():
+        assert band_bounds(widget.sliders[name].value) == tuple(spec["hu"]), name
+
+    def run():
+        before = widget.result
+        worker = widget.run()
+        assert worker is not None
+        # run() returned while the work goes on in a worker thread: no new result yet.
+        assert widget.result is before
+        qtbot.waitUntil(lambda: widget.result is not before, timeout=600_000)
+        qtbot.waitUntil(lambda: widget.run_button.isEnabled(), timeout=10_000)
+        return widget.result
+
+    first = run()
+    assert first["status"] == "ok", first["reason"]
+    case_id = first["volume"].case_id
+    assert case_id == case_dir.name  # same loader, same pseudonymous id as the job
+    layers = viewer.layers
+    widget_labels = layers[f"{case_id} labels"]
+    job_labels = next(la for la in _layers(str(case_dir)) if type(la).__name__ == "Labels")
+    np.testing.assert_array_equal(np.asarray(widget_labels.data), np.asarray(job_labels.data))
+    np.testing.assert_allclose(widget_labels.scale, job_labels.scale)
+    np.testing.assert_allclose(widget_labels.translate, job_labels.translate)
+    job_manifest = json.loads((case_dir / "manifest.json").read_text())
+    for tissue in {m["tissue"] for m in job_manifest["meshes"]}:
+        assert type(layers[f"{case_id} {tissue} mesh"]).__name__ == "Surface"
+    job_metrics = json.loads((case_dir / "metrics.json").read_text())
+    shown = {
+        widget.metrics_table.item(i, 0).text(): widget.metrics_table.item(i, 1).text()
+        for i in range(widget.metrics_table.rowCount())
+    }
+    assert shown["lung_volume_ml"] == f"{job_metrics['lung_volume_ml']:.2f}"
+
+    # A narrower fat band on the slider gives less fat.
+    fat_before = first["metrics"]["tissues"]["fat"]["volume_ml"]
+    widget.sliders["fat"].value = (-100, -29)
+    second = run()
+    assert second["metrics"]["tissues"]["fat"]["volume_ml"] < fat_before
+
+    saved = widget.save(tmp_path / "saved")
+    manifest = json.loads((saved / "manifest.json").read_text())
+    assert manifest["status"] == "ok" and manifest["case_id"] == case_id
+    assert manifest["config"]["tissues"]["bands"]["fat"]["hu"] == [-100, -29]
+    assert manifest["input_hash"] == job_manifest["input_hash"]  # same DICOM files hashed
+    assert (tmp_path / "saved" / "index.csv").read_text().count(case_id) == 1
+    reopened = _layers(str(saved))
+    assert [type(la).__name__ for la in reopened][:2] == ["Image", "Labels"]
+    np.testing.assert_array_equal(np.asarray(reopened[1].data), second["label_map"])

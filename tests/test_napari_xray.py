@@ -135,9 +135,8 @@ def test_xray_review_folder_and_checkpoint(make_napari_viewer, qtbot, xray_run, 
     viewer = make_napari_viewer(show=True)
     _, widget = viewer.window.add_plugin_dock_widget("medscan", "X-ray review")
     worker = widget.predict_folder(sample_xray / "PNEUMONIA", xray_run["checkpoint"])
-    with qtbot.waitSignal(worker.finished, timeout=120_000):
-        pass
-    qtbot.waitUntil(lambda: len(widget.rows) == 8, timeout=10_000)
+    assert worker is not None and widget.rows == []  # predicting in a worker thread
+    qtbot.waitUntil(lambda: len(widget.rows) == 8, timeout=120_000)
     job = {r["file"]: r for r in read_predictions(xray_run["predictions"])}
     for row in widget.rows:
         assert row["label"] == "PNEUMONIA"
