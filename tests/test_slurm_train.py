@@ -82,7 +82,10 @@ def test_preempted_training_requeues_and_resumes(slurm_cluster, sample_xray, tmp
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
             assert time.monotonic() < deadline, "no checkpoint after 300 s"
             time.sleep(0.1)
-        job = next((sweep / ".submitit").iterdir()).name
+        while not list((sweep / ".submitit").glob("*/*_0_log.out")):
+            time.sleep(0.1)
+        job_dir = next((sweep / ".submitit").glob("*/*_0_log.out")).parent
+        job = job_dir.name
         # Preemption as Slurm does it (and as submitit's SlurmJob._interrupt simulates it).
         slurm_cluster.run("scancel", "--signal=TERM", job)
         slurm_cluster.run("scancel", f"--signal={SlurmJobEnvironment.USR_SIG}", job)
@@ -94,7 +97,7 @@ def test_preempted_training_requeues_and_resumes(slurm_cluster, sample_xray, tmp
     final = torch.load(last, weights_only=True)
     assert final["finished"] and final["epoch"] == 7
     assert _epochs(out) == list(range(8))  # every epoch once: resumed, not restarted
-    job_log = (sweep / ".submitit" / job / f"{job}_0_log.out").read_text()
+    job_log = next(job_dir.glob("*_0_log.out")).read_text()
     assert "resumed from" in job_log  # the requeued run started from last.pt
     if slurm_cluster.accounting:
         assert slurm_cluster.final_states(job) == {"COMPLETED"}
