@@ -17,6 +17,7 @@ from medscan.ct.mesh import FORMATS, SPACE, MeshParams, export_mesh, label_surfa
 from medscan.ct.segment import Segmentation, SegmentParams, segment
 from medscan.ct.tissues import TissueTable
 from medscan.io import LABELS, MESH_DIR, METRICS, PREVIEW, QC, VOLUME, atomic_write, write_json
+from medscan.io.nifti import write_nifti
 from medscan.volume import Finding, Volume
 
 
@@ -151,8 +152,8 @@ def process_volume(
                                "path": rel, **SPACE, **info})
         t = lap("mesh_write", t)
 
-    atomic_write(folder / VOLUME, lambda p: volume.to_nifti(p))
-    atomic_write(folder / LABELS, lambda p: volume.to_nifti(p, seg.labels))
+    write_nifti(folder / VOLUME, volume.hu, volume.nifti_affine())
+    write_nifti(folder / LABELS, seg.labels, volume.nifti_affine())
     write_json(folder / METRICS, metrics)
     write_json(
         folder / QC,

@@ -1,0 +1,88 @@
+"""Fast NIfTI-1 (.nii.gz) writer for (z, y, x) arrays: no transposed copy, parallel gzip.
+
+``Volume.to_nifti`` (nibabel) transposes the array into a new C-contiguous copy and compresses
+it in one thread. Here the header comes from nibabel (same fields: RAS qform/sform, mm), the
+(z, y, x) C-ordered bytes are written as they are -- that *is* NIfTI's x-fastest order -- and
+the stream is compressed in 8 MiB pieces by a thread pool (zlib releases the GIL), each piece
+a gzip member. Concatenated gzip members form one valid gzip file (RFC 1952, section 2.2):
+nibabel, ITK, FSL and dcm2niix's readers all accept it.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from medscan.io.atomic import atomic_write
+
+_PIECE = 8 << 20
+_VOX_OFFSET = 352
+
+
+def _gzip_member(data: memoryview, level: int) -> bytes:
+    comp = zlib.compressobj(level, zlib.DEFLATED, 31)  # wbits 31: gzip container
+    return comp.compress(data) + comp.flush()
+
+
+def nifti_bytes_header(
+    shape_zyx: tuple[int, ...], dtype: np.dtype, ras_affine: np.ndarray
+) -> bytes:
+    """The 352-byte NIfTI-1 header (+ empty extension flag) for data stored (z, y, x)."""
+    import nibabel as nib
+
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape(tuple(int(s) for s in shape_zyx[::-1]))
+    hdr.set_data_dtype(dtype)
+    hdr.set_qform(ras_affine, code=1)
+    hdr.set_sform(ras_affine, code=1)
+    hdr.set_xyzt_units("mm")
+    hdr.set_data_offset(_VOX_OFFSET)
+    hdr["scl_slope"] = 1.0
+    hdr["scl_inter"] = 0.0
+    return hdr.binaryblock + b"\x00" * (_VOX_OFFSET - len(hdr.binaryblock))
+
+
+def write_nifti(
+    path: str | Path,
+    data_zyx: np.ndarray,
+    ras_affine: np.ndarray,
+    level: int = 1,
+    threads: int | None = None,
+) -> Path:
+    """Atomically write ``data_zyx`` as ``.nii.gz`` with the given RAS affine.
+
+    Parameters
+    ----------
+    path : str or Path
+        Output file (``.nii.gz``).
+    data_zyx : numpy.ndarray
+        Array indexed ``(z, y, x)`` (any memory order; made C-contiguous if needed).
+    ras_affine : numpy.ndarray
+        4x4 index ``(i, j, k)`` -> RAS mm (``Volume.nifti_affine()``).
+    level : int
+        zlib level (1: fastest, as nibabel's default).
+    threads : int, optional
+        Compression threads (default: CPU count, at most 8).
+
+    Returns
+    -------
+    Path
+    """
+    arr = np.ascontiguousarray(data_zyx)
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    header = nifti_bytes_header(arr.shape, arr.dtype, ras_affine)
+    raw = memoryview(arr.reshape(-1).view(np.uint8))
+    pieces = [memoryview(header)] + [raw[i : i + _PIECE] for i in range(0, len(raw), _PIECE)]
+    workers = threads or min(os.cpu_count() or 1, 8)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh, ThreadPoolExecutor(workers) as pool:
+            for member in pool.map(lambda p: _gzip_member(p, level), pieces):
+                fh.write(member)
+
+    return atomic_write(path, write)
