@@ -258,6 +258,8 @@ def test_3d_view_has_patient_chirality(make_napari_viewer, case_dir):
     """Anterior view, head up: a marker on the patient's left appears on the screen's right."""
     from PIL import Image
 
+    from medscan.napari.view import camera
+
     viewer = make_napari_viewer(show=True)
     for layer in viewer.open(str(case_dir), plugin="medscan"):
         layer.visible = type(layer).__name__ == "Surface"
@@ -270,7 +272,7 @@ def test_3d_view_has_patient_chirality(make_napari_viewer, case_dir):
     marker.units = ("mm", "mm", "mm")
     viewer.dims.ndisplay = 3
     viewer.reset_view()
-    viewer.camera.set_view_direction((0, 1, 0), up_direction=(-1, 0, 0))
+    camera(viewer).set_view_direction((0, 1, 0), up_direction=(-1, 0, 0))
     shot = ARTIFACTS / "napari-chirality.png"
     ARTIFACTS.mkdir(exist_ok=True)
     viewer.screenshot(str(shot), canvas_only=True, flash=False)

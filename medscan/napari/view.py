@@ -53,7 +53,13 @@ def show_3d(viewer, hide_volumes: bool = True) -> None:
                 layer.visible = False
     viewer.dims.ndisplay = 3
     viewer.reset_view()
-    viewer.camera.set_view_direction((0.0, 1.0, 0.0), up_direction=(-1.0, 0.0, 0.0))
+    camera(viewer).set_view_direction((0.0, 1.0, 0.0), up_direction=(-1.0, 0.0, 0.0))
+
+
+def camera(viewer):
+    """The viewer's camera (``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
 
 
 def main(argv: list[str] | None = None) -> int:
