@@ -122,36 +122,45 @@ def test_case_folder_layers(case_dir):
 
 
 def test_mesh_vertices_land_on_their_label_voxels(case_dir):
-    """Every mesh vertex, mapped by napari world->data of the Labels layer, touches its tissue."""
+    """Mesh vertices, mapped by napari's world->data of the Labels layer, sit on their tissue.
+
+    A marching-cubes vertex lies between a voxel of its tissue and one outside it. The job's
+    meshes are smoothed on a 1.5 mm occupancy grid, so a vertex may sit a fraction of a voxel
+    beyond the voxel faces: almost all are within one voxel of a voxel centre of their tissue,
+    and all within 1.5 voxels. The same vertices read as RAS instead of LPS miss.
+    """
     layers = _layers(str(case_dir))
     labels = next(layer for layer in layers if type(layer).__name__ == "Labels")
     features = labels.features
     ids = {name: int(i) for i, name in zip(features["index"], features["name"], strict=True)}
     data = np.asarray(labels.data)
+    shape = np.array(data.shape)
     surfaces = [layer for layer in layers if type(layer).__name__ == "Surface"]
     assert surfaces
+
+    def within(points_world, label, tol):
+        """Share of points with a voxel of ``label`` at most ``tol`` voxels away on every axis."""
+        idx = np.array([labels.world_to_data(p) for p in points_world])
+        base = np.floor(idx).astype(int)
+        hits = np.zeros(len(idx), bool)
+        for offset in np.ndindex(4, 4, 4):
+            voxel = base + np.array(offset) - 1
+            near = np.all(np.abs(voxel - idx) <= tol, axis=1)
+            near &= np.all((voxel >= 0) & (voxel < shape), axis=1)
+            v = np.clip(voxel, 0, shape - 1)
+            hits |= near & (data[v[:, 0], v[:, 1], v[:, 2]] == label)
+        return float(hits.mean())
+
     rng = np.random.default_rng(0)
     for surface in surfaces:
         tissue = surface.metadata["medscan"]["tissue"]
         verts = np.asarray(surface.data[0], dtype=np.float64)
-        verts = verts[rng.choice(len(verts), size=min(len(verts), 2000), replace=False)]
+        verts = verts[rng.choice(len(verts), size=min(len(verts), 3000), replace=False)]
         world = np.array([surface.data_to_world(v) for v in verts])
-
-        def hit_fraction(points_world, label=ids[tissue]):
-            idx = np.array([labels.world_to_data(p) for p in points_world])
-            inside = np.all((idx > -1) & (idx < np.array(data.shape)), axis=1)
-            hits = np.zeros(len(idx), bool)
-            lo = np.floor(idx).astype(int)
-            # The voxel a marching-cubes vertex came from is one of the 8 around it.
-            for corner in np.ndindex(2, 2, 2):
-                c = np.clip(lo + corner, 0, np.array(data.shape) - 1)
-                hits |= data[c[:, 0], c[:, 1], c[:, 2]] == label
-            return float(np.mean(hits & inside))
-
-        assert hit_fraction(world) >= 0.98, tissue
-        # The test can fail: the same vertices read as RAS instead of LPS mostly miss.
-        ras = world * np.array([1.0, -1.0, -1.0])
-        assert hit_fraction(ras) < 0.5, tissue
+        assert within(world, ids[tissue], 1.0) >= 0.97, tissue
+        assert within(world, ids[tissue], 1.5) >= 0.999, tissue
+        ras = world * np.array([1.0, -1.0, -1.0])  # LPS <-> RAS flips the P and L axes
+        assert within(ras, ids[tissue], 1.0) < 0.5, tissue
 
 
 def test_batch_folder_opens_every_case_and_skips_a_broken_one(segment_out, case_dir, tmp_path):

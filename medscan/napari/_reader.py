@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -109,23 +110,27 @@ def _subdirs(path: Path) -> list[Path]:
 
 
 def _looks_like_dicom_folder(path: Path, limit: int = 64) -> bool:
-    """True when one of the first ``limit`` files is ``*.dcm``, a DICOMDIR or has the DICM magic."""
+    """True when one of the first ``limit`` files is ``*.dcm``, a DICOMDIR or starts with DICM.
+
+    Stops early, so pointing napari at a huge unrelated tree stays cheap.
+    """
     seen = 0
-    for file in sorted(path.rglob("*")):
-        if not file.is_file():
-            continue
-        if file.suffix.lower() == ".dcm" or file.name.upper() == "DICOMDIR":
-            return True
-        try:
-            with file.open("rb") as handle:
-                head = handle.read(132)
-        except OSError:
-            continue
-        if head[128:132] == b"DICM":
-            return True
-        seen += 1
-        if seen >= limit:
-            break
+    for folder, dirs, names in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            file = Path(folder) / name
+            if file.suffix.lower() == ".dcm" or name.upper() == "DICOMDIR":
+                return True
+            try:
+                with file.open("rb") as handle:
+                    head = handle.read(132)
+            except OSError:
+                continue
+            if head[128:132] == b"DICM":
+                return True
+            seen += 1
+            if seen >= limit:
+                return False
     return False
 
 
