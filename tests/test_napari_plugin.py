@@ -358,3 +358,43 @@ def test_ct_segmentation_widget_end_to_end(
     reopened = _layers(str(saved))
     assert [type(la).__name__ for la in reopened][:2] == ["Image", "Labels"]
     np.testing.assert_array_equal(np.asarray(reopened[1].data), second["label_map"])
+
+
+@pytest.mark.napari
+def test_2d_axial_slice_is_radiological(make_napari_viewer, case_dir):
+    """In 2D the patient's left lung is drawn on the right of the screen (radiological view)."""
+    from PIL import Image
+
+    viewer = make_napari_viewer(show=True)
+    layers = viewer.open(str(case_dir), plugin="medscan")
+    labels = next(layer for layer in layers if type(layer).__name__ == "Labels")
+    for layer in layers:
+        layer.visible = layer is labels
+    ids = dict(zip(labels.features["name"], labels.features["index"], strict=True))
+    labels.opacity = 1.0
+    labels.show_selected_label = True
+    nz = labels.data.shape[0]
+    viewer.dims.set_point(0, labels.data_to_world((nz // 2, 0, 0))[0])
+    viewer.reset_view()
+    centres = {}
+    for side in ("lung_left", "lung_right"):
+        labels.selected_label = int(ids[side])
+        shot = ARTIFACTS / f"napari-2d-{side}.png"
+        ARTIFACTS.mkdir(exist_ok=True)
+        viewer.screenshot(str(shot), canvas_only=True, flash=False)
+        rgb = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+        _, xs = np.nonzero(rgb.max(axis=2) > 40)
+        assert len(xs) > 500, side
+        centres[side] = xs.mean() / rgb.shape[1]
+    assert centres["lung_left"] > 0.5 > centres["lung_right"], centres
+
+
+def test_failed_case_still_opens_with_a_warning(case_dir, tmp_path):
+    failed = tmp_path / case_dir.name
+    shutil.copytree(case_dir, failed)
+    manifest = json.loads((failed / "manifest.json").read_text())
+    manifest.update(status="failed", reason="no lungs found (test)")
+    (failed / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.warns(UserWarning, match="no lungs found"):
+        layers = _layers(str(failed))
+    assert {layer.metadata["medscan"]["status"] for layer in layers[:2]} == {"failed"}
