@@ -78,6 +78,17 @@ def test_manifest_declares_reader_and_widgets():
     widgets = {w.display_name for w in manifest.contributions.widgets}
     assert {"CT segmentation", "X-ray review", "CT window"} <= widgets
     assert manifest.contributions.readers[0].accepts_directories
+    assert [s.key for s in manifest.contributions.sample_data] == ["chest_ct"]
+
+
+def test_sample_data_is_the_embedded_ct(sample_ct):
+    from medscan.napari._sample_data import sample_ct as open_sample
+    from medscan.napari._sample_data import sample_ct_path
+
+    assert sample_ct_path().resolve() == sample_ct.resolve()
+    (data, kwargs, kind) = open_sample()[0]
+    assert kind == "image" and data.shape == (30, 512, 512)
+    assert kwargs["scale"] == pytest.approx((8.0, 0.6464844, 0.6464844), rel=1e-5)
 
 
 def test_reader_declines_foreign_paths(tmp_path):
