@@ -11,6 +11,7 @@ is a case like any other for the reader, ``medscan segment`` reruns and the batc
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import tempfile
 import time
@@ -73,6 +74,7 @@ def run_case(
     options = options_from_config({**settings, "tissues": _tissue_config(tissues)})
     be = get_backend(backend)
     staging = Path(tempfile.mkdtemp(prefix=f"medscan-napari-{volume.case_id}-"))
+    atexit.register(shutil.rmtree, staging, True)  # staged files never outlive the session
     from medscan.ct.pipeline import process_volume
 
     result = process_volume(volume, staging, options, be)
