@@ -34,6 +34,7 @@ def measure(
     voxel_volume_ml: float,
     lungs_found: bool = True,
     be: Backend | None = None,
+    slab: int = 16,
 ) -> dict[str, Any]:
     """Tissue and lung metrics.
 
@@ -51,6 +52,8 @@ def measure(
         False: the lung metrics are ``None``.
     be : Backend, optional
         Array backend (default: CPU).
+    slab : int
+        Slices processed at a time (bounds the temporary memory).
 
     Returns
     -------
@@ -63,14 +66,32 @@ def measure(
     xp = be.xp
     hu_d = be.asarray(hu)
     lab = be.asarray(labels)
+    ids = [t.label for t in tissues.all]
+    lung_ids = (tissues[LUNG_LEFT].label, tissues[LUNG_RIGHT].label)
+    count = dict.fromkeys(ids, 0)
+    total = dict.fromkeys(ids, 0.0)
+    total_sq = dict.fromkeys(ids, 0.0)
+    lung_values = []
+    # slab by slab: no whole-volume temporaries (masks, float64 copies)
+    for k in range(0, lab.shape[0], slab):
+        lab_s, hu_s = lab[k : k + slab], hu_d[k : k + slab]
+        for i in ids:
+            values = hu_s[lab_s == i]
+            if values.size == 0:
+                continue
+            v64 = values.astype(xp.float64)
+            count[i] += int(values.size)
+            total[i] += float(v64.sum())
+            total_sq[i] += float((v64 * v64).sum())
+            if i in lung_ids:
+                lung_values.append(values)
     out: dict[str, Any] = {"tissues": {}}
     for t in tissues.all:
-        values = hu_d[lab == t.label]
-        n = int(values.size)
+        n = count[t.label]
         stats = {"label": t.label, "voxels": n, "volume_ml": round(n * voxel_volume_ml, 3)}
         if n:
-            mean = float(xp.mean(values, dtype=xp.float64))
-            std = float(xp.std(values, dtype=xp.float64))
+            mean = total[t.label] / n
+            std = float(np.sqrt(max(total_sq[t.label] / n - mean * mean, 0.0)))
             stats.update(mean_hu=round(mean, 2), std_hu=round(std, 2))
         else:
             stats.update(mean_hu=None, std_hu=None)
@@ -80,7 +101,7 @@ def measure(
     if not lungs_found or left["voxels"] + right["voxels"] == 0:
         out.update({k: None for k in LUNG_KEYS})
         return out
-    lung = hu_d[(lab == tissues[LUNG_LEFT].label) | (lab == tissues[LUNG_RIGHT].label)]
+    lung = xp.concatenate(lung_values)
     n = int(lung.size)
     out.update(
         lung_volume_ml=round(n * voxel_volume_ml, 3),

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from medscan.backend import Backend, get_backend
-from medscan.ct.ops import bbox, block_factors, block_mean
+from medscan.ct.ops import block_factors, block_mean, label_bbox
 from medscan.volume import world_from_zyx
 
 #: Mesh formats written by :func:`export_mesh`.
@@ -100,17 +100,16 @@ def label_surface(
     be = be or get_backend("cpu")
     xp = be.xp
     lab = be.asarray(labels)
-    mask = lab == label
     spacing = tuple(float(n) for n in np.linalg.norm(affine[:3, :3], axis=0)[::-1])
     f = block_factors(spacing, params.work_mm)  # type: ignore[arg-type]
     margin = tuple(2 * k for k in f)
-    box = bbox(be, mask, margin)  # type: ignore[arg-type]
+    box = label_bbox(be, lab, label, margin)  # type: ignore[arg-type]
     if box[0].stop == 0:
         return None
-    sub = mask[box]
+    sub = lab[box] == label
     # pad to whole blocks (plus one empty block each side when the box touches the border)
     pads = []
-    for n, k, sl, full in zip(sub.shape, f, box, mask.shape, strict=True):
+    for n, k, sl, full in zip(sub.shape, f, box, lab.shape, strict=True):
         before = k if sl.start == 0 else 0
         after = (-(n + before)) % k + (k if sl.stop == full else 0)
         pads.append((before, after))

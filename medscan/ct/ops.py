@@ -33,9 +33,43 @@ def bbox(be: Backend, mask: Any, margin: tuple[int, int, int] = (0, 0, 0)) -> tu
     return tuple(box)
 
 
-def component_sizes(be: Backend, labels: Any, n: int) -> np.ndarray:
-    """Voxel count of components ``0..n`` (index 0 = background), on the host."""
-    return be.asnumpy(be.xp.bincount(labels.ravel(), minlength=n + 1)).astype(np.int64)
+def label_bbox(
+    be: Backend, labels: Any, label: int, margin: tuple[int, int, int] = (0, 0, 0),
+    slab: int = 16,
+) -> tuple[slice, ...]:
+    """:func:`bbox` of ``labels == label``, computed slab by slab (no whole-volume mask)."""
+    xp = be.xp
+    nz, ny, nx = labels.shape
+    hit_z = np.zeros(nz, dtype=bool)
+    hit_y = xp.zeros(ny, dtype=bool)
+    hit_x = xp.zeros(nx, dtype=bool)
+    for k in range(0, nz, slab):
+        m = labels[k : k + slab] == label
+        hit_z[k : k + slab] = be.asnumpy(xp.any(m, axis=(1, 2)))
+        hit_y |= xp.any(m, axis=(0, 2))
+        hit_x |= xp.any(m, axis=(0, 1))
+    box = []
+    for axis, hit in enumerate((hit_z, be.asnumpy(hit_y), be.asnumpy(hit_x))):
+        idx = np.flatnonzero(hit)
+        if idx.size == 0:
+            return (slice(0, 0),) * 3
+        lo = max(int(idx[0]) - margin[axis], 0)
+        hi = min(int(idx[-1]) + 1 + margin[axis], labels.shape[axis])
+        box.append(slice(lo, hi))
+    return tuple(box)
+
+
+def component_sizes(be: Backend, labels: Any, n: int, slab: int = 16) -> np.ndarray:
+    """Voxel count of components ``0..n`` (index 0 = background), on the host.
+
+    Counted slab by slab along axis 0: ``bincount`` widens its input to 64-bit integers, which
+    for a whole 3-D label array would cost twice the array's memory again.
+    """
+    xp = be.xp
+    counts = xp.zeros(n + 1, dtype=xp.int64)
+    for k in range(0, labels.shape[0], slab):
+        counts += xp.bincount(labels[k : k + slab].ravel(), minlength=n + 1)
+    return be.asnumpy(counts).astype(np.int64)
 
 
 def largest_component(be: Backend, mask: Any, connectivity: int = 6) -> Any:
@@ -106,29 +140,27 @@ def block_factors(spacing: tuple[float, float, float], work_mm: float) -> tuple[
     return tuple(max(1, round(work_mm / s)) for s in spacing)  # type: ignore[return-value]
 
 
-def block_mean(be: Backend, array: Any, factors: tuple[int, int, int]) -> Any:
+def block_mean(be: Backend, array: Any, factors: tuple[int, int, int], slab: int = 16) -> Any:
     """float32 mean over ``factors`` blocks; the trailing remainder of each axis is dropped.
 
-    Summed axis by axis from strided views (much faster than a 6-D reshape reduction).
+    Summed from strided views, ``slab`` output slices at a time into one preallocated result
+    (far faster than a 6-D reshape reduction, and without whole-volume temporaries).
     """
     xp = be.xp
+    fz, fy, fx = factors
     nz, ny, nx = (s // f for s, f in zip(array.shape, factors, strict=True))
-    out = array[: nz * factors[0], : ny * factors[1], : nx * factors[2]]
-    first = True
-    for axis, f in enumerate(factors):
-        if f == 1:
-            continue
-        idx = [slice(None)] * 3
-        idx[axis] = slice(0, None, f)
-        acc = out[tuple(idx)].astype(xp.float32)
-        for o in range(1, f):
-            idx[axis] = slice(o, None, f)
-            acc += out[tuple(idx)]
-        out = acc
-        first = False
-    if first:
-        return out.astype(xp.float32)
-    out *= 1.0 / float(factors[0] * factors[1] * factors[2])
+    out = xp.empty((nz, ny, nx), dtype=xp.float32)
+    scale = 1.0 / float(fz * fy * fx)
+    for k0 in range(0, nz, slab):
+        k1 = min(k0 + slab, nz)
+        acc = out[k0:k1]
+        acc[...] = 0
+        for oz in range(fz):
+            for oy in range(fy):
+                for ox in range(fx):
+                    acc += array[k0 * fz + oz : k1 * fz : fz, oy : ny * fy : fy, ox : nx * fx : fx]
+        if scale != 1.0:
+            acc *= scale
     return out
 
 
@@ -174,24 +206,32 @@ def erode(be: Backend, mask: Any, size: tuple[int, int, int]) -> Any:
     return be.ndi.minimum_filter(mask.view(be.xp.uint8), size=size, mode="nearest").view(bool)
 
 
-def refine(
-    be: Backend, lows: list[Any], factors: tuple[int, int, int], condition: Any
-) -> list[Any]:
-    """Full-resolution masks from low-resolution ones and a full-resolution condition.
+def refine_mask(
+    be: Backend, low: Any, factors: tuple[int, int, int], condition: Any, slab: int = 8
+) -> Any:
+    """Full-resolution mask from a low-resolution one and a full-resolution condition.
 
-    For each low mask, the interior (eroded by one in-plane voxel) is taken as is, so filled
-    vessels stay filled; in the one-voxel band around its border the full-resolution
-    ``condition`` (a threshold) decides, so borders have full-resolution precision. The masks
-    share one up-sampling (a code map), and an earlier mask wins where bands overlap.
+    The interior (the low mask eroded by one in-plane voxel) is taken as is, so filled vessels
+    stay filled; in the one-voxel band around the low-resolution border the full-resolution
+    ``condition`` (a threshold) decides, so the border has full-resolution precision.
+    ``condition`` has the shape of the full-resolution grid (``low.shape * factors``, or larger:
+    the remainder beyond is outside the mask). The erosion and dilation are in-plane, so the
+    work is done ``slab`` low-resolution slices at a time (no whole-volume temporaries).
     """
     xp = be.xp
     if factors == (1, 1, 1):
-        return list(lows)
-    code = xp.zeros(lows[0].shape, dtype=xp.uint8)
-    for n, low in enumerate(lows):
-        inner = erode(be, low, (1, 3, 3))
-        band = dilate(be, low, (1, 3, 3)) & ~inner
-        code[band & (code == 0)] = 2 * n + 1
-        code[inner] = 2 * n + 2
-    up = upsample(be, code, factors, condition.shape)
-    return [(up == 2 * n + 2) | ((up == 2 * n + 1) & condition) for n in range(len(lows))]
+        return low.copy()
+    fz = factors[0]
+    out = xp.zeros(condition.shape, dtype=bool)
+    for k0 in range(0, low.shape[0], slab):
+        k1 = min(k0 + slab, low.shape[0])
+        part = low[k0:k1]
+        inner = erode(be, part, (1, 3, 3))
+        code = dilate(be, part, (1, 3, 3)).view(xp.uint8).copy()  # 1 = band
+        code[inner] = 2
+        dst = out[k0 * fz : k1 * fz]
+        up = upsample(be, code, factors, dst.shape)
+        dst[...] = up == 1
+        dst &= condition[k0 * fz : k1 * fz]
+        dst |= up == 2
+    return out

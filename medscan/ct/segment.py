@@ -48,7 +48,7 @@ from medscan.ct.ops import (
     fill_holes_2d,
     fill_holes_3d,
     largest_component,
-    refine,
+    refine_mask,
 )
 from medscan.ct.tissues import LUNG_LEFT, LUNG_RIGHT, TissueTable
 from medscan.volume import Finding, Volume
@@ -190,7 +190,6 @@ def segment(
     voxel_ml = volume.voxel_volume_ml
 
     hu = be.asarray(volume.hu)
-    labels_full = xp.zeros(hu.shape, dtype=np.uint8)
     factors = block_factors(volume.spacing, params.work_mm)
     low_spacing = tuple(s * f for s, f in zip(volume.spacing, factors, strict=False))
     low_affine = volume.affine.copy()
@@ -214,7 +213,7 @@ def segment(
     box_low = bbox(be, body_low, (0, 1, 1))
     if box_low[0].stop == 0:
         return Segmentation(
-            labels=be.asnumpy(labels_full),
+            labels=np.zeros(volume.shape, dtype=np.uint8),
             lungs_found=False,
             reason=f"no voxel above the body threshold ({params.body_threshold_hu:g} HU)",
             findings=findings,
@@ -224,39 +223,52 @@ def segment(
     hu_low = hu_low[box_low]
     box = tuple(slice(b.start * f, b.stop * f) for b, f in zip(box_low, factors, strict=False))
     hu_c = hu[box]
-    body = refine(be, [body_low], factors, hu_c > params.body_threshold_hu)[0]
     clock.lap("body")
 
-    # 2. tissue bands inside the body (full resolution, one table look-up per voxel)
-    if hu_c.dtype == xp.int16:
-        idx = hu_c.view(xp.uint16)
-    else:
-        idx = xp.clip(xp.floor(hu_c), -32768, 32767).astype(xp.int16).view(xp.uint16)
-    labels = be.asarray(tissues.int16_lut())[idx]
-    labels[~body] = 0
-    del idx
-    clock.lap("tissue_bands")
-
-    # 3.-6. lungs (low resolution), then refined at full resolution
+    # 3.-6. lungs on the low-resolution grid
     lungs = _segment_lungs(be, hu_low, body_low, low_affine, box_low, low_spacing, low_ml,
                            params, findings, clock)
+    del hu_low
+
+    # full resolution, inside the body's box: body border refined by the threshold
+    body = refine_mask(be, body_low, factors, hu_c > params.body_threshold_hu)
+    clock.lap("body_refine")
+
+    # 2. tissue bands inside the body (one table look-up per voxel, into the output array)
+    labels_full = xp.zeros(hu.shape, dtype=np.uint8)
+    labels = labels_full[box]
+    lut = be.asarray(tissues.int16_lut())
+    for k in range(0, hu_c.shape[0], 16):  # slab by slab: no whole-volume index temporaries
+        part = hu_c[k : k + 16]
+        if part.dtype != xp.int16:
+            part = xp.clip(xp.floor(part), -32768, 32767).astype(xp.int16)
+        labels[k : k + 16] = lut[part.view(xp.uint16)]
+    labels *= body
+    clock.lap("tissue_bands")
+
     if lungs is None:
         reason = next((f.message for f in findings if f.code == "no_lungs"), "no lungs found")
         lungs_found = False
     else:
-        below = (hu_c < params.lung_threshold_hu) & body
-        fulls = refine(be, list(lungs), factors, below)
-        del below
-        for name, full in zip((LUNG_RIGHT, LUNG_LEFT), fulls, strict=True):
-            sub_box = bbox(be, full)
-            if sub_box[0].stop:
-                full[sub_box] = fill_holes_2d(be, full[sub_box])
-            # the slice-wise fill never takes voxels from the other lung
-            labels[full & (labels != tissues[LUNG_RIGHT].label)] = tissues[name].label
+        right_id = tissues[LUNG_RIGHT].label
+        for name, low in zip((LUNG_RIGHT, LUNG_LEFT), lungs, strict=True):
+            lbox = bbox(be, low, (1, 1, 1))
+            if lbox[0].stop == 0:
+                continue
+            fbox = tuple(slice(b.start * f, b.stop * f) for b, f in
+                         zip(lbox, factors, strict=True))
+            cond = hu_c[fbox] < params.lung_threshold_hu
+            cond &= body[fbox]
+            full = refine_mask(be, low[lbox], factors, cond)
+            del cond
+            full = fill_holes_2d(be, full)
+            sub = labels[fbox]
+            full &= sub != right_id  # the slice-wise fill never takes the other lung's voxels
+            sub[full] = tissues[name].label
+            del full
         lungs_found = True
         reason = ""
         clock.lap("lung_refine")
-    labels_full[box] = labels
     out = be.asnumpy(labels_full)
     clock.lap("assemble")
     return Segmentation(
