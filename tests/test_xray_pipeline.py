@@ -215,6 +215,16 @@ def test_pretrained_without_local_file_is_a_clear_error(split_root, tmp_path, ca
     assert not (tmp_path / "o" / "checkpoints").exists()
 
 
+def test_training_stops_on_unreadable_file(split_root, tmp_path, capsys):
+    root = tmp_path / "data"
+    shutil.copytree(split_root, root)
+    (root / "train" / "NORMAL" / "IM-9999-0001.jpeg").write_text("not an image")
+    rc = cli(["train", f"data.root={root}", f"output={tmp_path / 'o'}", *TINY])
+    assert rc == 2
+    assert "IM-9999-0001.jpeg: not an image" in capsys.readouterr().out
+    assert not (tmp_path / "o" / "checkpoints").exists()
+
+
 def test_ddp_two_cpu_processes(split_root, tmp_path):
     """torchrun --nproc_per_node 2 (gloo): both ranks train, rank 0 alone writes."""
     out = tmp_path / "ddp"

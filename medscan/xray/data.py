@@ -35,10 +35,11 @@ SAMPLE_ROOT = Path(__file__).resolve().parents[1] / "sample" / "xray"
 class ImageReadError(ValueError):
     """An image file cannot be decoded; the message names the file and the reason."""
 
-    def __init__(self, path: str | Path, reason: str) -> None:
+    def __init__(self, path: str | Path, reason: str | None = None) -> None:
+        # one-argument form: torch's DataLoader re-raises worker errors as ``cls(message)``
         self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{path}: {reason}")
+        self.reason = reason or ""
+        super().__init__(f"{path}: {reason}" if reason is not None else str(path))
 
 
 class DatasetError(ValueError):
@@ -299,6 +300,39 @@ def read_image(path: str | Path, *, draft_size: int | None = None) -> np.ndarray
         if isinstance(exc, ImageReadError):
             raise
         raise ImageReadError(path, f"cannot decode ({exc})") from exc
+
+
+def probe_image(path: str | Path) -> None:
+    """Check that a file's header is a readable image (fast; pixel data are not decoded).
+
+    Raises
+    ------
+    ImageReadError
+        Naming the file and the reason.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot open ({exc.strerror or exc})") from exc
+    if path.suffix.lower() in DICOM_SUFFIXES or head[128:132] == b"DICM":
+        import pydicom
+
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception as exc:
+            raise ImageReadError(path, f"not a readable DICOM file ({exc})") from exc
+        if "Rows" not in ds:
+            raise ImageReadError(path, "DICOM file without an image")
+        return
+    try:
+        with Image.open(path) as img:
+            img.size  # noqa: B018 - header parsed by open()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(path, "not an image Pillow can identify (JPEG/PNG/DICOM)") from exc
 
 
 def preprocess(image: np.ndarray, size: int, resize: str = "squash") -> np.ndarray:

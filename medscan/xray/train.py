@@ -186,6 +186,8 @@ def prepare_data(cfg: Any, info: DistInfo) -> dict:
             records, float(d.get("val_fraction", 0.15)), int(d.get("split_seed", 0))
         )
         source = f"patient-disjoint {float(d.get('val_fraction', 0.15)):.0%} of the training folder"
+    for r in [*train, *val]:  # fail before training starts, naming the file
+        xdata.probe_image(r.path)
     hashes = {r.path: xdata.content_hash(r.path) for r in [*train, *val]}
     train_hashes = {hashes[r.path] for r in train}
     dup = [r for r in val if hashes[r.path] in train_hashes]
