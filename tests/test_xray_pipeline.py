@@ -242,3 +242,31 @@ def test_ddp_two_cpu_processes(split_root, tmp_path):
     # each rank saw its half: the gathered count is the whole (drop_last trims a partial batch)
     assert n_train - 2 * 2 < int(rows[0]["train_images"]) <= n_train
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+
+
+def test_ddp_from_slurm_environment(split_root, tmp_path):
+    """Two tasks with the variables `srun -n 2` sets (as under the submitit launcher): the ranks
+    find each other through submitit's TorchDistributedEnvironment."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "slurm"
+    procs = []
+    for rank in (0, 1):
+        env = {**os.environ, "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "2",
+               "SLURM_JOB_NUM_NODES": "1", "SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "localhost",
+               "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "MASTER_PORT": str(port),
+               "OMP_NUM_THREADS": "1"}
+        for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR"):
+            env.pop(key, None)
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "medscan.cli", "train", f"data.root={split_root}",
+             f"output={out}", *TINY, "trainer.max_epochs=1", "data.batch_size=2"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert "epoch 0:" in logs[0] and "epoch 0:" not in logs[1]  # rank 0 alone reports/writes

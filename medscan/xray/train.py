@@ -66,7 +66,12 @@ def setup_distributed(accelerator: str = "cpu") -> DistInfo:
     if "WORLD_SIZE" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         import submitit
 
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        # set by submitit's own sbatch script; a plain `srun medscan train ...` lacks it, and
+        # the Slurm variables submitit reads are the same either way
+        os.environ.setdefault("SUBMITIT_EXECUTOR", "slurm")
+        submitit.helpers.TorchDistributedEnvironment().export(
+            set_cuda_visible_devices=False, overwrite=True
+        )
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
