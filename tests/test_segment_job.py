@@ -228,3 +228,22 @@ def test_bad_config_values(tmp_path):
     r = cli(f"input={tmp_path / 'missing'}", f"output={tmp_path}")
     assert r.returncode == 2 and "does not exist" in r.stderr
     assert os.path.isdir(tmp_path)
+
+
+def test_write_volume_case_for_in_memory_volumes(sample_ct, tmp_path):
+    """The napari widget's path: one loaded volume -> a case folder in the same layout."""
+    from medscan.ct.job import write_volume_case
+    from medscan.ct.pipeline import CaseOptions
+    from medscan.ct.tissues import default_tissues
+    from medscan.dicom import load_path
+
+    volume = load_path(sample_ct)
+    options = CaseOptions(tissues=default_tissues(), mesh_labels=["lung_left"],
+                          mesh_formats=["ply"], preview=False)
+    manifest = write_volume_case(volume, tmp_path, options)
+    assert manifest["status"] == "ok" and len(manifest["input_hashes"]) == 30
+    c = read_case(tmp_path / volume.case_id)
+    assert c["paths"]["meshes"] == {"lung_left": {"ply": tmp_path / volume.case_id
+                                                  / "meshes" / "lung_left.ply"}}
+    (row,) = read_index(tmp_path)
+    assert row["case_id"] == volume.case_id and float(row["lung_left_ml"]) > 800

@@ -7,6 +7,7 @@ Called by ``jobs/segment.py`` (the Hydra entry point) with the composed config; 
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import sys
 import time
@@ -69,6 +70,48 @@ def options_from_config(cfg: dict[str, Any]) -> CaseOptions:
         min_slices=int(cfg.get("min_slices", 3)),
         preview=bool(cfg.get("preview", True)),
     )
+
+
+def write_volume_case(
+    volume: Any,
+    output: str | Path,
+    options: CaseOptions,
+    be: Any = None,
+    config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write one in-memory volume as ``output/<case_id>/`` in the job's layout (e.g. napari).
+
+    Same files and manifest as ``medscan segment`` (input hashes from ``volume.files`` when they
+    exist), written atomically, then ``index.csv`` is rebuilt.
+
+    Returns
+    -------
+    dict
+        The manifest.
+    """
+    be = be or get_backend("cpu")
+    output = Path(output)
+    files = [Path(f) for f in volume.files if Path(f).is_file()]
+    root = Path(os.path.commonpath([str(f.parent) for f in files])) if files else output
+    input_hashes, input_hash = hash_inputs(files, root)
+    cfg = config or {"tissues": options.tissues.name, "segment": options.segment.to_dict(),
+                     "mesh": options.mesh.to_dict(), "mesh_labels": options.mesh_labels,
+                     "mesh_formats": options.mesh_formats, "min_slices": options.min_slices,
+                     "preview": options.preview}
+    t0 = time.perf_counter()
+    with atomic_case_dir(output, volume.case_id) as tmp:
+        result = process_volume(volume, tmp, options, be)
+        manifest = {
+            "case_id": volume.case_id, "status": result.status, "reason": result.reason,
+            "config": cfg, "config_hash": config_hash(cfg), "input_hashes": input_hashes,
+            "input_hash": input_hash, "versions": versions(), "backend": be.name,
+            **SPACE, "labels": options.tissues.labels_dict(), "meshes": result.meshes,
+            "timings_s": result.timings_s, "seconds": round(time.perf_counter() - t0, 3),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_json(tmp / MANIFEST, manifest)
+    rebuild_index(output)
+    return manifest
 
 
 def _error(message: str) -> int:
