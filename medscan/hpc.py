@@ -23,7 +23,7 @@ class DistEnv:
     master_port : int
         TCP port of the rendezvous on ``master_addr``.
     launcher : str
-        ``"torchrun"``, ``"submitit"`` or ``"single"``.
+        ``"torchrun"``, ``"submitit"``, ``"srun"`` or ``"single"``.
     """
 
     rank: int
@@ -40,14 +40,23 @@ class DistEnv:
 
 
 def _submitit_num_tasks() -> int:
+    if not os.environ.get("SUBMITIT_EXECUTOR"):  # set in every job that submitit starts
+        return 1
     try:
         import submitit
     except ImportError:
         return 1
     try:
         return int(submitit.JobEnvironment().num_tasks)
-    except RuntimeError:  # not inside a submitit job
+    except RuntimeError:  # not inside a submitit job after all
         return 1
+
+
+def _srun_num_tasks() -> int:
+    """Tasks of a plain ``srun`` step (``SLURM_PROCID`` is only set inside a step)."""
+    if "SLURM_PROCID" not in os.environ:
+        return 1
+    return int(os.environ.get("SLURM_NTASKS", "1"))
 
 
 def distributed_env(*, set_cuda_visible_devices: bool = True) -> DistEnv:
@@ -58,6 +67,8 @@ def distributed_env(*, set_cuda_visible_devices: bool = True) -> DistEnv:
       ``tasks_per_node>1``), :class:`submitit.helpers.TorchDistributedEnvironment` exports
       ``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
       ``LOCAL_WORLD_SIZE`` (and, with ``set_cuda_visible_devices``, one GPU per task).
+    - In a plain ``srun`` step with several tasks (an sbatch script), the same, after setting
+      ``SUBMITIT_EXECUTOR=slurm`` (submitit only recognises its own jobs without it).
     - Otherwise a single process: rank 0 of 1.
 
     Call it before ``torch.distributed.init_process_group(init_method="env://")``.
@@ -81,18 +92,20 @@ def distributed_env(*, set_cuda_visible_devices: bool = True) -> DistEnv:
             master_port=int(env.get("MASTER_PORT", 29500)),
             launcher="torchrun",
         )
-    if _submitit_num_tasks() > 1:
-        from submitit.helpers import TorchDistributedEnvironment
+    launcher = "submitit"
+    if _submitit_num_tasks() <= 1:
+        if _srun_num_tasks() <= 1:
+            return DistEnv(0, 1, 0, "127.0.0.1", 29500, "single")
+        os.environ.setdefault("SUBMITIT_EXECUTOR", "slurm")
+        launcher = "srun"
+    from submitit.helpers import TorchDistributedEnvironment
 
-        dist = TorchDistributedEnvironment().export(
-            set_cuda_visible_devices=set_cuda_visible_devices
-        )
-        return DistEnv(
-            rank=dist.rank,
-            world_size=dist.world_size,
-            local_rank=dist.local_rank,
-            master_addr=dist.master_addr,
-            master_port=dist.master_port,
-            launcher="submitit",
-        )
-    return DistEnv(0, 1, 0, "127.0.0.1", 29500, "single")
+    dist = TorchDistributedEnvironment().export(set_cuda_visible_devices=set_cuda_visible_devices)
+    return DistEnv(
+        rank=dist.rank,
+        world_size=dist.world_size,
+        local_rank=dist.local_rank,
+        master_addr=dist.master_addr,
+        master_port=dist.master_port,
+        launcher=launcher,
+    )

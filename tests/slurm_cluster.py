@@ -245,6 +245,8 @@ def _slurm_conf(c: SlurmCluster, ports: dict[str, int], munge_socket: Path) -> s
         "SelectTypeParameters=CR_Core",
         "MpiDefault=none",
         "ReturnToService=2",
+        # Trust the node line below even where the machine has fewer cores than it declares.
+        "SlurmdParameters=config_overrides",
         # Quick turnover for tests: requeued jobs may start again at once.
         "MinJobAge=300",
         "KillWait=5",
@@ -420,7 +422,8 @@ def start_cluster(root: Path, *, accounting: bool = True) -> SlurmCluster:
         conf=root / "slurm.conf",
         node=socket.gethostname().split(".")[0],
         partition=PARTITION,
-        cpus=os.cpu_count() or 1,
+        # At least 2 CPUs so a 2-task DDP job fits on a 1-core runner (config_overrides below).
+        cpus=max(2, os.cpu_count() or 1),
         mem_mb=_node_memory_mb(),
         accounting=accounting,
     )

@@ -154,3 +154,31 @@ def test_preempted_job_is_requeued_and_resumes(slurm_cluster, tmp_path: Path) ->
     assert json.loads(state.read_text())["step"] == 12
     if slurm_cluster.accounting:
         assert slurm_cluster.final_states(job) == {"COMPLETED"}
+
+
+def test_distributed_env_outside_any_launcher(monkeypatch) -> None:
+    from medscan.hpc import distributed_env
+
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SUBMITIT_EXECUTOR"):
+        monkeypatch.delenv(var, raising=False)
+    env = distributed_env()
+    assert (env.rank, env.world_size, env.launcher, env.is_main) == (0, 1, "single", True)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    env = distributed_env()
+    assert (env.rank, env.world_size, env.launcher, env.is_main) == (1, 2, "torchrun", False)
+
+
+@pytest.mark.slurm
+def test_distributed_env_in_a_two_task_slurm_step(slurm_cluster) -> None:
+    """A plain `srun -n2` (as in containers/slurm/train-4gpu.sbatch), no submitit job."""
+    code = (
+        "import os; from medscan.hpc import distributed_env; e = distributed_env(); "
+        "print(e.rank, e.world_size, e.local_rank, e.launcher, e.master_addr, e.master_port, "
+        "os.environ['RANK'], os.environ['WORLD_SIZE'])"
+    )
+    out = slurm_cluster.run("srun", "-n2", "--cpus-per-task=1", sys.executable, "-c", code)
+    rows = sorted(line.split() for line in out.splitlines() if line.strip())
+    assert [r[:4] for r in rows] == [["0", "2", "0", "srun"], ["1", "2", "1", "srun"]]
+    assert rows[0][4:6] == rows[1][4:6]  # one rendezvous address and port for both ranks
+    assert [r[6:] for r in rows] == [["0", "2"], ["1", "2"]]  # exported for env://

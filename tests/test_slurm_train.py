@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 import time
@@ -70,7 +71,7 @@ def test_preempted_training_requeues_and_resumes(slurm_cluster, sample_xray, tmp
     args = _slurm_args(
         sweep, "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=2",
         "hydra.launcher.max_num_timeout=2", f"data.root={sample_xray}", f"output={out}",
-        "trainer.max_epochs=8",
+        "trainer.max_epochs=4",
     )  # fmt: skip
     proc = subprocess.Popen(
         args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=slurm_cluster.env
@@ -95,11 +96,39 @@ def test_preempted_training_requeues_and_resumes(slurm_cluster, sample_xray, tmp
             proc.kill()
     assert proc.returncode == 0, log[-3000:]
     final = torch.load(last, weights_only=True)
-    assert final["finished"] and final["epoch"] == 7
-    assert _epochs(out) == list(range(8))  # every epoch once: resumed, not restarted
+    assert final["finished"] and final["epoch"] == 3
+    assert _epochs(out) == list(range(4))  # every epoch once: resumed, not restarted
     job_log = next(job_dir.glob("*_0_log.out")).read_text()
-    assert "resumed from" in job_log  # the requeued run started from last.pt
+    resumed = re.search(r"resumed from \S+ at epoch (\d+)", job_log)
+    assert resumed, job_log[-3000:]  # the requeued run started from last.pt ...
+    assert 1 <= int(resumed.group(1)) <= 3  # ... after the first epoch, not from scratch
     if slurm_cluster.accounting:
         assert slurm_cluster.final_states(job) == {"COMPLETED"}
         history = slurm_cluster.run("sacct", "-n", "-D", "-X", "-P", "-o", "State", "-j", job)
         assert "REQUEUED" in history.split()  # the same job ran twice
+
+
+def test_plain_sbatch_srun_ddp_as_in_the_example(slurm_cluster, sample_xray, tmp_path: Path):
+    """containers/slurm/train-4gpu.sbatch without the container: its exports + srun, 2 tasks."""
+    example = Path(__file__).resolve().parents[1] / "containers" / "slurm" / "train-4gpu.sbatch"
+    exports = [line for line in example.read_text().splitlines() if line.startswith("export ")]
+    assert any("SUBMITIT_EXECUTOR=slurm" in line for line in exports)
+    out = tmp_path / "out"
+    train = " ".join(
+        [sys.executable, "-m", "medscan.cli", "train", f"data.root={sample_xray}", f"output={out}",
+         *TINY, "trainer.max_epochs=1", "data.batch_size=2"]
+    )  # fmt: skip
+    script = tmp_path / "train.sbatch"
+    lines = [
+        "#!/bin/bash", "#SBATCH --ntasks=2", "#SBATCH --cpus-per-task=1",
+        f"#SBATCH --output={tmp_path}/slurm-%j.out", "set -euo pipefail", *exports,
+        f"srun {train}", "",
+    ]  # fmt: skip
+    script.write_text("\n".join(lines))
+    job = slurm_cluster.run("sbatch", "--parsable", str(script)).strip()
+    slurm_cluster.wait_idle(600)
+    log = (tmp_path / f"slurm-{job}.out").read_text()
+    if slurm_cluster.accounting:
+        assert slurm_cluster.final_states(job) == {"COMPLETED"}, log[-3000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["rank"] == 0, log[-3000:]
