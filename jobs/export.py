@@ -27,8 +27,10 @@ def main(cfg: DictConfig) -> int:
     log.info("exported %s", files)
     if cfg.verify:
         size = int(info["image_size"])
-        images = np.stack([load_image(p, size, info.get("resize", "squash"))
-                           for p in list_images([SAMPLE_ROOT])])
+        images = np.stack([
+            load_image(p, size, info.get("resize", "squash"), bool(info.get("jpeg_draft", True)))
+            for p in list_images([SAMPLE_ROOT])
+        ])
         diffs = compare_exports(model, files, images)
         log.info("max |P(PNEUMONIA) difference| vs PyTorch on %d sample images: %s",
                  len(images), diffs)

@@ -188,6 +188,9 @@ def test_python_api_and_gradcam(trained, split_root):
     rows = predict_images(model, info, files)
     again = predict_images(model, info, files)
     assert [r["prob_pneumonia"] for r in rows] == [r["prob_pneumonia"] for r in again]
+    tta = predict_images(model, info, files, tta=True)
+    diff = [abs(a["prob_pneumonia"] - b["prob_pneumonia"]) for a, b in zip(rows, tta, strict=True)]
+    assert 0 < max(diff) < 0.5  # averaged over shifted views: close to, not equal to, plain
     overlay = gradcam(model, info, files[0])
     assert overlay.shape == (64, 64, 3) and overlay.dtype == np.uint8
     assert overlay.std() > 5
