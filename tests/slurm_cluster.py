@@ -455,15 +455,39 @@ def start_cluster(root: Path, *, accounting: bool = True) -> SlurmCluster:
     return c
 
 
+def _our_stepds(c: SlurmCluster) -> list[int]:
+    """PIDs of slurmstepd processes that belong to this cluster (their SLURM_CONF is ours)."""
+    mine = f"SLURM_CONF={c.conf}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if (proc / "comm").read_text().strip() == "slurmstepd" and mine in (
+                proc / "environ"
+            ).read_bytes().split(b"\0"):
+                pids.append(int(proc.name))
+    return pids
+
+
 def stop_cluster(c: SlurmCluster) -> None:
-    """Cancel leftover jobs, then stop every daemon this cluster started, by PID, in order."""
+    """Cancel leftover jobs, then stop every daemon this cluster started, by PID, in order.
+
+    Job steps (slurmstepd) outlive a stopped slurmd by design, so jobs are cancelled and
+    drained first, and any step of this cluster still alive afterwards is stopped by its PID.
+    """
     if "slurmctld" in c.pids and _alive(c.pids["slurmctld"]):
         with contextlib.suppress(Exception):
             c.run("scancel", "--full", "-u", "root", check=False, timeout=10)
+            deadline = time.monotonic() + 30
+            while c.run("squeue", "-h", check=False).strip() and time.monotonic() < deadline:
+                time.sleep(0.5)
     for name in ("slurmd", "slurmctld", "slurmdbd", "mariadbd", "munged"):
         pid = c.pids.pop(name, None)
         if pid is not None:
             stop_pid(pid)
+    for pid in _our_stepds(c):
+        stop_pid(pid, timeout=5)
 
 
 @contextlib.contextmanager
