@@ -7,6 +7,7 @@ the launcher configs and the cluster itself; the segment/train jobs have their o
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -44,7 +45,7 @@ def main(cfg):
         tmp.write_text(json.dumps({"step": step}))
         os.replace(tmp, state)
     (out / f"result-{cfg.x}.json").write_text(json.dumps({
-        "x": cfg.x, "job": os.environ["SLURM_JOB_ID"], "cpus": os.environ["OMP_NUM_THREADS"],
+        "x": cfg.x, "job": env.get("SLURM_JOB_ID"), "cpus": env.get("OMP_NUM_THREADS"),
     }))
 
 
@@ -89,6 +90,21 @@ def test_presets_compose_and_override(preset: str) -> None:
         assert any("OMP_NUM_THREADS=$(( SLURM_CPUS_PER_TASK" in line for line in launcher.setup)
     if preset == "slurm_ddp":
         assert launcher.tasks_per_node == launcher.gpus_per_node == 4
+
+
+def test_local_preset_runs_the_same_code_path(tmp_path: Path) -> None:
+    """hydra/launcher=local: submitit processes on this machine, no cluster."""
+    app, out, sweep = _toy(tmp_path), tmp_path / "out", tmp_path / "sweep"
+    args = [sys.executable, str(app), "-m", "hydra.searchpath=[pkg://medscan_conf]",
+            "hydra/launcher=local", f"hydra.sweep.dir={sweep}", f"out={out}", "x=1,2",
+            "hydra.launcher.timeout_min=5"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for x in (1, 2):
+        assert json.loads((out / f"state-{x}.json").read_text())["step"] == 2
+    assert len(list((sweep / ".submitit").glob("*/*_log.out"))) == 2  # two submitit jobs
 
 
 @pytest.mark.slurm
