@@ -523,10 +523,10 @@ def train(cfg: Any) -> dict:
         finished = False
         if out_of_time:
             stopped, finished = f"time budget of {max_minutes} min", True
-        elif patience and bad_epochs >= int(patience):
-            stopped, finished = f"early stopping (no val ROC-AUC gain for {patience} epochs)", True
         elif epoch + 1 >= max_epochs:
             stopped, finished = "max_epochs", True
+        elif patience and bad_epochs >= int(patience):
+            stopped, finished = f"early stopping (no val ROC-AUC gain for {patience} epochs)", True
         if info.is_main:
             log.info(
                 "epoch %d: train_loss %.4f val_loss %.4f val_roc_auc %.4f val_acc %.4f "
