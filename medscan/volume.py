@@ -53,12 +53,14 @@ class Finding:
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dict."""
+        from medscan.io.atomic import to_jsonable
+
         return {
             "code": self.code,
             "severity": self.severity,
             "message": self.message,
             "files": list(self.files),
-            "details": _jsonable(self.details),
+            "details": to_jsonable(self.details),
         }
 
 
@@ -195,14 +197,3 @@ def world_from_zyx(affine: np.ndarray, points_zyx: np.ndarray) -> np.ndarray:
     pts = np.asarray(points_zyx, dtype=np.float64)[:, ::-1]
     return pts @ affine[:3, :3].T + affine[:3, 3]
 
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from medscan.ct.measure import LUNG_KEYS
 from medscan.io.atomic import read_json
 
 VOLUME = "volume.nii.gz"
@@ -31,18 +32,7 @@ MESH_DIR = "meshes"
 INDEX = "index.csv"
 
 #: Columns of ``index.csv``, in order.
-INDEX_COLUMNS = (
-    "case_id",
-    "status",
-    "reason",
-    "lung_volume_ml",
-    "lung_left_ml",
-    "lung_right_ml",
-    "mean_lung_hu",
-    "laa950_percent",
-    "perc15_hu",
-    "seconds",
-)
+INDEX_COLUMNS = ("case_id", "status", "reason", *LUNG_KEYS, "seconds")
 
 
 def is_case_dir(path: Path) -> bool:
