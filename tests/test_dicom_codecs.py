@@ -80,3 +80,30 @@ def test_codec_round_trip(reference: tuple[Path, object], tmp_path: Path, uid) -
     assert vol.hu.dtype == np.int16
     assert np.array_equal(vol.hu, plain.hu)
     np.testing.assert_array_equal(vol.affine, plain.affine)
+
+
+@pytest.mark.parametrize("implicit", [True, False], ids=["implicit", "explicit"])
+def test_bare_dataset_without_dicm_marker(
+    reference: tuple[Path, object], tmp_path: Path, implicit: bool
+) -> None:
+    """Files written without preamble and file meta (older scanners, some PACS exports) load
+    like the originals; the text file beside them is still refused."""
+    src, plain = reference
+    for f in sorted(src.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        ds.preamble = None
+        del ds.file_meta
+        pydicom.dcmwrite(
+            tmp_path / f.name, ds, implicit_vr=implicit, little_endian=True,
+            enforce_file_format=False,
+        )
+        assert (tmp_path / f.name).read_bytes()[128:132] != b"DICM"
+    (tmp_path / "notes.dcm").write_text("not an image\n")
+    found = discover(tmp_path)
+    assert [s.path.name for s in found.skipped] == ["notes.dcm"]
+    series = found.series[0]
+    expected = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    assert series.transfer_syntax == expected
+    vol = load(series)
+    assert np.array_equal(vol.hu, plain.hu)
+    np.testing.assert_array_equal(vol.affine, plain.affine)

@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.dataset import FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medscan.dicom.identity import patient_pseudonym
 
@@ -144,6 +146,24 @@ def _check_pixel_data(
     return True, None, (value_start, length)
 
 
+def _bare_dataset_syntax(ds: pydicom.Dataset) -> UID | None:
+    """Transfer syntax of a dataset read without a file meta header, or None if not an image.
+
+    A bare dataset is uncompressed by definition; pydicom tells from its first elements whether
+    it is implicit or explicit VR. The syntax is recorded in ``ds.file_meta`` so the pixel
+    decoder can use it.
+    """
+    if "SOPInstanceUID" not in ds or "Rows" not in ds or "Columns" not in ds:
+        return None
+    implicit, little = ds.original_encoding
+    if implicit is None or not little:
+        return None
+    ts_uid = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ts_uid
+    return ts_uid
+
+
 def read_header(path: str | os.PathLike[str], salt: str | None = None) -> SliceHeader | SkippedFile:
     """Read the header of ``path`` (pixels are not read); never raises for a bad file.
 
@@ -177,9 +197,19 @@ def _read_header(path: Path, salt: str | None) -> SliceHeader | SkippedFile:
         return SkippedFile(path, "DICOMDIR (a media index, not an image)")
     try:
         with open(path, "rb") as fp:
-            ds = pydicom.dcmread(fp, stop_before_pixels=True)
-            meta = getattr(ds, "file_meta", None)
-            ts_uid = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
+            try:
+                ds = pydicom.dcmread(fp, stop_before_pixels=True)
+                meta = getattr(ds, "file_meta", None)
+                ts_uid = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
+            except InvalidDicomError:
+                # No preamble/DICM marker: older scanners and PACS exports write bare datasets.
+                # Accept one only if it parses as an image dataset (a text file does not).
+                fp.seek(0)
+                ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
+                ts_uid = _bare_dataset_syntax(ds)
+                if ts_uid is None:
+                    return SkippedFile(path, "not a DICOM file (no DICM marker)")
+                meta = ds.file_meta
             explicit = True if ts_uid is None else not ts_uid.is_implicit_VR
             has_pixels, truncated, native = _check_pixel_data(fp, size, explicit)
     except InvalidDicomError:

@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import generate_frames
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medscan.dicom.headers import SliceHeader
 from medscan.dicom.resample import regularize_stack
@@ -99,7 +101,13 @@ def decode_file(path: str | os.PathLike[str]) -> np.ndarray:
         Shape ``(rows, columns)``, the stored values (before rescale), signed when
         PixelRepresentation is 1.
     """
-    ds = pydicom.dcmread(path)
+    ds = pydicom.dcmread(path, force=True)  # force: bare datasets (no DICM marker) too
+    if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+        implicit, _little = ds.original_encoding
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+        )
     ts = str(ds.file_meta.TransferSyntaxUID)
     frame = None
     if ts in JPEG_FAMILY and int(ds.get("NumberOfFrames", 1) or 1) == 1:
