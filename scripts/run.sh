@@ -44,7 +44,7 @@ case "$mode" in
     venv
     .venv/bin/pip install -q -e '.[ct]'
     .venv/bin/medscan segment output=outputs/demo
-    echo "[medscan] results in outputs/demo (open them with: medscan view outputs/demo)"
+    echo "[medscan] results in outputs/demo (to look at them in napari: .venv/bin/pip install -e '.[viewer]' && .venv/bin/medscan view outputs/demo)"
     ;;
   test)
     command -v apt-get >/dev/null && apt_install "${TEST_APT[@]}"

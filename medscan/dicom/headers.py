@@ -208,12 +208,12 @@ def _read_header(path: Path, salt: str | None) -> SliceHeader | SkippedFile:
                 ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
                 ts_uid = _bare_dataset_syntax(ds)
                 if ts_uid is None:
-                    return SkippedFile(path, "not a DICOM file (no DICM marker)")
+                    return SkippedFile(path, "not a DICOM file (no DICM marker, not a parsable dataset)")
                 meta = ds.file_meta
             explicit = True if ts_uid is None else not ts_uid.is_implicit_VR
             has_pixels, truncated, native = _check_pixel_data(fp, size, explicit)
     except InvalidDicomError:
-        return SkippedFile(path, "not a DICOM file (no DICM marker)")
+        return SkippedFile(path, "not a DICOM file (no DICM marker, not a parsable dataset)")
     except Exception as exc:
         return SkippedFile(path, f"unreadable DICOM header: {type(exc).__name__}: {exc}")
     if truncated:
