@@ -146,6 +146,18 @@ def _check_pixel_data(
     return True, None, (value_start, length)
 
 
+NOT_DICOM = "not a DICOM file (no DICM marker, not a parsable dataset)"
+
+
+def _starts_like_bare_dataset(head: bytes) -> bool:
+    """True when the first bytes are a little-endian group 0008 tag, as bare datasets begin.
+
+    Checked before a forced parse so that large non-DICOM files (archives, NIfTI, video) are
+    never parsed as DICOM, which could read garbage lengths.
+    """
+    return len(head) == 4 and head[:2] == b"\x08\x00" and head[3] == 0
+
+
 def _bare_dataset_syntax(ds: pydicom.Dataset) -> UID | None:
     """Transfer syntax of a dataset read without a file meta header, or None if not an image.
 
@@ -205,15 +217,18 @@ def _read_header(path: Path, salt: str | None) -> SliceHeader | SkippedFile:
                 # No preamble/DICM marker: older scanners and PACS exports write bare datasets.
                 # Accept one only if it parses as an image dataset (a text file does not).
                 fp.seek(0)
+                if not _starts_like_bare_dataset(fp.read(4)):
+                    return SkippedFile(path, NOT_DICOM)
+                fp.seek(0)
                 ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
                 ts_uid = _bare_dataset_syntax(ds)
                 if ts_uid is None:
-                    return SkippedFile(path, "not a DICOM file (no DICM marker, not a parsable dataset)")
+                    return SkippedFile(path, NOT_DICOM)
                 meta = ds.file_meta
             explicit = True if ts_uid is None else not ts_uid.is_implicit_VR
             has_pixels, truncated, native = _check_pixel_data(fp, size, explicit)
     except InvalidDicomError:
-        return SkippedFile(path, "not a DICOM file (no DICM marker, not a parsable dataset)")
+        return SkippedFile(path, NOT_DICOM)
     except Exception as exc:
         return SkippedFile(path, f"unreadable DICOM header: {type(exc).__name__}: {exc}")
     if truncated:
