@@ -240,14 +240,18 @@ def main() -> None:
     if not args.series.exists():
         args.series = REPO / "medscan" / "sample" / "ct-lungdx-a0002-b40f"
     which = args.only.split(",")
+    if args.backend != "cpu" and "medscan" in which:
+        which.append("medscan_cpu")  # issue 7: GPU vs CPU on the same machine, same process
     runners = {
         "medscan": lambda out: run_medscan(args.series, out, args.backend),
+        "medscan_cpu": lambda out: run_medscan(args.series, out, "cpu"),
         "sitk": lambda out: run_sitk_vtk(args.series, out),
         "skimage": lambda out: run_skimage(args.series, out),
     }
     # warm-up imports and caches (not timed): one small run each on the sample
     sample = REPO / "medscan" / "sample" / "ct-lungdx-a0002-b40f"
     warm = {"medscan": lambda o: run_medscan(sample, o, args.backend),
+            "medscan_cpu": lambda o: run_medscan(sample, o, "cpu"),
             "sitk": lambda o: run_sitk_vtk(sample, o),
             "skimage": lambda o: run_skimage(sample, o)}
     for name in which:
@@ -287,6 +291,9 @@ def main() -> None:
         print(f"{name:<10}" + "".join(f"{med[s]:>10.2f}" for s in stages) + f"{total:>10.2f}"
               + f"{rss:>12.2f}x{tm:>16.2f}x")
     if "medscan" in totals:
+        if "medscan_cpu" in totals:
+            r = totals["medscan_cpu"] / totals["medscan"]
+            print(f"medscan {args.backend} vs cpu: {r:.2f}x faster end to end  (goal >= 10x)")
         if "sitk" in totals:
             r = totals["medscan"] / totals["sitk"]
             print(f"medscan / SimpleITK+VTK time: {r:.2f}x  (goal <= 1.0x)")
