@@ -207,10 +207,6 @@ def test_single_nifti_and_mesh_files(case_dir):
 
 def test_dicom_folder_reader_matches_case_world(sample_ct, case_dir):
     """The sample dragged in as DICOM lands on the same world points as the case's NIfTI."""
-    import medscan.dicom
-
-    if not hasattr(medscan.dicom, "load_path"):
-        pytest.skip("medscan.dicom.load_path not written yet")
     assert _reader.classify(sample_ct) == "dicom"
     (dicom_image,) = _layers(str(sample_ct))
     (case_image,) = _layers(str(case_dir / "volume.nii.gz"))
