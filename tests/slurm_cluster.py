@@ -96,6 +96,14 @@ class SlurmCluster:
             raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
         return proc.stdout
 
+    def preempt(self, job: str) -> None:
+        """Preempt ``job`` as Slurm does (and as submitit's ``SlurmJob._interrupt`` simulates):
+        SIGTERM, then submitit's checkpoint signal."""
+        from submitit.slurm.slurm import SlurmJobEnvironment
+
+        self.run("scancel", "--signal=TERM", job)
+        self.run("scancel", f"--signal={SlurmJobEnvironment.USR_SIG}", job)
+
     def node_state(self) -> str:
         """State of the node as ``sinfo`` prints it (``idle``, ``mix``, ``alloc``, ...)."""
         return self.run("sinfo", "-h", "-N", "-o", "%T", check=False).strip()

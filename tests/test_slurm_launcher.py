@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
-from submitit.slurm.slurm import SlurmJobEnvironment
 
 pytest_plugins = ["slurm_cluster"]
 
@@ -155,9 +154,7 @@ def test_preempted_job_is_requeued_and_resumes(slurm_cluster, tmp_path: Path) ->
             assert time.monotonic() < deadline, "the job never reached step 3"
             time.sleep(0.2)
         job = (out / "starts-7.log").read_text().split()[1]
-        # What Slurm does on preemption (submitit's own SlurmJob._interrupt does the same):
-        slurm_cluster.run("scancel", "--signal=TERM", job)
-        slurm_cluster.run("scancel", f"--signal={SlurmJobEnvironment.USR_SIG}", job)
+        slurm_cluster.preempt(job)
         log, _ = proc.communicate(timeout=240)
     finally:
         if proc.poll() is None:

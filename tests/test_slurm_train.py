@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from submitit.slurm.slurm import SlurmJobEnvironment
 
 pytest_plugins = ["slurm_cluster"]
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -87,9 +86,7 @@ def test_preempted_training_requeues_and_resumes(slurm_cluster, sample_xray, tmp
             time.sleep(0.1)
         job_dir = next((sweep / ".submitit").glob("*/*_0_log.out")).parent
         job = job_dir.name
-        # Preemption as Slurm does it (and as submitit's SlurmJob._interrupt simulates it).
-        slurm_cluster.run("scancel", "--signal=TERM", job)
-        slurm_cluster.run("scancel", f"--signal={SlurmJobEnvironment.USR_SIG}", job)
+        slurm_cluster.preempt(job)
         log, _ = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
