@@ -68,7 +68,6 @@ def run_medscan(series: Path, out: Path, backend: str) -> tuple[Stages, int]:
     from medscan.ct.tissues import default_tissues
     from medscan.dicom import discover, load
     from medscan.io import atomic_write, write_json
-    from medscan.io.nifti import write_nifti
 
     st = Stages()
     be = get_backend(backend)
@@ -82,8 +81,8 @@ def run_medscan(series: Path, out: Path, backend: str) -> tuple[Stages, int]:
     meshes = {name: label_surface(seg.labels, tissues[name].label, volume.affine, be=be)
               for name in ("lung_left", "lung_right")}
     st.lap("mesh")
-    write_nifti(out / "volume.nii.gz", volume.hu, volume.nifti_affine())
-    write_nifti(out / "labels.nii.gz", seg.labels, volume.nifti_affine())
+    volume.to_nifti(out / "volume.nii.gz")
+    volume.to_nifti(out / "labels.nii.gz", seg.labels)
     for name, mesh in meshes.items():
         atomic_write(out / f"{name}.ply",
                      lambda p, m=mesh, n=name: export_mesh(m, p, tissues[n].color))

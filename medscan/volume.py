@@ -140,7 +140,7 @@ class Volume:
         return LPS_TO_RAS @ self.affine
 
     def to_nifti(self, path: str | Path, data: np.ndarray | None = None) -> Path:
-        """Write ``data`` (default: the HU array) as NIfTI with this volume's geometry.
+        """Atomically write ``data`` (default: the HU array) as NIfTI with this geometry.
 
         Parameters
         ----------
@@ -154,18 +154,12 @@ class Volume:
         Path
             The written path.
         """
-        import nibabel as nib
+        from medscan.io.nifti import write_nifti
 
         array = self.hu if data is None else data
         if array.shape != self.hu.shape:
             raise ValueError(f"data shape {array.shape} does not match volume {self.hu.shape}")
-        img = nib.Nifti1Image(np.ascontiguousarray(array.transpose(2, 1, 0)), self.nifti_affine())
-        img.set_qform(self.nifti_affine(), code=1)
-        img.set_sform(self.nifti_affine(), code=1)
-        img.header.set_xyzt_units("mm")
-        path = Path(path)
-        nib.save(img, str(path))
-        return path
+        return write_nifti(path, array, self.nifti_affine())
 
     @classmethod
     def from_nifti(cls, path: str | Path, case_id: str | None = None) -> Volume:

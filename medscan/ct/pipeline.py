@@ -17,7 +17,6 @@ from medscan.ct.mesh import FORMATS, SPACE, MeshParams, export_mesh, label_surfa
 from medscan.ct.segment import Segmentation, SegmentParams, segment
 from medscan.ct.tissues import TissueTable
 from medscan.io import LABELS, MESH_DIR, METRICS, PREVIEW, QC, VOLUME, atomic_write, write_json
-from medscan.io.nifti import write_nifti
 from medscan.volume import Finding, Volume
 
 
@@ -152,8 +151,8 @@ def process_volume(
                                "path": rel, **SPACE, **info})
         t = lap("mesh_write", t)
 
-    write_nifti(folder / VOLUME, volume.hu, volume.nifti_affine())
-    write_nifti(folder / LABELS, seg.labels, volume.nifti_affine())
+    volume.to_nifti(folder / VOLUME)
+    volume.to_nifti(folder / LABELS, seg.labels)
     write_json(folder / METRICS, metrics)
     write_json(
         folder / QC,

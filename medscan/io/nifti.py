@@ -1,11 +1,11 @@
-"""Fast NIfTI-1 (.nii.gz) writer for (z, y, x) arrays: no transposed copy, parallel gzip.
+"""Fast NIfTI-1 writer for (z, y, x) arrays: no transposed copy, parallel gzip.
 
-``Volume.to_nifti`` (nibabel) transposes the array into a new C-contiguous copy and compresses
-it in one thread. Here the header comes from nibabel (same fields: RAS qform/sform, mm), the
-(z, y, x) C-ordered bytes are written as they are -- that *is* NIfTI's x-fastest order -- and
-the stream is compressed in 8 MiB pieces by a thread pool (zlib releases the GIL), each piece
-a gzip member. Concatenated gzip members form one valid gzip file (RFC 1952, section 2.2):
-nibabel, ITK, FSL and dcm2niix's readers all accept it.
+This is what ``Volume.to_nifti`` writes with. nibabel's own writer transposes the array into a
+new C-contiguous copy and compresses it in one thread. Here the header comes from nibabel (same
+fields: RAS qform/sform, mm), the (z, y, x) C-ordered bytes are written as they are -- that *is*
+NIfTI's x-fastest order -- and the stream is compressed in 8 MiB pieces by a thread pool (zlib
+releases the GIL), each piece a gzip member. Concatenated gzip members form one valid gzip file
+(RFC 1952, section 2.2): nibabel, ITK, FSL and dcm2niix's readers all accept it.
 """
 
 from __future__ import annotations
@@ -53,12 +53,12 @@ def write_nifti(
     level: int = 1,
     threads: int | None = None,
 ) -> Path:
-    """Atomically write ``data_zyx`` as ``.nii.gz`` with the given RAS affine.
+    """Atomically write ``data_zyx`` as NIfTI-1 with the given RAS affine.
 
     Parameters
     ----------
     path : str or Path
-        Output file (``.nii.gz``).
+        Output file: ``.nii.gz`` (gzip) or ``.nii`` (uncompressed).
     data_zyx : numpy.ndarray
         Array indexed ``(z, y, x)`` (any memory order; made C-contiguous if needed).
     ras_affine : numpy.ndarray
@@ -80,9 +80,16 @@ def write_nifti(
     pieces = [memoryview(header)] + [raw[i : i + _PIECE] for i in range(0, len(raw), _PIECE)]
     workers = threads or min(os.cpu_count() or 1, 8)
 
+    compress = str(path).endswith(".gz")
+
     def write(tmp: Path) -> None:
-        with open(tmp, "wb") as fh, ThreadPoolExecutor(workers) as pool:
-            for member in pool.map(lambda p: _gzip_member(p, level), pieces):
-                fh.write(member)
+        with open(tmp, "wb") as fh:
+            if not compress:  # plain .nii
+                for piece in pieces:
+                    fh.write(piece)
+                return
+            with ThreadPoolExecutor(workers) as pool:
+                for member in pool.map(lambda p: _gzip_member(p, level), pieces):
+                    fh.write(member)
 
     return atomic_write(path, write)
