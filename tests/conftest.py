@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,15 @@ SAMPLE = REPO / "medscan" / "sample"
 SAMPLE_CT = SAMPLE / "ct-lungdx-a0002-b40f"
 SAMPLE_XRAY = SAMPLE / "xray"
 SHARED_DATA = Path(os.environ.get("MEDSCAN_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+# Pseudonym secret (medscan.dicom.identity): tests and the CLI processes they start use a
+# throw-away secret file, never the real ~/.config/medscan/id-secret nor a secret from the
+# environment. Set at import so that subprocesses inherit it.
+_SECRET_DIR = tempfile.mkdtemp(prefix="medscan-test-secret-")
+atexit.register(shutil.rmtree, _SECRET_DIR, True)
+os.environ["MEDSCAN_ID_SECRET_FILE"] = str(Path(_SECRET_DIR) / "id-secret")
+os.environ.pop("MEDSCAN_ID_SECRET", None)
+os.environ.pop("MEDSCAN_ID_SALT", None)
 
 
 def _shared(relative: str) -> Path:

@@ -14,7 +14,6 @@ import os
 
 from medscan.dicom.discover import Discovery, discover, iter_files
 from medscan.dicom.headers import SkippedFile, SliceHeader, read_header
-from medscan.dicom.identity import DEFAULT_SALT
 from medscan.dicom.pixels import PADDING_HU, SeriesError, decode_file, load
 from medscan.dicom.resample import regularize_stack
 from medscan.dicom.series import SeriesInfo
@@ -22,7 +21,6 @@ from medscan.volume import AIR_HU, Volume
 
 __all__ = [
     "AIR_HU",
-    "DEFAULT_SALT",
     "PADDING_HU",
     "Discovery",
     "SeriesError",

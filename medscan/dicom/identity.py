@@ -1,38 +1,166 @@
-"""Pseudonymous case and patient ids (salted hashes; raw identity never leaves this module).
+"""Pseudonymous case and patient ids: HMAC-SHA256 under a secret key (raw identity stays here).
 
-* ``case_id`` = ``<modality>-`` + 10 hex digits of ``sha256(salt | SeriesInstanceUID [| #split])``.
-* ``patient_id`` = ``pt-`` + 10 hex digits of ``sha256(salt | patient key)`` where the key is the
-  PatientID when present, else PatientName + PatientBirthDate, else PatientName + PatientAge +
-  PatientSex, else (nothing identifies the patient) the StudyInstanceUID, so unrelated studies are
-  never merged.
+* ``case_id`` = ``<modality>-`` + 10 hex digits of ``HMAC(key, "case" | SeriesInstanceUID
+  [| #split])``.
+* ``patient_id`` = ``pt-`` + 10 hex digits of ``HMAC(key, "patient" | patient key)`` where the
+  key is the PatientID when present, else PatientName + PatientBirthDate, else PatientName +
+  PatientAge + PatientSex, else (nothing identifies the patient) the StudyInstanceUID, so
+  unrelated studies are never merged.
 
-The salt defaults to :data:`DEFAULT_SALT` (a fixed project constant, so ids are stable across runs
-and machines); set ``MEDSCAN_ID_SALT`` or pass ``salt=`` to make ids unlinkable to other sites.
+The key (see :func:`resolve_secret`) is, first found wins:
+
+1. the ``salt=`` argument (the jobs' ``salt=`` option, the ``--salt`` of ``inspect``);
+2. ``$MEDSCAN_ID_SECRET`` (a shared project secret: every shard and rerun gets the same ids);
+   ``$MEDSCAN_ID_SALT`` is read as the same thing (its old name);
+3. the secret file ``$MEDSCAN_ID_SECRET_FILE``, else ``$XDG_CONFIG_HOME/medscan/id-secret``
+   (``~/.config/medscan/id-secret``): 32 random bytes (hex) made on first use, mode 0600.
+
+There is no public default: with a fixed, published salt a structured PatientID (``Lung_Dx-A0001``,
+a hospital MRN) was recovered from its id by enumeration (about 80,000 guesses per second). With
+an unknown 256-bit key, an id tells nothing about the identifier without the key; HMAC (RFC 2104)
+rather than ``sha256(salt | value)`` because it is the standard keyed construction. What ids do
+not protect against is written in ``docs/reliability.md`` ("Pseudonymous ids").
+
+:func:`secret_fingerprint` is a one-way digest of the key, recorded in manifests so that two
+outputs can be checked for having been made with the same key; it never reveals the key.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import logging
 import os
 import re
+import secrets
+import stat
+from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-#: Project-wide default salt. Changing it changes every id.
-DEFAULT_SALT = "medscan-pseudonym-v1"
+log = logging.getLogger("medscan.identity")
+
+#: Environment variable holding the secret itself (a shared project secret).
+SECRET_ENV = "MEDSCAN_ID_SECRET"
+#: Old name of :data:`SECRET_ENV`, still read.
+LEGACY_SALT_ENV = "MEDSCAN_ID_SALT"
+#: Environment variable naming the secret file.
+SECRET_FILE_ENV = "MEDSCAN_ID_SECRET_FILE"
+#: Random bytes in a generated secret.
+SECRET_BYTES = 32
 
 _SAFE = re.compile(r"[^a-z0-9]+")
+_FILE_KEYS: dict[str, bytes] = {}
 
 
-def resolve_salt(salt: str | None = None) -> str:
-    """Return ``salt``, else ``$MEDSCAN_ID_SALT``, else :data:`DEFAULT_SALT`."""
-    if salt is not None:
-        return salt
-    return os.environ.get("MEDSCAN_ID_SALT") or DEFAULT_SALT
+class SecretError(RuntimeError):
+    """The secret file cannot be read or created (message names the path and the reason)."""
 
 
-def pseudonym(prefix: str, value: str, salt: str | None = None, digits: int = 10) -> str:
-    """Salted, path-safe pseudonym ``<prefix>-<hex>``.
+def secret_file() -> Path:
+    """Where the per-installation secret lives.
+
+    Returns
+    -------
+    Path
+        ``$MEDSCAN_ID_SECRET_FILE``, else ``$XDG_CONFIG_HOME/medscan/id-secret``, else
+        ``~/.config/medscan/id-secret`` (XDG Base Directory specification).
+    """
+    explicit = os.environ.get(SECRET_FILE_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "medscan" / "id-secret"
+
+
+def _create_secret(path: Path) -> None:
+    """Write a new random secret to ``path`` unless another process already made one.
+
+    The secret is written to a private temporary file and hard-linked to ``path``: ``link``
+    fails when ``path`` exists, so concurrent first uses (Slurm shards) agree on one secret and
+    nobody reads a half-written file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(SECRET_BYTES) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+            log.info("created a new pseudonym secret (fingerprint %s); keep it: other "
+                     "runs need the same secret to give the same ids",
+                     fingerprint_of(path.read_text().strip().encode()))
+        except FileExistsError:
+            pass
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read_secret_file(path: Path) -> bytes:
+    if not path.exists():
+        _create_secret(path)
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("the pseudonym secret file is readable by others (mode %o); "
+                    "chmod 600 it", stat.S_IMODE(mode))
+    text = path.read_text(encoding="ascii").strip()
+    if not text:
+        raise SecretError(f"pseudonym secret file {path} is empty")
+    return text.encode("ascii")
+
+
+def resolve_secret(salt: str | None = None) -> bytes:
+    """The HMAC key of the pseudonyms (see the module docstring for the order).
+
+    Parameters
+    ----------
+    salt : str, optional
+        An explicit project secret; wins over the environment and the file.
+
+    Returns
+    -------
+    bytes
+        The key.
+
+    Raises
+    ------
+    SecretError
+        When the secret file cannot be created or read.
+    """
+    if salt:
+        return salt.encode("utf-8")
+    env = os.environ.get(SECRET_ENV) or os.environ.get(LEGACY_SALT_ENV)
+    if env:
+        return env.encode("utf-8")
+    path = secret_file()
+    key = str(path)
+    if key not in _FILE_KEYS:
+        try:
+            _FILE_KEYS[key] = _read_secret_file(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            raise SecretError(f"cannot use the pseudonym secret file {path}: {reason} "
+                              f"(set {SECRET_FILE_ENV} or {SECRET_ENV})") from exc
+    return _FILE_KEYS[key]
+
+
+def fingerprint_of(key: bytes) -> str:
+    """One-way fingerprint ``"hmac-sha256:<16 hex>"`` of a key (safe to record and share)."""
+    digest = hashlib.sha256(b"medscan-id-secret-fingerprint\x00" + key).hexdigest()
+    return f"hmac-sha256:{digest[:16]}"
+
+
+def secret_fingerprint(salt: str | None = None) -> str:
+    """Fingerprint of the key :func:`resolve_secret` gives (never the key itself)."""
+    return fingerprint_of(resolve_secret(salt))
+
+
+def pseudonym(prefix: str, value: str, salt: str | None = None, digits: int = 10,
+              domain: str = "") -> str:
+    """Keyed, path-safe pseudonym ``<prefix>-<hex>``.
 
     Parameters
     ----------
@@ -41,16 +169,19 @@ def pseudonym(prefix: str, value: str, salt: str | None = None, digits: int = 10
     value : str
         The identifying value (never returned or logged).
     salt : str, optional
-        See :func:`resolve_salt`.
+        Explicit secret, see :func:`resolve_secret`.
     digits : int
-        Number of hex digits kept.
+        Number of hex digits kept (10: 40 bits, collisions unlikely below ~10^5 ids).
+    domain : str
+        Separates kinds of ids (a patient key never gives the same digest as a series UID).
 
     Returns
     -------
     str
         For example ``"ct-3f9a1c2b7e"``.
     """
-    digest = hashlib.sha256(f"{resolve_salt(salt)}\x00{value}".encode()).hexdigest()
+    message = f"{domain}\x00{value}".encode("utf-8", "surrogateescape")
+    digest = hmac.new(resolve_secret(salt), message, hashlib.sha256).hexdigest()
     safe = _SAFE.sub("", prefix.lower()) or "x"
     return f"{safe}-{digest[:digits]}"
 
@@ -91,7 +222,7 @@ def patient_key(ds: Dataset) -> str:
 
 def patient_pseudonym(ds: Dataset, salt: str | None = None) -> str:
     """Pseudonymous patient id ``pt-<hex>`` of the patient in ``ds``."""
-    return pseudonym("pt", patient_key(ds), salt)
+    return pseudonym("pt", patient_key(ds), salt, domain="patient")
 
 
 def case_pseudonym(modality: str, series_uid: str, split: int, salt: str | None = None) -> str:
@@ -106,7 +237,7 @@ def case_pseudonym(modality: str, series_uid: str, split: int, salt: str | None 
     split : int
         Geometry-split index (0 for the main, largest group).
     salt : str, optional
-        See :func:`resolve_salt`.
+        Explicit secret, see :func:`resolve_secret`.
     """
     value = series_uid if split == 0 else f"{series_uid}#{split}"
-    return pseudonym(modality or "x", value, salt)
+    return pseudonym(modality or "x", value, salt, domain="case")

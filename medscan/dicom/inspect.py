@@ -3,7 +3,7 @@
 Reads headers only. Prints a table (rich) by default; ``--json`` prints
 ``{"root", "series": [...], "other_series": [...], "skipped": [...]}``, each series with
 ``case_id, patient_id, modality, n_slices, shape, spacing, transfer_syntax, findings`` (no
-patient name or PatientID: ids are salted hashes).
+patient name or PatientID: ids are keyed hashes, see medscan.dicom.identity).
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="modality loaded as image series (repeatable; default CT)",
     )
-    p.add_argument("--salt", default=None, help="salt of the pseudonymous ids")
+    p.add_argument("--salt", default=None, help="secret key of the pseudonymous ids (default: "
+                   "$MEDSCAN_ID_SECRET, else the per-installation secret file)")
     p.add_argument("--files", action="store_true", help="JSON: include each series' file list")
     return p
 
