@@ -2,11 +2,19 @@
 
 * Pixel data go through pydicom 3 (``Dataset.pixel_array``) with its pylibjpeg / GDCM plugins for
   every transfer syntax. JPEG Lossless (Process 14, the common CT compression) is decoded with
-  imagecodecs (libjpeg-turbo 3, else liblj92) when it is installed: 4-6x faster than
-  pylibjpeg-libjpeg on RICORD, and it releases the GIL, so a thread pool decodes slices in
-  parallel. Any failure of that fast path falls back to pydicom.
+  imagecodecs' libjpeg-turbo 3 when it is installed: 4-6x faster than pylibjpeg-libjpeg on
+  RICORD, and it releases the GIL, so a thread pool decodes slices in parallel.
+* One decoder per transfer syntax, no fallback: a stream the chosen (conformant) decoder refuses
+  fails its slice. imagecodecs' liblj92 (``ljpeg_decode``) is never used by default: it decodes
+  corrupt streams that libjpeg-turbo and libjpeg refuse into garbage, and it segfaults on some
+  (``docs/reliability.md``). ``MEDSCAN_JPEG_LOSSLESS_DECODER`` picks another decoder
+  (:data:`JPEG_LOSSLESS_DECODERS`) for comparisons.
+* Compressed pixel data are decoded in a worker process (:mod:`medscan.dicom.contain`), so a
+  crashing or hanging native decoder fails that series ("decoder crashed", naming the slices)
+  instead of killing the batch. Uncompressed data are read with NumPy in-process.
 * HU = stored * RescaleSlope + RescaleIntercept, per slice. int16 when every slope and intercept
-  is integral and the result fits, else float32.
+  is integral and the result fits, else float32. A volume with a non-finite HU or affine is never
+  returned (:mod:`medscan.dicom.validate` refuses the numbers that could make one).
 * Padding -- stored values equal to PixelPaddingValue (or within PixelPaddingRangeLimit) and any
   HU <= :data:`PADDING_HU` (the -2048 / -3024 written outside the scan circle) -- becomes
   :data:`~medscan.volume.AIR_HU`, so it can never pass as tissue.
@@ -25,16 +33,16 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from medscan.dicom.contain import DONE, STARTED, ContainedError, run_contained
 from medscan.dicom.headers import SliceHeader
 from medscan.dicom.resample import regularize_stack
 from medscan.dicom.series import SeriesInfo
 from medscan.volume import AIR_HU, Finding, Volume
 
-try:  # optional fast JPEG Lossless decoders (release the GIL)
+try:  # optional fast JPEG Lossless decoder (libjpeg-turbo 3; releases the GIL)
     from imagecodecs import jpeg8_decode as _jpeg8_decode
-    from imagecodecs import ljpeg_decode as _ljpeg_decode
 except ImportError:  # pragma: no cover - depends on the environment
-    _jpeg8_decode = _ljpeg_decode = None
+    _jpeg8_decode = None
 
 #: HU at or below this are padding / outside the field of view (real air is about -1000).
 PADDING_HU = -2000
@@ -55,6 +63,18 @@ JPEG_FAMILY = {
 }
 #: Files per slice below which a thread pool does not pay.
 PARALLEL_MIN_SLICES = 8
+
+
+#: Uncompressed transfer syntaxes: decoded by NumPy / pydicom's pure-Python code, no native
+#: decoder involved, so they need no containment (implicit/explicit LE, explicit BE, deflated).
+UNCOMPRESSED = NATIVE_LITTLE_ENDIAN | {"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
+#: Decoders for JPEG Lossless, chosen by ``$MEDSCAN_JPEG_LOSSLESS_DECODER``. The default is
+#: ``libjpeg-turbo`` (imagecodecs) when installed, else ``pylibjpeg-libjpeg`` (through pydicom).
+#: ``liblj92`` is lenient and crashes on corrupt streams: for decoder comparisons only.
+JPEG_LOSSLESS_DECODERS = ("libjpeg-turbo", "pylibjpeg-libjpeg", "liblj92")
+DECODER_ENV = "MEDSCAN_JPEG_LOSSLESS_DECODER"
+#: ``$MEDSCAN_DECODE_CONTAINED=0`` decodes compressed data in-process (trusted input only).
+CONTAIN_ENV = "MEDSCAN_DECODE_CONTAINED"
 
 
 class SeriesError(RuntimeError):
@@ -87,13 +107,17 @@ def _check_end_marker(ds: pydicom.Dataset, path: Path) -> bytes | None:
     return frame
 
 
-def decode_file(path: str | os.PathLike[str]) -> np.ndarray:
+def decode_file(path: str | os.PathLike[str], decoder: str | None = None) -> np.ndarray:
     """Decode the stored pixel values of a single-frame DICOM file.
 
     Parameters
     ----------
     path : str or PathLike
         The file.
+
+    decoder : str, optional
+        JPEG Lossless decoder (:data:`JPEG_LOSSLESS_DECODERS`); default
+        :func:`jpeg_lossless_decoder`.
 
     Returns
     -------
@@ -112,17 +136,45 @@ def decode_file(path: str | os.PathLike[str]) -> np.ndarray:
     frame = None
     if ts in JPEG_FAMILY and int(ds.get("NumberOfFrames", 1) or 1) == 1:
         frame = _check_end_marker(ds, Path(path))
-    if frame is not None and ts in JPEG_LOSSLESS and _ljpeg_decode is not None:
-        for decoder in (_jpeg8_decode, _ljpeg_decode):  # libjpeg-turbo 3, then liblj92
-            try:
-                arr = decoder(frame)
-            except Exception:
-                continue
-            if arr.shape == (ds.Rows, ds.Columns) and arr.dtype.itemsize * 8 >= ds.BitsStored:
-                return _signed(
-                    arr, int(ds.PixelRepresentation), int(ds.get("BitsStored", 16))
-                )
+    if ts in JPEG_LOSSLESS:
+        decoder = decoder or jpeg_lossless_decoder()
+    if frame is not None and ts in JPEG_LOSSLESS and decoder in ("libjpeg-turbo", "liblj92"):
+        # No fallback: what this conformant decoder refuses fails the slice.
+        if decoder == "libjpeg-turbo":
+            arr = _jpeg8_decode(frame)
+        else:
+            from imagecodecs import ljpeg_decode
+
+            arr = ljpeg_decode(frame)
+        if arr.shape != (ds.Rows, ds.Columns) or arr.dtype.itemsize * 8 < ds.BitsStored:
+            raise ValueError(
+                f"{decoder} decoded a {arr.shape} {arr.dtype} image; the header says "
+                f"{ds.Rows}x{ds.Columns} with {ds.BitsStored} bits stored"
+            )
+        return _signed(arr, int(ds.PixelRepresentation), int(ds.get("BitsStored", 16)))
     return ds.pixel_array
+
+
+def jpeg_lossless_decoder() -> str:
+    """Name of the JPEG Lossless decoder in use (see :data:`JPEG_LOSSLESS_DECODERS`).
+
+    Returns
+    -------
+    str
+        ``$MEDSCAN_JPEG_LOSSLESS_DECODER`` when set, else ``"libjpeg-turbo"`` when imagecodecs is
+        installed, else ``"pylibjpeg-libjpeg"``.
+
+    Raises
+    ------
+    ValueError
+        When the variable names an unknown decoder.
+    """
+    name = os.environ.get(DECODER_ENV, "").strip()
+    if not name:
+        return "libjpeg-turbo" if _jpeg8_decode is not None else "pylibjpeg-libjpeg"
+    if name not in JPEG_LOSSLESS_DECODERS:
+        raise ValueError(f"{DECODER_ENV}={name!r}: choose one of {JPEG_LOSSLESS_DECODERS}")
+    return name
 
 
 def _read_native(h: SliceHeader) -> np.ndarray | None:
@@ -165,10 +217,12 @@ class _TooWide(Exception):
     """A slice's HU do not fit the int16 buffer: reload into a wider one."""
 
 
-def _fill_slice(out: np.ndarray, k: int, h: SliceHeader) -> dict[str, Any]:
+def _fill_slice(
+    out: np.ndarray, k: int, h: SliceHeader, decoder: str | None = None
+) -> dict[str, Any]:
     raw = _read_native(h)
     if raw is None:
-        raw = decode_file(h.path)
+        raw = decode_file(h.path, decoder)
     if raw.shape != out.shape[1:]:
         raise ValueError(f"decoded shape {raw.shape} differs from {out.shape[1:]}")
     mask = None
@@ -205,7 +259,7 @@ def _default_workers(series: SeriesInfo) -> int:
     if series.n_slices < PARALLEL_MIN_SLICES:
         return 1
     fast = series.transfer_syntax in NATIVE_LITTLE_ENDIAN or (
-        series.transfer_syntax in JPEG_LOSSLESS and _ljpeg_decode is not None
+        series.transfer_syntax in JPEG_LOSSLESS and jpeg_lossless_decoder() != "pylibjpeg-libjpeg"
     )
     if fast:  # file reads, imagecodecs and numpy release the GIL: threads pay (measured)
         return max(1, min(4, os.cpu_count() or 1))
@@ -213,49 +267,117 @@ def _default_workers(series: SeriesInfo) -> int:
     return 1
 
 
-def _decode_all(
-    series: SeriesInfo, dtype: np.dtype, n_workers: int, progress: bool
-) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    slices = series.slices
-    out = np.empty(series.shape, dtype=dtype)
+def decode_slices(
+    out: np.ndarray,
+    state: np.ndarray,
+    slices: list[SliceHeader],
+    n_workers: int,
+    decoder: str | None = None,
+) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
+    """Fill ``out[k]`` with the HU of ``slices[k]``; runs in-process or in a contained worker.
+
+    Parameters
+    ----------
+    out : numpy.ndarray
+        ``(z, y, x)`` int16 or float32 output.
+    state : numpy.ndarray
+        ``(z,)`` int8; set to ``STARTED`` / ``DONE`` around each slice (names the slices in
+        flight when a decoder crashes, see :mod:`medscan.dicom.contain`).
+    slices : list of SliceHeader
+        One per output slice.
+    n_workers : int
+        Decoding threads.
+    decoder : str, optional
+        JPEG Lossless decoder (passed explicitly: a contained worker does not see later
+        changes of the caller's environment).
+
+    Returns
+    -------
+    stats : list of dict
+        Per decoded slice, ``{"padding": n}``.
+    errors : list of (Path, str)
+        Slices that failed to decode, with the reason.
+
+    Raises
+    ------
+    _TooWide
+        When a slice's HU do not fit an int16 ``out``.
+    """
     errors: list[tuple[Path, str]] = []
 
     def work(k: int) -> dict[str, Any] | None:
+        state[k] = STARTED
         try:
-            return _fill_slice(out, k, slices[k])
+            return _fill_slice(out, k, slices[k], decoder)
         except _TooWide:
             raise
         except Exception as exc:
             errors.append((slices[k].path, f"{type(exc).__name__}: {exc}"))
             return None
+        finally:
+            state[k] = DONE
 
-    pool = ThreadPoolExecutor(n_workers) if n_workers > 1 else None
+    if n_workers > 1:
+        with ThreadPoolExecutor(n_workers) as pool:
+            results = list(pool.map(work, range(len(slices))))
+    else:
+        results = [work(k) for k in range(len(slices))]
+    return [r for r in results if r is not None], sorted(errors)
+
+
+def _decode_all(
+    series: SeriesInfo, dtype: np.dtype, n_workers: int, progress: bool, contain: bool
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    slices = series.slices
+    files = [h.path for h in slices]
+    decoder = jpeg_lossless_decoder()
+    show = progress and len(slices) >= 100
+    bar = None
+    if show:
+        from rich.console import Console
+        from rich.progress import Progress
+
+        bar = Progress(console=Console(stderr=True), transient=True)
+        task = bar.add_task(f"Decoding {series.case_id}", total=len(slices))
+        bar.start()
     try:
-        it = pool.map(work, range(len(slices))) if pool else map(work, range(len(slices)))
-        if progress and len(slices) >= 100:
-            from rich.console import Console
-            from rich.progress import track
-
-            it = track(
-                it,
-                total=len(slices),
-                description=f"Decoding {series.case_id}",
-                console=Console(stderr=True),
-                transient=True,
-            )
-        results = list(it)
+        if contain:
+            try:
+                out, (stats, errors) = run_contained(
+                    decode_slices, series.shape, dtype, files, slices, n_workers, decoder,
+                    on_progress=(lambda done: bar.update(task, completed=done)) if bar else None,
+                )
+            except ContainedError as exc:
+                named = ", ".join(str(p) for p in exc.files[:10]) or "an unknown slice"
+                raise SeriesError(
+                    f"series {series.case_id}: {exc} while decoding {named}; the series is "
+                    "not loaded"
+                ) from exc
+        else:
+            out = np.empty(series.shape, dtype=dtype)
+            state = np.zeros(len(slices), dtype=np.int8)
+            stats, errors = decode_slices(out, state, slices, n_workers, decoder)
     finally:
-        if pool:
-            pool.shutdown(cancel_futures=True)
+        if bar is not None:
+            bar.stop()
     if errors:
-        errors.sort()
         listing = "; ".join(f"{p}: {why}" for p, why in errors[:10])
         more = f" (+{len(errors) - 10} more)" if len(errors) > 10 else ""
         raise SeriesError(
             f"series {series.case_id}: {len(errors)} of {len(slices)} slice(s) failed to "
             f"decode: {listing}{more}"
         )
-    return out, [r for r in results if r is not None]
+    return out, stats
+
+
+def needs_containment(series: SeriesInfo) -> bool:
+    """True when a slice's pixel data need a native decoder (any compressed transfer syntax).
+
+    ``$MEDSCAN_DECODE_CONTAINED=0`` turns containment off (trusted input only).
+    """
+    if os.environ.get(CONTAIN_ENV, "1").strip() == "0":
+        return False
+    return any(h.transfer_syntax not in UNCOMPRESSED for h in series.slices)
 
 
 def load(
@@ -264,6 +386,7 @@ def load(
     workers: int | None = None,
     uniform: bool = False,
     progress: bool = False,
+    contain: bool | None = None,
 ) -> Volume:
     """Decode ``series`` into a HU volume.
 
@@ -281,6 +404,10 @@ def load(
         acquired slices are kept and the affine uses the mean step.
     progress : bool
         Show a rich progress bar (stderr) for series of 100 slices or more.
+    contain : bool, optional
+        Decode in a worker process that may crash (:mod:`medscan.dicom.contain`). Default:
+        for compressed pixel data (:func:`needs_containment`); False decodes in-process
+        (trusted input only: a crashing native decoder then kills the caller).
 
     Returns
     -------
@@ -305,10 +432,12 @@ def load(
     slices = series.slices
     dtype = _hu_dtype(slices)
     n_workers = workers if workers is not None else _default_workers(series)
+    if contain is None:
+        contain = needs_containment(series)
     try:
-        out, stats = _decode_all(series, dtype, n_workers, progress)
+        out, stats = _decode_all(series, dtype, n_workers, progress, contain)
     except _TooWide:  # rare: HU beyond int16 (e.g. 16-bit unsigned data): float32, exact
-        out, stats = _decode_all(series, np.dtype(np.float32), n_workers, progress)
+        out, stats = _decode_all(series, np.dtype(np.float32), n_workers, progress, contain)
 
     findings = list(series.findings)
     n_pad = sum(s["padding"] for s in stats)

@@ -1,0 +1,306 @@
+"""Run native pixel decoders where a crash fails one series, not the whole batch.
+
+Compressed pixel data (JPEG, JPEG-LS, JPEG 2000, RLE) are decoded by native libraries
+(libjpeg-turbo, libjpeg, OpenJPEG, CharLS). A corrupt or hostile file can make such a library
+read out of bounds and kill the process (a fuzzer found liblj92 doing so on a JPEG Lossless slice
+with one flipped Huffman-table byte). :func:`run_contained` therefore runs the decode of a series in
+a separate worker process:
+
+* the worker writes the decoded slices into a shared memory-mapped buffer, so nothing large is
+  pickled (the copy-free hand-over keeps the overhead small; see ``docs/reliability.md``);
+* the worker marks each slice as started / done in a small shared state array, so when it dies the
+  slices that were being decoded are named;
+* a worker killed by a signal raises :class:`DecoderCrashed`, one that runs past its time limit is
+  killed and raises :class:`DecoderTimeout`; both name the files.
+
+Workers are plain ``python -m medscan.dicom._decode_worker`` processes that import the decoders once
+and then serve requests until they die or the parent goes away; a dead worker is replaced on the
+next request. Neither ``multiprocessing``'s fork (a fork of a process that runs threads --
+progress bars, thread pools, a GUI -- can deadlock) nor its spawn/forkserver (they re-import the
+caller's ``__main__`` script in the worker) is used, nor ProcessPoolExecutor (a dead worker
+breaks the whole pool and its exit status is not public).
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import mmap
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Seconds a worker may take per series before it is killed: a base plus a per-slice allowance
+#: (decoding one 512 x 512 slice takes 5-40 ms; a hang is a decoder bug, not a slow disk).
+TIMEOUT_BASE_S = 30.0
+TIMEOUT_PER_SLICE_S = 1.0
+#: States of a slice in the shared state array.
+PENDING, STARTED, DONE = 0, 1, 2
+
+
+class ContainedError(RuntimeError):
+    """A contained decode failed in a way that ended the worker process.
+
+    Attributes
+    ----------
+    files : list of Path
+        Files being decoded when it happened (empty when unknown).
+    """
+
+    def __init__(self, message: str, files: Sequence[Path] = ()) -> None:
+        super().__init__(message)
+        self.files = list(files)
+
+
+class DecoderCrashed(ContainedError):
+    """The worker process died (e.g. SIGSEGV in a native decoder)."""
+
+
+class DecoderTimeout(ContainedError):
+    """The worker ran past its time limit and was killed."""
+
+
+class _Worker:
+    """One decoder process and the two pipe ends that talk to it (pickled messages)."""
+
+    def __init__(self) -> None:
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        package_root = str(Path(__file__).resolve().parents[2])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [package_root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+        )
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "medscan.dicom._decode_worker",
+                 str(to_child_r), str(from_child_w)],
+                pass_fds=(to_child_r, from_child_w),
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,  # Ctrl-C goes to the parent, which ends the worker
+            )
+        finally:
+            os.close(to_child_r)
+            os.close(from_child_w)
+        self.send = Connection(to_child_w, readable=False)
+        self.recv = Connection(from_child_r, writable=False)
+
+    def kill(self) -> None:
+        """End the process now and release the pipes."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.close()
+
+    def close(self) -> None:
+        """Release the pipes (the worker exits when it sees its request pipe closed)."""
+        self.send.close()
+        self.recv.close()
+
+
+_idle: list[_Worker] = []
+_idle_lock = threading.Lock()
+
+
+def _take_worker() -> _Worker:
+    with _idle_lock:
+        while _idle:
+            worker = _idle.pop()
+            if worker.proc.poll() is None:
+                return worker
+            worker.close()
+    return _Worker()
+
+
+def _give_back(worker: _Worker) -> None:
+    with _idle_lock:
+        _idle.append(worker)
+
+
+@atexit.register
+def _shutdown() -> None:
+    with _idle_lock:
+        while _idle:
+            _idle.pop().kill()
+
+
+def _shared_file(nbytes: int) -> tuple[int, str]:
+    """Create a file of ``nbytes`` for a shared buffer: in RAM (/dev/shm) when it fits there."""
+    folder = None
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        st = os.statvfs(shm)
+        if st.f_bavail * st.f_frsize > 2 * nbytes:  # containers often have a 64 MB /dev/shm
+            folder = str(shm)
+    fd, name = tempfile.mkstemp(prefix="medscan-decode-", dir=folder)
+    os.ftruncate(fd, max(nbytes, 1))
+    return fd, name
+
+
+def serve(request_fd: int, reply_fd: int) -> None:
+    """Worker loop: run requests until the request pipe closes (see :mod:`._decode_worker`)."""
+    requests = Connection(request_fd, readable=True, writable=False)
+    replies = Connection(reply_fd, readable=False, writable=True)
+    while True:
+        try:
+            module, name, buffer_path, dtype, shape, state_path, args = requests.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            func = getattr(importlib.import_module(module), name)
+            out = np.memmap(buffer_path, dtype=dtype, mode="r+", shape=shape)
+            state = np.memmap(state_path, dtype=np.int8, mode="r+", shape=(shape[0],))
+            reply: tuple[str, Any] = ("ok", func(out, state, *args))
+            del out, state
+        except Exception as exc:  # sent back and re-raised in the parent
+            reply = ("error", exc)
+        try:
+            replies.send(reply)
+        except (BrokenPipeError, OSError):
+            return
+        except Exception:  # an unpicklable result or exception: send its text
+            text = "".join(traceback.format_exception_only(reply[1])).strip()
+            replies.send(("error", RuntimeError(text)))
+
+
+def _signal_name(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "unknown status"
+    if exitcode < 0:
+        try:
+            return f"signal {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"signal {-exitcode}"
+    return f"exit status {exitcode}"
+
+
+def run_contained(
+    func: Callable[..., Any],
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    files: Sequence[Path],
+    *args: Any,
+    timeout_s: float | None = None,
+    on_progress: Callable[[int], Any] | None = None,
+) -> tuple[np.ndarray, Any]:
+    """Run ``func(out, state, *args)`` in a worker process that may crash.
+
+    Parameters
+    ----------
+    func : callable
+        Importable top-level function; fills ``out`` (``shape``, ``dtype``) slice by slice and
+        sets ``state[k]`` to :data:`STARTED` / :data:`DONE` around slice ``k``. Its return value
+        (small, picklable) is returned; an exception it raises is re-raised here.
+    shape : tuple of int
+        ``(z, y, x)`` of the output.
+    dtype : numpy.dtype
+        Output dtype.
+    files : sequence of Path
+        The file of each slice (``len(files) == shape[0]``), to name in errors.
+    *args
+        Further arguments of ``func`` (picklable).
+    timeout_s : float, optional
+        Time limit; default ``TIMEOUT_BASE_S + TIMEOUT_PER_SLICE_S * shape[0]``.
+    on_progress : callable, optional
+        Called with the number of finished slices about every 0.2 s (progress bars).
+
+    Returns
+    -------
+    out : numpy.ndarray
+        The filled array (backed by an anonymous shared mapping, no copy).
+    result : object
+        What ``func`` returned.
+
+    Raises
+    ------
+    DecoderCrashed
+        The worker died (signal or exit without a result); ``files`` are the slices in flight.
+    DecoderTimeout
+        The worker ran longer than ``timeout_s`` and was killed.
+    Exception
+        Whatever ``func`` raised, re-raised.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    if timeout_s is None:
+        timeout_s = TIMEOUT_BASE_S + TIMEOUT_PER_SLICE_S * shape[0]
+    fd, path = _shared_file(nbytes)
+    state_fd, state_path = _shared_file(shape[0])
+    worker = None
+    try:
+        buf = mmap.mmap(fd, max(nbytes, 1))
+        state_buf = mmap.mmap(state_fd, max(shape[0], 1))
+        worker = _take_worker()
+        request = (func.__module__, func.__qualname__, path, dtype.str, tuple(shape), state_path,
+                   args)
+        try:
+            worker.send.send(request)
+            ready = _wait(worker.recv, timeout_s, state_buf, len(files), on_progress)
+            message = worker.recv.recv() if ready else None
+        except (EOFError, BrokenPipeError, ConnectionResetError):  # the worker died
+            ready, message = True, None
+        except BaseException:  # e.g. KeyboardInterrupt: the worker's state is unknown
+            worker.kill()
+            worker = None
+            raise
+        if message is None:
+            timed_out = not ready
+            worker.kill()
+            status = _signal_name(worker.proc.returncode)
+            worker = None
+            if timed_out:
+                raise DecoderTimeout(
+                    f"decoder timed out after {timeout_s:.0f} s and was killed",
+                    _in_flight(state_buf, files),
+                )
+            raise DecoderCrashed(f"decoder crashed ({status})", _in_flight(state_buf, files))
+        _give_back(worker)
+        worker = None
+        kind, value = message
+        if kind == "error":
+            raise value
+        out = np.frombuffer(buf, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+        return out, value
+    finally:
+        if worker is not None:
+            worker.kill()
+        for f, p in ((fd, path), (state_fd, state_path)):
+            os.close(f)
+            Path(p).unlink(missing_ok=True)
+
+
+def _wait(
+    recv: Any,
+    timeout_s: float,
+    state_buf: mmap.mmap,
+    n: int,
+    on_progress: Callable[[int], Any] | None,
+) -> bool:
+    """Wait for the worker's message (or its death); False on timeout."""
+    if on_progress is None:
+        return bool(recv.poll(timeout_s))
+    deadline = time.monotonic() + timeout_s
+    state = np.frombuffer(state_buf, dtype=np.int8, count=n)
+    while (left := deadline - time.monotonic()) > 0:
+        if recv.poll(min(0.2, left)):
+            return True
+        on_progress(int(np.count_nonzero(state == DONE)))
+    return False
+
+
+def _in_flight(state_buf: mmap.mmap, files: Sequence[Path]) -> list[Path]:
+    """Files whose slice was started but not finished when the worker ended."""
+    state = np.frombuffer(state_buf, dtype=np.int8, count=len(files))
+    return [files[k] for k in np.flatnonzero(state == STARTED)]

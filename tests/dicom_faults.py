@@ -1,0 +1,99 @@
+"""Deterministic bad DICOM inputs built from the real series (issue 19), one function each.
+
+Used by ``tests/test_dicom_containment.py``, ``tests/test_dicom_fuzz.py`` and
+``benchmarks/fuzz_dicom.py``. Every function copies real files into ``dst`` and damages them in
+one documented way; nothing is random unless a seed is given.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+
+import pydicom
+from pydicom.encaps import generate_frames
+
+RICORD = "ricord-1a-000082-jpegll"
+#: Offset, inside the JPEG Lossless codestream, of the byte flipped by the crash input: the first
+#: code-length count of the DHT segment (FFC4 at 38, length at 40, class/id at 42). Found by a
+#: byte-flip search over RICORD slice 1-100 (positions 0-419, XOR 01/10/80/FF): every flip of
+#: bytes 43-44 makes imagecodecs' liblj92 segfault; libjpeg-turbo and libjpeg refuse the stream.
+CRASH_OFFSET = 43
+
+
+def copy_slices(src: Path, dst: Path, start: int, stop: int) -> list[Path]:
+    """Copy the sorted ``*.dcm`` files ``[start:stop]`` of ``src`` into ``dst``."""
+    dst.mkdir(parents=True, exist_ok=True)
+    out = []
+    for f in sorted(src.glob("*.dcm"))[start:stop]:
+        shutil.copy2(f, dst / f.name)
+        out.append(dst / f.name)
+    return out
+
+
+def frame_offset(path: Path) -> int:
+    """Byte offset in ``path`` of its (single) encapsulated pixel data frame."""
+    data = path.read_bytes()
+    ds = pydicom.dcmread(path)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    offset = data.find(frame[:256])
+    assert offset > 0, path
+    return offset
+
+
+def flip_codestream_byte(path: Path, offset: int = CRASH_OFFSET, mask: int = 0xFF) -> None:
+    """XOR one byte of the JPEG codestream of ``path`` in place (file layout unchanged)."""
+    data = bytearray(path.read_bytes())
+    data[frame_offset(path) + offset] ^= mask
+    path.write_bytes(bytes(data))
+
+
+def ricord_crash_series(shared_ct: Path, dst: Path, n: int = 6) -> Path:
+    """``n`` RICORD slices (from 1-100 on), the first with the liblj92-crashing byte flip.
+
+    Returns the damaged file.
+    """
+    files = copy_slices(shared_ct / RICORD, dst, 99, 99 + n)
+    flip_codestream_byte(files[0])
+    return files[0]
+
+
+def mutate_bytes(data: bytes, rng: random.Random, protect: int = 0) -> bytes:
+    """One random mutation of ``data`` (AFL-like): flip bits, set bytes, splice, cut or repeat.
+
+    Parameters
+    ----------
+    data : bytes
+        Original file.
+    rng : random.Random
+        Seeded generator (the mutation is a function of its state).
+    protect : int
+        Bytes at the start left alone (e.g. 132 keeps the preamble and DICM marker).
+    """
+    buf = bytearray(data)
+    kind = rng.choice(["bits", "bytes", "interesting", "cut", "splice", "repeat"])
+    lo = protect
+    if kind == "bits":
+        for _ in range(rng.randint(1, 8)):
+            p = rng.randrange(lo, len(buf))
+            buf[p] ^= 1 << rng.randrange(8)
+    elif kind == "bytes":
+        for _ in range(rng.randint(1, 4)):
+            buf[rng.randrange(lo, len(buf))] = rng.randrange(256)
+    elif kind == "interesting":  # lengths and counts: 0, -1, huge, off by one
+        p = rng.randrange(lo, len(buf) - 4)
+        value = rng.choice([b"\x00\x00\x00\x00", b"\xff\xff\xff\xff", b"\xff\xff\xff\x7f",
+                            b"\x00\x00\x01\x00", b"\x01\x00\x00\x00", b"\xfe\xff"])
+        buf[p:p + len(value)] = value
+    elif kind == "cut":
+        buf = buf[: rng.randrange(lo, len(buf))]
+    elif kind == "splice":  # copy a chunk of the file over another place
+        a, b = rng.randrange(lo, len(buf)), rng.randrange(lo, len(buf))
+        n = rng.randint(1, 64)
+        buf[b:b + n] = buf[a:a + n]
+    else:  # repeat a chunk (grows the file)
+        a = rng.randrange(lo, len(buf))
+        n = rng.randint(1, 256)
+        buf[a:a] = buf[a:a + n] * rng.randint(1, 4)
+    return bytes(buf)

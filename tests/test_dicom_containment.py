@@ -1,0 +1,105 @@
+"""Issue 19 faults 1 and 6: a crashing native decoder fails one series, not the batch; no lenient
+fallback decoder.
+
+The crash input is real: RICORD JPEG Lossless slice 1-100 with one byte of its Huffman table
+flipped (``tests/dicom_faults.py``). imagecodecs' liblj92 segfaults on it; libjpeg-turbo and
+pylibjpeg-libjpeg (conformant decoders) refuse it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dicom_faults import copy_slices, ricord_crash_series
+
+from medscan.dicom import SeriesError, discover, load
+from medscan.dicom.pixels import DECODER_ENV, decode_file
+from medscan.io import iter_case_dirs, read_case, read_index
+
+MEDSCAN = [sys.executable, "-m", "medscan.cli"]
+
+
+def _decode_in_child(path: Path, decoder: str) -> int:
+    """Exit status of a fresh process that decodes ``path`` with ``decoder`` (<0: signal)."""
+    code = (
+        "import sys; from medscan.dicom.pixels import decode_file; "
+        "decode_file(sys.argv[1], sys.argv[2])"
+    )
+    return subprocess.run([sys.executable, "-c", code, str(path), decoder],
+                          capture_output=True, timeout=120).returncode
+
+
+@pytest.fixture()
+def crash_series(shared_ct: Path, tmp_path: Path) -> tuple[Path, Path]:
+    folder = tmp_path / "crash"
+    return folder, ricord_crash_series(shared_ct, folder)
+
+
+def test_crash_input_really_crashes_liblj92_and_conformant_decoders_refuse(crash_series):
+    """The regression input is what it claims: a segfault for liblj92 (so containment is
+    exercised for real), a clean refusal for the decoders medscan uses."""
+    _, victim = crash_series
+    assert _decode_in_child(victim, "liblj92") == -11  # SIGSEGV
+    for decoder in ("libjpeg-turbo", "pylibjpeg-libjpeg"):
+        with pytest.raises(Exception) as info:
+            decode_file(victim, decoder)
+        assert "Huffman" in str(info.value), (decoder, info.value)
+
+
+@pytest.mark.parametrize("decoder", ["libjpeg-turbo", "pylibjpeg-libjpeg"])
+def test_default_decoders_refuse_the_corrupt_slice_by_name(crash_series, monkeypatch, decoder):
+    folder, victim = crash_series
+    monkeypatch.setenv(DECODER_ENV, decoder)
+    with pytest.raises(SeriesError, match=f"(?s)1 of 6 slice.*{victim.name}.*Huffman"):
+        load(discover(folder).series[0])
+
+
+def test_crashing_decoder_fails_the_series_and_names_the_slice(crash_series, monkeypatch):
+    folder, victim = crash_series
+    monkeypatch.setenv(DECODER_ENV, "liblj92")
+    series = discover(folder).series[0]
+    with pytest.raises(SeriesError, match="decoder crashed \\(signal SIGSEGV\\)") as info:
+        load(series, workers=1)
+    assert victim.name in str(info.value)
+    # the worker is replaced: the next contained decode works (and equals the in-process one)
+    (folder / victim.name).unlink()
+    good = discover(folder).series[0]
+    assert np.array_equal(load(good).hu, load(good, contain=False).hu)
+
+
+def test_contained_decode_equals_in_process_decode(shared_ct: Path, tmp_path: Path):
+    copy_slices(shared_ct / "ricord-1a-000082-jpegll", tmp_path, 120, 130)
+    series = discover(tmp_path).series[0]
+    contained, plain = load(series), load(series, contain=False)
+    assert np.array_equal(contained.hu, plain.hu)
+    np.testing.assert_array_equal(contained.affine, plain.affine)
+
+
+@pytest.mark.parametrize("decoder", ["libjpeg-turbo", "liblj92"])
+def test_batch_with_crashing_slice_goes_on(crash_series, sample_ct, tmp_path, decoder):
+    """A batch of the crash series and the good sample: one failed, one ok, exit 1, the index
+    records both, no temporary folder left. With liblj92 the decoder really segfaults."""
+    folder, victim = crash_series
+    tree = tmp_path / "in"
+    folder.rename(tree / "bad") if tree.exists() else (tree.mkdir(), folder.rename(tree / "bad"))
+    copy_slices(sample_ct, tree / "good", 0, 30)
+    out = tmp_path / "out"
+    env = dict(os.environ, **{DECODER_ENV: decoder})
+    r = subprocess.run([*MEDSCAN, "segment", f"input={tree}", f"output={out}", "progress=false",
+                        "preview=false", "mesh_formats=[]"],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    rows = {row["status"]: row for row in read_index(out)}
+    assert sorted(row["status"] for row in read_index(out)) == ["failed", "ok"]
+    reason = rows["failed"]["reason"]
+    expected = "decoder crashed" if decoder == "liblj92" else "failed to decode"
+    assert expected in reason and victim.name in reason, reason
+    statuses = sorted(read_case(c)["status"] for c in iter_case_dirs(out))
+    assert statuses == ["failed", "ok"]
+    assert not [p.name for p in out.iterdir() if p.name.startswith((".tmp-", ".old-"))]
