@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from medscan.ct.orient import canonical_reorientation
 from medscan.ct.tissues import TissueTable
 
 
@@ -24,20 +25,48 @@ def _overlay_rgba(labels2d: np.ndarray, colors: np.ndarray, alpha: float) -> np.
     return rgba
 
 
+#: Orthographic 3-D views: ((horizontal LPS axis, sign), (vertical axis, sign), (depth axis,
+#: sign toward the viewer)); screen x grows to the right, screen y upward. Each is the view a
+#: person standing there would see (right = forward x up, right-handed):
+#:
+#: * ``front``: from in front of the patient (anterior, -y), head up: the patient's left
+#:   (+x) on the image right, as in radiology;
+#: * ``top``: from above the head (superior, +z) looking toward the feet, anterior (-y) up:
+#:   the patient's right (-x) on the image right;
+#: * ``side``: from the patient's left (+x), head up: anterior (-y) on the image left.
+VIEWS: dict[str, tuple[tuple[int, int], tuple[int, int], tuple[int, int]]] = {
+    "front": ((0, 1), (2, 1), (1, -1)),
+    "top": ((0, -1), (1, -1), (2, 1)),
+    "side": ((1, 1), (2, 1), (0, 1)),
+}
+VIEW_TITLES = {"front": "3-D, anterior", "top": "3-D, top (superior)",
+               "side": "3-D, side (patient left)"}
+
+
+def view_matrix(view: str) -> np.ndarray:
+    """3x3 matrix taking LPS vectors to (right, up, toward the viewer) of a 3-D view.
+
+    Every view is a rotation (determinant +1): a real view, never a mirror image.
+    """
+    m = np.zeros((3, 3))
+    for row, (axis, sign) in enumerate(VIEWS[view]):
+        m[row, axis] = sign
+    return m
+
+
+def screen_coordinates(points_lps: np.ndarray, view: str) -> np.ndarray:
+    """Project LPS points (mm) onto a 3-D view: ``(..., 3)`` -> ``(..., 3)`` (right, up, depth).
+
+    ``depth`` grows toward the viewer. See :data:`VIEWS` for the handedness of each view.
+    """
+    return np.asarray(points_lps, dtype=np.float64) @ view_matrix(view).T
+
+
 def _shaded_projection(ax: Any, meshes: list[tuple[Any, tuple[int, int, int]]],
                        view: str, max_faces: int = 20000) -> None:
-    """Draw meshes (LPS mm) projected along a view axis onto ``ax``."""
+    """Draw meshes (LPS mm) projected along a view axis onto ``ax`` (see :data:`VIEWS`)."""
     from matplotlib.collections import PolyCollection
 
-    # (horizontal axis, sign), (vertical axis, sign), (depth axis, sign toward viewer)
-    views = {
-        # seen from the front: patient left on the image right (as in radiology); from the
-        # top: anterior up; from the patient's left: anterior on the image left
-        "front": ((0, 1), (2, 1), (1, -1)),
-        "top": ((0, 1), (1, -1), (2, 1)),
-        "side": ((1, 1), (2, 1), (0, 1)),
-    }
-    (h, hs), (v, vs), (d, ds) = views[view]
     light = np.array([0.3, 0.5, 1.0])
     light /= np.linalg.norm(light)
     polys, shades, depths = [], [], []
@@ -45,18 +74,16 @@ def _shaded_projection(ax: Any, meshes: list[tuple[Any, tuple[int, int, int]]],
         m = mesh
         if len(m.faces) > max_faces:
             m = m.simplify_quadric_decimation(face_count=max_faces)
-        faces, normals = m.faces, m.face_normals
-        tri = m.vertices[faces]  # (n, 3, 3)
-        n_view = np.stack([normals[:, h] * hs, normals[:, v] * vs, normals[:, d] * ds], axis=1)
+        tri = screen_coordinates(m.vertices[m.faces], view)  # (n, 3, 3): right, up, depth
+        n_view = screen_coordinates(m.face_normals, view)
         lam = np.clip(n_view @ light, 0.0, 1.0)
         keep = n_view[:, 2] > 0  # facing the viewer
         tri = tri[keep]
         lam = lam[keep]
-        xy = np.stack([tri[..., h] * hs, tri[..., v] * vs], axis=-1)
-        polys.append(xy)
+        polys.append(tri[..., :2])
         base = np.array(color, float) / 255.0
         shades.append(np.clip(base[None, :] * (0.35 + 0.65 * lam[:, None]), 0, 1))
-        depths.append((tri[..., d] * ds).mean(axis=1))
+        depths.append(tri[..., 2].mean(axis=1))
     if not polys:
         ax.text(0.5, 0.5, "no meshes", ha="center", va="center", transform=ax.transAxes)
         ax.axis("off")
@@ -73,8 +100,7 @@ def _shaded_projection(ax: Any, meshes: list[tuple[Any, tuple[int, int, int]]],
     ax.set_aspect("equal")
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title({"front": "3-D, anterior", "top": "3-D, top (superior)",
-                  "side": "3-D, side (patient left)"}[view], fontsize=9)
+    ax.set_title(VIEW_TITLES[view], fontsize=9)
 
 
 def render_preview(
@@ -121,28 +147,29 @@ def render_preview(
     colors = np.zeros((256, 3), dtype=np.float32)
     for t in tissues.all:
         colors[t.label] = np.array(t.color) / 255.0
-    sx, sy, sz = np.linalg.norm(affine[:3, :3], axis=0)
+    # slices of the canonical orientation (axial, axes toward head, back and patient left),
+    # whatever the stored orientation: transposes and flips only
+    reo = canonical_reorientation(affine)
+    canonical_affine = reo.canonical_affine(affine, hu.shape)
+    hu, labels = reo.to_canonical(hu), reo.to_canonical(labels)
+    sx, sy, sz = np.linalg.norm(canonical_affine[:3, :3], axis=0)
     lungs = np.isin(labels, [tissues["lung_left"].label, tissues["lung_right"].label])
     if lungs.any():
         zz, yy, xx = (int(np.median(a)) for a in np.nonzero(lungs[:, ::4, ::4]))
         yy, xx = yy * 4, xx * 4
     else:
         zz, yy, xx = (s // 2 for s in hu.shape)
-    flip_z = affine[2, 2] > 0  # slice index grows toward the head: draw head up
-    axial_hu, axial_lab = hu[zz], labels[zz]
-    if affine[0, 0] < 0:  # draw patient left (+x) on the image right
-        axial_hu, axial_lab = axial_hu[:, ::-1], axial_lab[:, ::-1]
-    if affine[1, 1] < 0:  # anterior at the top
-        axial_hu, axial_lab = axial_hu[::-1], axial_lab[::-1]
+    # axial: anterior at the top, patient left on the image right (radiological); coronal and
+    # sagittal: head up (origin lower), patient left on the right / anterior on the left
     views = [
-        ("axial", axial_hu, axial_lab, sy / sx),
+        ("axial", hu[zz], labels[zz], sy / sx),
         ("coronal", hu[:, yy, :], labels[:, yy, :], sz / sx),
         ("sagittal", hu[:, :, xx], labels[:, :, xx], sz / sy),
     ]
     fig = Figure(figsize=(15, 8.5), dpi=dpi)
     axes = fig.subplots(2, 3)
     for ax, (name, img, lab, aspect) in zip(axes[0], views, strict=True):
-        origin = "lower" if (name != "axial" and flip_z) else "upper"
+        origin = "upper" if name == "axial" else "lower"
         ax.imshow(img, cmap="gray", vmin=-1000, vmax=500, aspect=aspect, origin=origin,
                   interpolation="nearest")
         ax.imshow(_overlay_rgba(lab, colors, 0.3), aspect=aspect, origin=origin,

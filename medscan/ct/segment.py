@@ -50,6 +50,7 @@ from medscan.ct.ops import (
     largest_component,
     refine_mask,
 )
+from medscan.ct.orient import canonical_reorientation
 from medscan.ct.tissues import LUNG_LEFT, LUNG_RIGHT, TissueTable
 from medscan.volume import Finding, Volume
 
@@ -163,7 +164,59 @@ def segment(
     params: SegmentParams | None = None,
     be: Backend | None = None,
 ) -> Segmentation:
-    """Segment body tissues and the left and right lungs.
+    """Segment body tissues and the left and right lungs, whatever the stored orientation.
+
+    The volume is first brought to the canonical orientation (axial slices, axes toward head,
+    back and patient left; :func:`medscan.ct.orient.canonical_reorientation`) by transposes
+    and flips only, segmented there, and the label map is mapped back to the stored grid. The
+    result in LPS mm therefore does not depend on how the voxels were stored (axial, coronal,
+    sagittal, rows or slices in either direction).
+
+    Parameters
+    ----------
+    volume : Volume
+        HU volume (int16 or float32) with its LPS affine.
+    tissues : TissueTable
+        HU bands and label ids.
+    params : SegmentParams, optional
+        Thresholds and sizes (defaults: :class:`SegmentParams`).
+    be : Backend, optional
+        Array backend (default: CPU).
+
+    Returns
+    -------
+    Segmentation
+        Label map (uint8, host memory, on the stored grid) and findings. A volume without
+        lungs (e.g. a head CT) gives ``lungs_found=False`` and a reason, with the tissue
+        labels still filled in.
+    """
+    reo = canonical_reorientation(volume.affine)
+    if reo.identity:
+        return _segment_canonical(volume, tissues, params, be)
+    canonical = Volume(
+        hu=np.ascontiguousarray(reo.to_canonical(volume.hu)),
+        affine=reo.canonical_affine(volume.affine, volume.shape),
+        case_id=volume.case_id,
+    )
+    seg = _segment_canonical(canonical, tissues, params, be)
+    seg.labels = np.ascontiguousarray(reo.to_stored(seg.labels))
+    seg.findings.insert(0, Finding(
+        "reoriented", "info",
+        f"voxels stored as {reo.stored_plane} slices (axes {reo.perm}, flips {reo.flips}); "
+        "segmented as axial slices after a lossless transpose/flip, labels mapped back",
+        details={"perm": list(reo.perm), "flips": list(reo.flips),
+                 "stored_plane": reo.stored_plane},
+    ))
+    return seg
+
+
+def _segment_canonical(
+    volume: Volume,
+    tissues: TissueTable,
+    params: SegmentParams | None = None,
+    be: Backend | None = None,
+) -> Segmentation:
+    """Segment body tissues and the left and right lungs of a canonical-orientation volume.
 
     Parameters
     ----------
