@@ -97,3 +97,96 @@ def mutate_bytes(data: bytes, rng: random.Random, protect: int = 0) -> bytes:
         n = rng.randint(1, 256)
         buf[a:a] = buf[a:a + n] * rng.randint(1, 4)
     return bytes(buf)
+
+
+def set_header(path: Path, **values: object) -> None:
+    """Rewrite ``path`` with the given header keywords set (raw strings go in as written).
+
+    Values are written without validation, as a broken scanner or a hostile file would.
+    """
+    from pydicom import config
+
+    ds = pydicom.dcmread(path)
+    old = config.settings.writing_validation_mode
+    config.settings.writing_validation_mode = config.IGNORE
+    try:
+        for keyword, value in values.items():
+            if value is None:
+                delattr(ds, keyword)
+            else:
+                setattr(ds, keyword, value)
+        ds.save_as(path)
+    finally:
+        config.settings.writing_validation_mode = old
+
+
+def sorted_slices(folder: Path) -> list[Path]:
+    """The ``*.dcm`` files of ``folder`` in file-name order (the sample's order along z)."""
+    return sorted(folder.glob("*.dcm"))
+
+
+def position_outlier(folder: Path, index: int = -1, offset_mm: float = 20_000.0) -> Path:
+    """Move one slice's ImagePositionPatient ``offset_mm`` along z (issue 19: 20 m off)."""
+    victim = sorted_slices(folder)[index]
+    ds = pydicom.dcmread(victim, stop_before_pixels=True)
+    x, y, z = (float(v) for v in ds.ImagePositionPatient)
+    set_header(victim, ImagePositionPatient=[f"{x:g}", f"{y:g}", f"{z + offset_mm:g}"])
+    return victim
+
+
+def patch_explicit_ds(path: Path, tag: int, text: str) -> None:
+    """Replace the value of DS element ``tag`` in an Explicit VR Little Endian file byte-wise.
+
+    For values pydicom refuses to write (``"abc"``): the bytes a broken writer would leave.
+    """
+    import struct
+
+    data = path.read_bytes()
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + b"DS"
+    at = data.index(head, 132)
+    (length,) = struct.unpack("<H", data[at + 6:at + 8])
+    value = text.encode() + (b" " if len(text) % 2 else b"")
+    new = head + struct.pack("<H", len(value)) + value
+    path.write_bytes(data[:at] + new + data[at + 8 + length:])
+
+
+def rescale_slope(folder: Path, value: str, index: int = 7) -> Path:
+    """Set one slice's RescaleSlope to the raw string ``value`` (``"nan"``, ``"abc"``...)."""
+    victim = sorted_slices(folder)[index]
+    patch_explicit_ds(victim, 0x00281053, value)
+    return victim
+
+
+def rescale_intercept(folder: Path, value: str, index: int = 7) -> Path:
+    """Set one slice's RescaleIntercept to the raw string ``value``."""
+    victim = sorted_slices(folder)[index]
+    patch_explicit_ds(victim, 0x00281052, value)
+    return victim
+
+
+def pixel_spacing(folder: Path, value: list[str]) -> None:
+    """Set PixelSpacing of every slice (one geometry) to ``value``."""
+    for f in sorted_slices(folder):
+        set_header(f, PixelSpacing=value)
+
+
+def orientation(folder: Path, value: list[str]) -> None:
+    """Set ImageOrientationPatient of every slice to ``value``."""
+    for f in sorted_slices(folder):
+        set_header(f, ImageOrientationPatient=value)
+
+
+def far_position(folder: Path, index: int = 3) -> Path:
+    """One slice 1e9 mm from the origin in x (overflow-sized coordinates)."""
+    victim = sorted_slices(folder)[index]
+    ds = pydicom.dcmread(victim, stop_before_pixels=True)
+    _, y, z = (float(v) for v in ds.ImagePositionPatient)
+    set_header(victim, ImagePositionPatient=["1e9", f"{y:g}", f"{z:g}"])
+    return victim
+
+
+def keep_ends(folder: Path, n_each: int) -> None:
+    """Delete all but the first and last ``n_each`` slices (one very large gap)."""
+    files = sorted_slices(folder)
+    for f in files[n_each:-n_each]:
+        f.unlink()

@@ -93,6 +93,21 @@ def _float(ds: pydicom.Dataset, keyword: str, default: float | None = None) -> f
         return default
 
 
+def _rescale(ds: pydicom.Dataset, keyword: str, default: float) -> float:
+    """RescaleSlope/Intercept: ``default`` when absent, NaN when present but not a number.
+
+    A value that is there but unreadable is not replaced by the default (that would pass a
+    corrupt header as HU); :mod:`medscan.dicom.validate` refuses the NaN with the file's name.
+    """
+    value = ds.get(keyword, None)
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 def _int(ds: pydicom.Dataset, keyword: str, default: int | None = None) -> int | None:
     value = ds.get(keyword, None)
     if value is None or value == "":
@@ -240,6 +255,9 @@ def _read_header(path: Path, salt: str | None) -> SliceHeader | SkippedFile:
         return SkippedFile(path, "DICOM file without SOPInstanceUID/SeriesInstanceUID")
 
     spacing = _vector(ds, "PixelSpacing", 2)
+    if spacing is None and ds.get("PixelSpacing", None) not in (None, ""):
+        # present but unreadable or not finite: refused by medscan.dicom.validate, not 1 mm
+        spacing = np.array([np.nan, np.nan])
     meta_info = {
         key: str(ds.get(key))
         for key in (
@@ -270,8 +288,8 @@ def _read_header(path: Path, salt: str | None) -> SliceHeader | SkippedFile:
         orientation=_vector(ds, "ImageOrientationPatient", 6),
         pixel_spacing=(float(spacing[0]), float(spacing[1])) if spacing is not None else None,
         instance_number=_int(ds, "InstanceNumber"),
-        slope=_float(ds, "RescaleSlope", 1.0) or 1.0,
-        intercept=_float(ds, "RescaleIntercept", 0.0) or 0.0,
+        slope=_rescale(ds, "RescaleSlope", 1.0),
+        intercept=_rescale(ds, "RescaleIntercept", 0.0),
         padding_value=_int(ds, "PixelPaddingValue"),
         padding_limit=_int(ds, "PixelPaddingRangeLimit"),
         pixel_representation=_int(ds, "PixelRepresentation", 0) or 0,

@@ -37,6 +37,7 @@ from medscan.dicom.contain import DONE, STARTED, ContainedError, run_contained
 from medscan.dicom.headers import SliceHeader
 from medscan.dicom.resample import regularize_stack
 from medscan.dicom.series import SeriesInfo
+from medscan.dicom.validate import affine_problem
 from medscan.volume import AIR_HU, Finding, Volume
 
 try:  # optional fast JPEG Lossless decoder (libjpeg-turbo 3; releases the GIL)
@@ -472,6 +473,11 @@ def load(
                 info,
             )
         )
+    problem = affine_problem(affine)
+    if problem is None and out.dtype.kind == "f" and not np.all(np.isfinite(out)):
+        problem = f"{int(np.count_nonzero(~np.isfinite(out)))} non-finite HU voxels"
+    if problem is not None:  # a last guard: never return a non-finite volume or affine
+        raise SeriesError(f"series {series.case_id}: {problem}; the series is not loaded")
     metadata = dict(series.metadata)
     metadata.update(
         {

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
+#: A resampled grid may have at most this many times the acquired slices: more means a position
+#: outlier or a gap so large that interpolating across it would invent most of the volume.
+MAX_RESAMPLE_GROWTH = 4.0
 #: Slice positions farther than this from the line through the first and last one (mm) cannot
 #: be regularised by interpolation along that line.
 COLLINEAR_TOL_MM = 0.05
@@ -43,7 +46,8 @@ def regularize_stack(
     Raises
     ------
     ValueError
-        When the positions are not on one line or fewer than 2 slices are given.
+        When the positions are not on one line, not strictly increasing along it, fewer than 2
+        slices are given, or the grid would exceed :data:`MAX_RESAMPLE_GROWTH` times the input.
     """
     positions = np.asarray(positions, dtype=np.float64)
     if len(positions) < 2:
@@ -51,12 +55,23 @@ def regularize_stack(
     origin = positions[0]
     direction = positions[-1] - origin
     length = float(np.linalg.norm(direction))
+    if not (np.isfinite(length) and length > 0):
+        raise ValueError("the first and last slice positions coincide or are not finite")
     unit = direction / length
     t = (positions - origin) @ unit
     off_line = np.linalg.norm((positions - origin) - np.outer(t, unit), axis=1)
     if float(off_line.max()) > COLLINEAR_TOL_MM:
         raise ValueError(f"slice positions are not collinear (up to {off_line.max():.2f} mm off)")
     step = float(np.median(np.diff(t)))
+    if not (np.all(np.isfinite(t)) and np.all(np.diff(t) > 0) and np.isfinite(step) and step > 0):
+        raise ValueError("slice positions are not strictly increasing along the stacking line")
+    n_float = t[-1] / step + 1.0
+    if n_float > MAX_RESAMPLE_GROWTH * len(t):
+        raise ValueError(
+            f"a uniform grid at the median step {step:.4g} mm would need {n_float:.0f} slices, "
+            f"more than {MAX_RESAMPLE_GROWTH:g}x the {len(t)} acquired ones (a slice far off the "
+            "rest, or a very large gap); refused"
+        )
     n = int(np.floor(t[-1] / step + 1e-6)) + 1
     targets = np.arange(n) * step
     lower = np.clip(np.searchsorted(t, targets, side="right") - 1, 0, len(t) - 2)

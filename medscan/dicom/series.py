@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from pydicom.uid import UID
 
+from medscan.dicom import validate
 from medscan.dicom.headers import SliceHeader
 from medscan.dicom.identity import case_pseudonym
 from medscan.volume import Finding
@@ -125,7 +126,8 @@ def _same_geometry(a: SliceHeader, b: SliceHeader) -> bool:
     if (a.pixel_spacing is None) != (b.pixel_spacing is None):
         return False
     if a.pixel_spacing is not None and b.pixel_spacing is not None:
-        return bool(np.allclose(a.pixel_spacing, b.pixel_spacing, rtol=1e-3, atol=1e-4))
+        return bool(np.allclose(a.pixel_spacing, b.pixel_spacing, rtol=1e-3, atol=1e-4,
+                                   equal_nan=True))
     return True
 
 
@@ -378,6 +380,10 @@ def build_series(
     if n > 1:
         findings += _spacing_findings(group, positions, proj, steps, median, step_vec, normal)
     findings += _rescale_findings(group)
+    # Every number that enters the affine or the HU, checked (issue 19): refusals, not repairs.
+    findings += validate.rescale_findings(group)
+    findings += validate.geometry_findings(group)
+    findings += validate.stack_findings(group, proj, affine)
     return info
 
 
