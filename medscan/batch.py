@@ -68,17 +68,24 @@ def hash_inputs(files: Iterable[str | Path], root: str | Path) -> tuple[dict[str
     """
     root = Path(root)
     base = root if root.is_dir() else root.parent
-    hashes: dict[str, str] = {}
+    by_bytes: dict[bytes, str] = {}
     for f in files:
         p = Path(f)
         try:
-            rel = str(p.resolve().relative_to(base.resolve()))
+            rel = p.resolve().relative_to(base.resolve())
         except ValueError:
-            rel = p.name
-        hashes[rel] = sha256_file(p)
+            rel = Path(p.name)
+        # File names are bytes on POSIX (any byte but / and NUL): hash the bytes themselves,
+        # never an encoding of the str (a Latin-1 name is not valid UTF-8).
+        by_bytes[os.fsencode(rel)] = sha256_file(p)
     h = hashlib.sha256()
-    for rel in sorted(hashes):
-        h.update(f"{rel}\0{hashes[rel]}\n".encode())
+    for rel_bytes in sorted(by_bytes):
+        h.update(rel_bytes + b"\0" + by_bytes[rel_bytes].encode() + b"\n")
+    # Keys as valid Unicode text (undecodable bytes shown as \\xNN) for JSON manifests.
+    hashes = {
+        rel_bytes.decode("utf-8", "backslashreplace"): digest
+        for rel_bytes, digest in by_bytes.items()
+    }
     return hashes, h.hexdigest()
 
 

@@ -141,14 +141,36 @@ def block_factors(spacing: tuple[float, float, float], work_mm: float) -> tuple[
 
 
 def block_mean(be: Backend, array: Any, factors: tuple[int, int, int], slab: int = 16) -> Any:
-    """float32 mean over ``factors`` blocks; the trailing remainder of each axis is dropped.
+    """float32 mean over ``factors`` blocks, keeping every voxel (``ceil(n / f)`` per axis).
+
+    A trailing partial block is the mean of the voxels it has. A one-slice series with a z
+    factor of 2 gives one low-resolution slice, not zero; the last slices of any series are
+    never dropped.
 
     Summed from strided views, ``slab`` output slices at a time into one preallocated result
-    (far faster than a 6-D reshape reduction, and without whole-volume temporaries).
+    (far faster than a 6-D reshape reduction, and without whole-volume temporaries); partial
+    blocks at the ends of each axis are rescaled by their true voxel count afterwards.
+
+    Parameters
+    ----------
+    be : Backend
+        Array backend (NumPy or CuPy).
+    array : array
+        ``(z, y, x)`` values (any real dtype).
+    factors : tuple of int
+        Block size per axis, each >= 1.
+    slab : int
+        Output slices summed per pass.
+
+    Returns
+    -------
+    array
+        float32, shape ``ceil(array.shape / factors)``.
     """
     xp = be.xp
     fz, fy, fx = factors
-    nz, ny, nx = (s // f for s, f in zip(array.shape, factors, strict=True))
+    full = tuple(int(s) for s in array.shape)
+    nz, ny, nx = (-(-s // f) for s, f in zip(full, factors, strict=True))
     out = xp.empty((nz, ny, nx), dtype=xp.float32)
     scale = 1.0 / float(fz * fy * fx)
     for k0 in range(0, nz, slab):
@@ -156,11 +178,22 @@ def block_mean(be: Backend, array: Any, factors: tuple[int, int, int], slab: int
         acc = out[k0:k1]
         acc[...] = 0
         for oz in range(fz):
+            zs = array[k0 * fz + oz : k1 * fz : fz]
+            if zs.shape[0] == 0:
+                continue
             for oy in range(fy):
                 for ox in range(fx):
-                    acc += array[k0 * fz + oz : k1 * fz : fz, oy : ny * fy : fy, ox : nx * fx : fx]
+                    part = zs[:, oy::fy, ox::fx]
+                    acc[: part.shape[0], : part.shape[1], : part.shape[2]] += part
         if scale != 1.0:
             acc *= scale
+    # Partial blocks at the far end of an axis hold fewer voxels than fz * fy * fx.
+    for axis, (n, f) in enumerate(zip(full, factors, strict=True)):
+        rest = n % f
+        if rest:
+            index: list[Any] = [slice(None)] * 3
+            index[axis] = -1
+            out[tuple(index)] *= float(f) / float(rest)
     return out
 
 
@@ -178,7 +211,8 @@ def _repeat_last(be: Backend, a: Any, f: int) -> Any:
 def upsample(be: Backend, low: Any, factors: tuple[int, int, int], shape: tuple[int, ...]) -> Any:
     """Nearest-neighbour up-sampling of ``low`` by ``factors`` into an array of ``shape``.
 
-    The part of ``shape`` beyond ``low.shape * factors`` (the dropped remainder) is zero.
+    ``low * factors`` larger than ``shape`` (the partial last blocks of :func:`block_mean`) is
+    cropped; a part of ``shape`` beyond it is zero.
     """
     xp = be.xp
     fz, fy, fx = factors
@@ -189,6 +223,9 @@ def upsample(be: Backend, low: Any, factors: tuple[int, int, int], shape: tuple[
         up = xp.repeat(up, fy, axis=1)
     if fz > 1:
         up = xp.repeat(up, fz, axis=0)
+    if tuple(up.shape) == tuple(shape):
+        return up
+    up = up[: shape[0], : shape[1], : shape[2]]
     if tuple(up.shape) == tuple(shape):
         return up
     out = xp.zeros(shape, dtype=low.dtype)

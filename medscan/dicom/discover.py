@@ -10,7 +10,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from medscan.dicom.headers import SkippedFile, SliceHeader, read_header
+from medscan.dicom.headers import SkippedFile, SliceHeader, printable_path, read_header
 from medscan.dicom.series import SeriesInfo, group_series
 
 #: From this many files on, headers are read by a process pool unless ``workers`` says otherwise.
@@ -30,7 +30,8 @@ class Discovery:
     series : list of SeriesInfo
         Image series of the wanted modalities, sorted by case id.
     other_series : list of SeriesInfo
-        Series of other modalities, or without pixel data (reported, not loaded).
+        Series of other modalities, without pixel data, or non-volume images (localizers,
+        derived secondary images, secondary captures): reported, not loaded.
     skipped : list of SkippedFile
         Files that are not part of any series, with the reason.
     """
@@ -43,7 +44,7 @@ class Discovery:
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary (no patient identity)."""
         return {
-            "root": str(self.root),
+            "root": printable_path(self.root),
             "series": [s.to_dict() for s in self.series],
             "other_series": [s.to_dict() for s in self.other_series],
             "skipped": [s.to_dict() for s in self.skipped],
@@ -143,8 +144,11 @@ def discover(
     headers = [r for r in results if isinstance(r, SliceHeader)]
     found = Discovery(root=root, skipped=[r for r in results if isinstance(r, SkippedFile)])
     for info in group_series(headers, salt):
-        is_image = bool(info.slices) and info.slices[0].has_pixels
-        if info.modality in wanted and is_image:
+        # Decided per part (group_series splits a SeriesInstanceUID by per-file modality,
+        # pixel presence and image kind): a stray file cannot hide the series it sits in.
+        is_image = bool(info.slices) and all(h.has_pixels for h in info.slices)
+        non_volume = any(f.code == "non_volume" for f in info.findings)
+        if info.modality in wanted and is_image and not non_volume:
             found.series.append(info)
         else:
             found.other_series.append(info)

@@ -1,8 +1,14 @@
 """Read one DICOM file's header (no pixels) into a small, identity-free record.
 
 A file that cannot become part of an image series is returned as a :class:`SkippedFile` with the
-reason: zero-byte, DICOMDIR, not DICOM (e.g. a text file named ``.dcm``), unreadable header, or
-truncated pixel data (checked against the file size, without reading the pixels).
+reason: zero-byte, DICOMDIR, not DICOM (e.g. a text file named ``.dcm``), unreadable header,
+truncated pixel data (checked against the file size, without reading the pixels), or header sizes
+that do not match the pixel data (Rows x Columns x SamplesPerPixel x BitsAllocated x frames vs
+the PixelData length).
+
+Whether a file has pixel data is decided from the parsed dataset and its transfer syntax
+(byte order and VR of the Pixel Data element come from the syntax; a Deflated Explicit VR file
+is inflated by pydicom), never from raw bytes at a fixed encoding.
 """
 
 from __future__ import annotations
@@ -22,8 +28,26 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from medscan.dicom.identity import patient_pseudonym
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
-PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
-SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # (FFFE,E0DD) length 0
+#: (7FE0,0010) Pixel Data, (7FE0,0008) Float Pixel Data, (7FE0,0009) Double Float Pixel Data.
+PIXEL_DATA_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData",
+                   0x7FE00009: "DoubleFloatPixelData"}
+#: VRs with a 4-byte length in explicit VR encoding (PS3.5 7.1.2).
+LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT",
+                   b"SV", b"UV"}
+#: Sequence Delimitation Item (FFFE,E0DD) with length 0, in either byte order.
+SEQ_DELIMITERS = (b"\xfe\xff\xdd\xe0\x00\x00\x00\x00", b"\xff\xfe\xe0\xdd\x00\x00\x00\x00")
+DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+def printable_path(path: str | os.PathLike[str]) -> str:
+    r"""``path`` as text that is valid Unicode for any POSIX file name.
+
+    File names are bytes; Python maps undecodable bytes to lone surrogates (PEP 383), which
+    cannot be written as UTF-8. Here the bytes (``os.fsencode``) are decoded as UTF-8 and any
+    invalid byte is shown as ``\xNN`` (e.g. ``scan\xe9-19``), so JSON, CSV and terminal
+    output never hold a lone surrogate.
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 @dataclass
@@ -43,7 +67,7 @@ class SkippedFile:
 
     def to_dict(self) -> dict[str, str]:
         """Return a JSON-serialisable dict."""
-        return {"path": str(self.path), "reason": self.reason}
+        return {"path": printable_path(self.path), "reason": self.reason}
 
 
 @dataclass
@@ -81,6 +105,17 @@ class SliceHeader:
     meta: dict[str, Any] = field(default_factory=dict)
     #: (byte offset, length) of native (uncompressed) pixel data in the file, when known.
     native_pixels: tuple[int, int] | None = None
+    #: HighBit (0028,0102); stored values occupy bits ``high_bit - bits_stored + 1 .. high_bit``.
+    high_bit: int | None = None
+    #: ImageType (0008,0008) values, upper case (e.g. ``("ORIGINAL", "PRIMARY", "AXIAL")``).
+    image_type: tuple[str, ...] = ()
+    #: SOPClassUID (e.g. CT Image Storage, Enhanced CT Image Storage).
+    sop_class: str = ""
+    #: Acquisition identity (series splitting): AcquisitionNumber, AcquisitionTime,
+    #: TemporalPositionIdentifier, as found (None when absent).
+    acquisition_number: int | None = None
+    acquisition_time: str | None = None
+    temporal_position: int | None = None
 
 
 def _float(ds: pydicom.Dataset, keyword: str, default: float | None = None) -> float | None:
@@ -118,6 +153,18 @@ def _int(ds: pydicom.Dataset, keyword: str, default: int | None = None) -> int |
         return default
 
 
+def _multi(ds: pydicom.Dataset, keyword: str) -> list[Any]:
+    value = ds.get(keyword, None)
+    if value is None or value == "":
+        return []
+    if isinstance(value, str | bytes):
+        return [value]
+    try:
+        return list(value)
+    except TypeError:
+        return [value]
+
+
 def _vector(ds: pydicom.Dataset, keyword: str, n: int) -> np.ndarray | None:
     value = ds.get(keyword, None)
     if value is None:
@@ -129,36 +176,117 @@ def _vector(ds: pydicom.Dataset, keyword: str, n: int) -> np.ndarray | None:
     return arr if arr.shape == (n,) and np.all(np.isfinite(arr)) else None
 
 
-def _check_pixel_data(
-    fp: Any, size: int, explicit_vr: bool
-) -> tuple[bool, str | None, tuple[int, int] | None]:
-    """Look at the element after the header.
+@dataclass
+class PixelElement:
+    """Where and how the pixel data of a file are stored (from the element header only).
 
-    Returns (has pixel data, reason if truncated, (offset, length) of a native pixel value).
+    Attributes
+    ----------
+    present : bool
+        The dataset has a Pixel Data (or float pixel data) element.
+    keyword : str
+        ``"PixelData"``, ``"FloatPixelData"`` or ``"DoubleFloatPixelData"``.
+    length : int or None
+        Value length in bytes; None for encapsulated (compressed) data.
+    offset : int or None
+        File offset of the value of native data in a non-deflated file (for direct reads).
+    problem : str or None
+        Why the file cannot be used (truncated), else None.
     """
-    head = fp.read(12)
-    if len(head) < 8 or head[:4] != PIXEL_DATA_TAG:
-        return False, None, None  # no pixel data (e.g. a structured report)
-    if explicit_vr:
-        if len(head) < 12:
-            return True, "truncated: pixel data element header cut off", None
-        (length,) = struct.unpack("<I", head[8:12])
-        value_start = fp.tell()
+
+    present: bool
+    keyword: str = ""
+    length: int | None = None
+    offset: int | None = None
+    problem: str | None = None
+
+
+def _pixel_element(fp: Any, size: int, implicit: bool, little: bool) -> PixelElement:
+    """Parse the element at ``fp`` (where ``stop_before_pixels`` stopped) in the dataset's encoding.
+
+    ``implicit`` and ``little`` come from the transfer syntax the dataset was parsed with, so
+    Big Endian and implicit VR files are read as correctly as explicit VR Little Endian ones.
+    """
+    order = "<" if little else ">"
+    head = fp.read(8)
+    if len(head) < 8:
+        return PixelElement(False)  # end of dataset: no pixel data (e.g. a structured report)
+    group, element = struct.unpack(f"{order}HH", head[:4])
+    keyword = PIXEL_DATA_TAGS.get((group << 16) | element)
+    if keyword is None:
+        return PixelElement(False)
+    if implicit:
+        (length,) = struct.unpack(f"{order}I", head[4:8])
+    elif head[4:6] in LONG_LENGTH_VRS:
+        extra = fp.read(4)
+        if len(extra) < 4:
+            return PixelElement(True, keyword, None, None, "truncated: pixel data element cut off")
+        (length,) = struct.unpack(f"{order}I", extra)
     else:
-        (length,) = struct.unpack("<I", head[4:8])
-        value_start = fp.tell() - 4
+        (length,) = struct.unpack(f"{order}H", head[6:8])
+    value_start = fp.tell()
     if length == 0xFFFFFFFF:  # encapsulated: the fragment sequence must be closed
         fp.seek(max(value_start, size - 4096))
-        if SEQ_DELIMITER not in fp.read():
+        tail = fp.read()
+        if not any(d in tail for d in SEQ_DELIMITERS):
             reason = "truncated: encapsulated pixel data has no sequence delimiter (cut off)"
-            return True, reason, None
-        return True, None, None
+            return PixelElement(True, keyword, None, None, reason)
+        return PixelElement(True, keyword)
     if value_start + length > size:
-        return True, (
+        return PixelElement(True, keyword, length, value_start, (
             f"truncated: pixel data needs {length} bytes but only "
             f"{max(size - value_start, 0)} are in the file"
-        ), None
-    return True, None, (value_start, length)
+        ))
+    return PixelElement(True, keyword, length, value_start)
+
+
+def _deflated_pixel_element(path: Path) -> PixelElement:
+    """Pixel data facts of a Deflated Explicit VR Little Endian file (pydicom inflates it)."""
+    ds = pydicom.dcmread(path)
+    for keyword in PIXEL_DATA_TAGS.values():
+        if keyword in ds:
+            elem = ds[keyword]
+            length = None if elem.is_undefined_length else len(elem.value or b"")
+            return PixelElement(True, keyword, length)
+    return PixelElement(False)
+
+
+def expected_pixel_bytes(rows: int, columns: int, samples: int, bits_allocated: int,
+                         frames: int) -> int:
+    """Bytes of native pixel data the header promises (PS3.5 8.1.1; 1-bit data are packed).
+
+    Parameters
+    ----------
+    rows, columns, samples, bits_allocated, frames : int
+        Rows, Columns, SamplesPerPixel, BitsAllocated, NumberOfFrames.
+
+    Returns
+    -------
+    int
+        ``ceil(rows * columns * samples * frames * bits_allocated / 8)``.
+    """
+    return (rows * columns * samples * frames * bits_allocated + 7) // 8
+
+
+def _size_problem(ds: pydicom.Dataset, pixels: PixelElement) -> str | None:
+    """Compare header sizes with the native PixelData length (None when they agree)."""
+    if not pixels.present or pixels.length is None or pixels.keyword != "PixelData":
+        return None
+    dims = {k: _int(ds, k, d) for k, d in (("Rows", 0), ("Columns", 0), ("SamplesPerPixel", 1),
+                                           ("BitsAllocated", 16), ("NumberOfFrames", 1))}
+    if any(v is None or v < 1 for v in dims.values()):
+        bad = ", ".join(f"{k} {v}" for k, v in dims.items() if v is None or v < 1)
+        return f"header sizes are not usable: {bad}"
+    need = expected_pixel_bytes(*(int(v) for v in dims.values()))  # type: ignore[arg-type]
+    # One byte of padding keeps an odd-length value even (PS3.5 7.1.1).
+    if pixels.length in (need, need + 1):
+        return None
+    return (
+        f"header sizes do not match the pixel data: Rows {dims['Rows']} x Columns "
+        f"{dims['Columns']} x SamplesPerPixel {dims['SamplesPerPixel']} x BitsAllocated "
+        f"{dims['BitsAllocated']} x {dims['NumberOfFrames']} frame(s) needs {need} bytes, "
+        f"PixelData holds {pixels.length}"
+    )
 
 
 NOT_DICOM = "not a DICOM file (no DICM marker, not a parsable dataset)"
@@ -240,14 +368,26 @@ def _read_header(path: Path, salt: str | None) -> SliceHeader | SkippedFile:
                 if ts_uid is None:
                     return SkippedFile(path, NOT_DICOM)
                 meta = ds.file_meta
-            explicit = True if ts_uid is None else not ts_uid.is_implicit_VR
-            has_pixels, truncated, native = _check_pixel_data(fp, size, explicit)
+            if ts_uid is not None and str(ts_uid) == DEFLATED:
+                pixels = _deflated_pixel_element(path)
+            else:
+                implicit, little = ds.original_encoding
+                if implicit is None:  # nothing after the meta header was parsed
+                    implicit = bool(ts_uid is not None and ts_uid.is_implicit_VR)
+                    little = bool(ts_uid is None or ts_uid.is_little_endian)
+                pixels = _pixel_element(fp, size, bool(implicit), bool(little))
     except InvalidDicomError:
         return SkippedFile(path, NOT_DICOM)
     except Exception as exc:
         return SkippedFile(path, f"unreadable DICOM header: {type(exc).__name__}: {exc}")
-    if truncated:
-        return SkippedFile(path, truncated)
+    if pixels.problem:
+        return SkippedFile(path, pixels.problem)
+    size_problem = _size_problem(ds, pixels)
+    if size_problem:
+        return SkippedFile(path, size_problem)
+    native = None
+    if pixels.offset is not None and pixels.length is not None and pixels.keyword == "PixelData":
+        native = (pixels.offset, pixels.length)
     sop_class = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
     if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
         return SkippedFile(path, "DICOMDIR (a media index, not an image)")
@@ -283,7 +423,7 @@ def _read_header(path: Path, salt: str | None) -> SliceHeader | SkippedFile:
         rows=_int(ds, "Rows", 0) or 0,
         columns=_int(ds, "Columns", 0) or 0,
         frames=_int(ds, "NumberOfFrames", 1) or 1,
-        has_pixels=has_pixels,
+        has_pixels=pixels.present,
         position=_vector(ds, "ImagePositionPatient", 3),
         orientation=_vector(ds, "ImageOrientationPatient", 6),
         pixel_spacing=(float(spacing[0]), float(spacing[1])) if spacing is not None else None,
@@ -300,4 +440,10 @@ def _read_header(path: Path, salt: str | None) -> SliceHeader | SkippedFile:
         slice_thickness=_float(ds, "SliceThickness"),
         meta=meta_info,
         native_pixels=native,
+        high_bit=_int(ds, "HighBit"),
+        image_type=tuple(str(v).strip().upper() for v in _multi(ds, "ImageType")),
+        sop_class=str(ds.get("SOPClassUID", "") or ""),
+        acquisition_number=_int(ds, "AcquisitionNumber"),
+        acquisition_time=(str(ds.get("AcquisitionTime", "") or "").strip() or None),
+        temporal_position=_int(ds, "TemporalPositionIdentifier"),
     )

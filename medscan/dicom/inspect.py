@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from medscan.dicom.discover import Discovery, discover
 from medscan.dicom.series import SeriesInfo
@@ -101,6 +102,21 @@ def _print_table(found: Discovery) -> None:
         console.print(skipped)
 
 
+def _printable(value: Any) -> Any:
+    """Copy of a JSON-able structure whose strings hold no lone surrogates (see printable_path)."""
+    if isinstance(value, str):
+        try:
+            raw = value.encode("utf-8", "surrogateescape")  # file names: the original bytes
+        except UnicodeEncodeError:
+            raw = value.encode("utf-8", "backslashreplace")  # any other lone surrogate
+        return raw.decode("utf-8", "backslashreplace")
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_printable(v) for v in value]
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``medscan inspect``; return 0, or 2 when PATH does not exist."""
     args = _parser().parse_args(argv)
@@ -119,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.files:
             for s in data["series"] + data["other_series"]:
                 s.pop("files", None)
-        json.dump(data, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        # ASCII JSON (non-ASCII escaped), and no lone surrogates from undecodable file names:
+        # valid UTF-8 whatever the names and the terminal's encoding.
+        sys.stdout.write(json.dumps(_printable(data), indent=2, ensure_ascii=True) + "\n")
     else:
         _print_table(found)
     return 0

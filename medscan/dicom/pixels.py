@@ -34,7 +34,7 @@ from pydicom.encaps import generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medscan.dicom.contain import DONE, STARTED, ContainedError, run_contained
-from medscan.dicom.headers import SliceHeader
+from medscan.dicom.headers import SliceHeader, printable_path
 from medscan.dicom.resample import regularize_stack
 from medscan.dicom.series import SeriesInfo
 from medscan.dicom.validate import affine_problem
@@ -64,6 +64,43 @@ JPEG_FAMILY = {
 }
 #: Files per slice below which a thread pool does not pay.
 PARALLEL_MIN_SLICES = 8
+#: Default cap on the bytes one volume may allocate (``load(max_bytes=...)`` or the environment
+#: variable ``MEDSCAN_MAX_VOLUME_GIB`` change it): 16 GiB is about 32k slices of 512 x 512 int16.
+DEFAULT_MAX_VOLUME_GIB = 16.0
+MAX_VOLUME_ENV = "MEDSCAN_MAX_VOLUME_GIB"
+
+
+def max_volume_bytes(max_bytes: int | None = None) -> int:
+    """The allocation cap in bytes: ``max_bytes``, else ``$MEDSCAN_MAX_VOLUME_GIB``, else 16 GiB.
+
+    Raises
+    ------
+    ValueError
+        When the environment variable is not a positive number.
+    """
+    if max_bytes is not None:
+        return int(max_bytes)
+    text = os.environ.get(MAX_VOLUME_ENV, "").strip()
+    if not text:
+        return int(DEFAULT_MAX_VOLUME_GIB * 2**30)
+    try:
+        gib = float(text)
+    except ValueError:
+        gib = -1.0
+    if not gib > 0:
+        raise ValueError(f"{MAX_VOLUME_ENV}={text!r}: need a positive number of GiB")
+    return int(gib * 2**30)
+
+
+def _check_allocation(series: SeriesInfo, dtype: np.dtype, cap: int) -> None:
+    need = int(np.prod(series.shape, dtype=np.int64)) * dtype.itemsize
+    if need > cap:
+        raise SeriesError(
+            f"series {series.case_id}: the volume {series.shape[0]} x {series.shape[1]} x "
+            f"{series.shape[2]} {dtype.name} needs {need / 2**30:.2f} GiB, more than the "
+            f"allocation cap of {cap / 2**30:.2f} GiB (raise it with {MAX_VOLUME_ENV} or "
+            "load(max_bytes=...))"
+        )
 
 
 #: Uncompressed transfer syntaxes: decoded by NumPy / pydicom's pure-Python code, no native
@@ -82,16 +119,97 @@ class SeriesError(RuntimeError):
     """A series cannot become a volume; the message names the files and the reason."""
 
 
-def _signed(arr: np.ndarray, pixel_representation: int, bits_stored: int) -> np.ndarray:
-    """Interpret raw unsigned samples as two's complement when the data are signed."""
-    if pixel_representation != 1 or arr.dtype.kind == "i":
-        return arr
+def normalise_stored(
+    arr: np.ndarray, bits_stored: int, high_bit: int | None, pixel_representation: int
+) -> np.ndarray:
+    """Keep only the stored bits of each pixel cell: the one step after every decoder.
+
+    PS3.5 8.1.1: a cell of BitsAllocated bits holds BitsStored bits ending at HighBit; the other
+    bits are not pixel data (overlays, garbage). Decoders differ in what they return (native
+    reads give the whole cell, codecs may return sign-extended or raw samples), so every decoded
+    array goes through this function: unsigned data are masked to BitsStored, signed data are
+    sign-extended from HighBit. Idempotent: applying it to already clean values changes nothing.
+
+    Parameters
+    ----------
+    arr : numpy.ndarray
+        Integer samples as decoded (any width >= BitsStored, signed or unsigned).
+    bits_stored : int
+        BitsStored (0028,0101).
+    high_bit : int or None
+        HighBit (0028,0102); None means ``bits_stored - 1``.
+    pixel_representation : int
+        0 unsigned, 1 two's complement.
+
+    Returns
+    -------
+    numpy.ndarray
+        Same shape; ``intN`` when signed, ``uintN`` when unsigned (N = the input width).
+
+    Raises
+    ------
+    ValueError
+        When the array is not integer or BitsStored / HighBit do not fit its width.
+    """
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"decoded pixel data are {arr.dtype}, not integer samples")
     width = arr.dtype.itemsize * 8
-    signed = arr.view(f"int{width}")
-    if bits_stored < width:
-        shift = width - bits_stored
-        signed = (signed << shift) >> shift
-    return signed
+    high = bits_stored - 1 if high_bit is None else int(high_bit)
+    if not 1 <= bits_stored <= high + 1 <= width:
+        raise ValueError(
+            f"BitsStored {bits_stored} / HighBit {high} do not fit {width}-bit decoded samples"
+        )
+    top = width - 1 - high  # bits above HighBit, shifted out
+    low = width - bits_stored  # then shift back down: drops bits below the stored range too
+    if pixel_representation == 1:
+        work = arr.view(f"int{width}") if arr.dtype.kind == "u" else arr
+        if top == 0 and low == 0:
+            return work
+        return (work << top) >> low  # arithmetic shift: sign-extends from HighBit
+    work = arr.view(f"uint{width}") if arr.dtype.kind == "i" else arr
+    if top == 0 and low == 0:
+        return work
+    return (work << np.array(top, work.dtype)) >> np.array(low, work.dtype)
+
+
+def _normalise_ds(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
+    return normalise_stored(
+        arr,
+        int(ds.get("BitsStored", 16) or 16),
+        int(ds.HighBit) if ds.get("HighBit", None) not in (None, "") else None,
+        int(ds.get("PixelRepresentation", 0) or 0),
+    )
+
+
+def unsupported_syntax(uid: str) -> str | None:
+    """Why pixel data in transfer syntax ``uid`` cannot be decoded here, or None if they can.
+
+    Asks pydicom's decoder registry (``pydicom.pixels.get_decoder``) which syntaxes it knows
+    and whether an installed plugin (pylibjpeg, pillow, gdcm, ...) can decode them.
+
+    Parameters
+    ----------
+    uid : str
+        Transfer syntax UID ("" for a bare dataset, which is native by definition).
+
+    Returns
+    -------
+    str or None
+        ``"unsupported transfer syntax <name> (<uid>): ..."``, or None.
+    """
+    if not uid:
+        return None
+    from pydicom.pixels import get_decoder
+
+    name = pydicom.uid.UID(uid).name
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        return f"unsupported transfer syntax {name} ({uid}): pydicom has no decoder for it"
+    if not decoder.is_available:
+        missing = "; ".join(decoder.missing_dependencies) or "no plugin"
+        return f"unsupported transfer syntax {name} ({uid}): no installed decoder ({missing})"
+    return None
 
 
 def _check_end_marker(ds: pydicom.Dataset, path: Path) -> bytes | None:
@@ -123,8 +241,9 @@ def decode_file(path: str | os.PathLike[str], decoder: str | None = None) -> np.
     Returns
     -------
     numpy.ndarray
-        Shape ``(rows, columns)``, the stored values (before rescale), signed when
-        PixelRepresentation is 1.
+        Shape ``(rows, columns)``, the stored values (before rescale) after
+        :func:`normalise_stored`: signed when PixelRepresentation is 1, bits outside
+        BitsStored / HighBit removed.
     """
     ds = pydicom.dcmread(path, force=True)  # force: bare datasets (no DICM marker) too
     if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
@@ -152,8 +271,8 @@ def decode_file(path: str | os.PathLike[str], decoder: str | None = None) -> np.
                 f"{decoder} decoded a {arr.shape} {arr.dtype} image; the header says "
                 f"{ds.Rows}x{ds.Columns} with {ds.BitsStored} bits stored"
             )
-        return _signed(arr, int(ds.PixelRepresentation), int(ds.get("BitsStored", 16)))
-    return ds.pixel_array
+        return _normalise_ds(arr, ds)
+    return _normalise_ds(ds.pixel_array, ds)
 
 
 def jpeg_lossless_decoder() -> str:
@@ -195,15 +314,11 @@ def _read_native(h: SliceHeader) -> np.ndarray | None:
     itemsize = h.bits_allocated // 8
     if length < h.rows * h.columns * itemsize:
         return None
-    kind = "i" if h.pixel_representation == 1 else "u"
     with open(h.path, "rb") as fp:
         fp.seek(offset)
         buf = fp.read(h.rows * h.columns * itemsize)
-    arr = np.frombuffer(buf, dtype=f"<{kind}{itemsize}").reshape(h.rows, h.columns)
-    if h.pixel_representation == 1 and h.bits_stored < h.bits_allocated:
-        shift = h.bits_allocated - h.bits_stored
-        arr = (arr << shift) >> shift  # sign-extend, as pydicom does
-    return arr
+    arr = np.frombuffer(buf, dtype=f"<u{itemsize}").reshape(h.rows, h.columns)
+    return normalise_stored(arr, h.bits_stored, h.high_bit, h.pixel_representation)
 
 
 def _hu_dtype(slices: list[SliceHeader]) -> np.dtype:
@@ -349,7 +464,7 @@ def _decode_all(
                     on_progress=(lambda done: bar.update(task, completed=done)) if bar else None,
                 )
             except ContainedError as exc:
-                named = ", ".join(str(p) for p in exc.files[:10]) or "an unknown slice"
+                named = ", ".join(printable_path(p) for p in exc.files[:10]) or "an unknown slice"
                 raise SeriesError(
                     f"series {series.case_id}: {exc} while decoding {named}; the series is "
                     "not loaded"
@@ -362,7 +477,7 @@ def _decode_all(
         if bar is not None:
             bar.stop()
     if errors:
-        listing = "; ".join(f"{p}: {why}" for p, why in errors[:10])
+        listing = "; ".join(f"{printable_path(p)}: {why}" for p, why in errors[:10])
         more = f" (+{len(errors) - 10} more)" if len(errors) > 10 else ""
         raise SeriesError(
             f"series {series.case_id}: {len(errors)} of {len(slices)} slice(s) failed to "
@@ -388,6 +503,7 @@ def load(
     uniform: bool = False,
     progress: bool = False,
     contain: bool | None = None,
+    max_bytes: int | None = None,
 ) -> Volume:
     """Decode ``series`` into a HU volume.
 
@@ -409,6 +525,9 @@ def load(
         Decode in a worker process that may crash (:mod:`medscan.dicom.contain`). Default:
         for compressed pixel data (:func:`needs_containment`); False decodes in-process
         (trusted input only: a crashing native decoder then kills the caller).
+    max_bytes : int, optional
+        Refuse a volume whose HU array would need more bytes (default
+        :func:`max_volume_bytes`: ``$MEDSCAN_MAX_VOLUME_GIB`` or 16 GiB).
 
     Returns
     -------
@@ -420,15 +539,17 @@ def load(
     Raises
     ------
     SeriesError
-        When the series has no geometry or pixel data, an unsupported layout, or a slice fails
-        to decode (the message names the files and the reasons).
+        When the series has no geometry or pixel data, an unsupported layout or transfer
+        syntax, would exceed the allocation cap, or a slice fails to decode (the message
+        names the files and the reasons).
     """
     blocking = [f for f in series.findings if f.severity == "error" and f.code != "mixed_patients"]
     if blocking or series.affine is None or not series.slices:
         reasons = "; ".join(f"{f.code}: {f.message}" for f in blocking) or "no slice geometry"
         raise SeriesError(
             f"series {series.case_id} ({series.n_slices} files, first "
-            f"{series.files[0] if series.files else '-'}) cannot be loaded: {reasons}"
+            f"{printable_path(series.files[0]) if series.files else '-'}) cannot be loaded: "
+            f"{reasons}"
         )
     slices = series.slices
     dtype = _hu_dtype(slices)
@@ -436,8 +557,14 @@ def load(
     if contain is None:
         contain = needs_containment(series)
     try:
+        cap = max_volume_bytes(max_bytes)
+    except ValueError as exc:
+        raise SeriesError(str(exc)) from exc
+    _check_allocation(series, dtype, cap)
+    try:
         out, stats = _decode_all(series, dtype, n_workers, progress, contain)
     except _TooWide:  # rare: HU beyond int16 (e.g. 16-bit unsigned data): float32, exact
+        _check_allocation(series, np.dtype(np.float32), cap)
         out, stats = _decode_all(series, np.dtype(np.float32), n_workers, progress, contain)
 
     findings = list(series.findings)

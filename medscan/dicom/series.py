@@ -2,8 +2,13 @@
 
 Geometry rules (see ``docs/dicom.md``):
 
-* Files are grouped by SeriesInstanceUID, then split where orientation, rows/columns or pixel
-  spacing differ (the largest group keeps split index 0).
+* Files are grouped by SeriesInstanceUID, then partitioned per file by Modality, by whether the
+  file has pixel data and by image kind (localizer / derived-secondary images are non-volume
+  series): one stray file (another modality, no pixels) cannot change what the others are.
+* Each partition is split where orientation, rows/columns or pixel spacing differ (the largest
+  group keeps split index 0), then by acquisition (AcquisitionNumber, TemporalPositionIdentifier,
+  ImageType, AcquisitionTime) when slice positions repeat or two acquisitions interleave: one
+  volume never mixes two acquisitions.
 * The same SOPInstanceUID met twice (copies in two folders) is loaded once.
 * Slices are sorted by ``ImagePositionPatient . n`` where ``n = row x column`` direction
   (never by file name; InstanceNumber only breaks exact ties).
@@ -26,7 +31,7 @@ import numpy as np
 from pydicom.uid import UID
 
 from medscan.dicom import validate
-from medscan.dicom.headers import SliceHeader
+from medscan.dicom.headers import SliceHeader, printable_path
 from medscan.dicom.identity import case_pseudonym
 from medscan.volume import Finding
 
@@ -41,6 +46,24 @@ SAME_POSITION_MM = 0.01
 ORIENT_TOL = 1e-3
 #: Angle between the slice step and the normal above which the series is tilted (degrees).
 TILT_TOL_DEG = 0.1
+#: ImageType values that mark a planning image (not part of a volume).
+LOCALIZER_TYPES = {"LOCALIZER", "SCOUT", "TOPOGRAM", "SURVIEW", "SCANOGRAM", "PILOT"}
+#: SOP classes of single-frame secondary captures (never a CT volume).
+SECONDARY_CAPTURE_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.7",
+    "1.2.840.10008.5.1.4.1.1.7.1",
+    "1.2.840.10008.5.1.4.1.1.7.2",
+    "1.2.840.10008.5.1.4.1.1.7.3",
+    "1.2.840.10008.5.1.4.1.1.7.4",
+}
+#: Enhanced (multi-frame) image storage SOP classes whose geometry lives in functional groups.
+ENHANCED_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
+    "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4.4": "Legacy Converted Enhanced MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.128.1": "Legacy Converted Enhanced PET Image Storage",
+}
 
 
 @dataclass
@@ -111,8 +134,25 @@ class SeriesInfo:
             "affine": None if self.affine is None else np.round(self.affine, 6).tolist(),
             "metadata": dict(self.metadata),
             "findings": [f.to_dict() for f in self.findings],
-            "files": [str(p) for p in self.files],
+            "files": [printable_path(p) for p in self.files],
         }
+
+
+def non_volume_reason(h: SliceHeader) -> str | None:
+    r"""Why the image in ``h`` is not part of a CT volume (a localizer, ...), or None.
+
+    Localizers (ImageType LOCALIZER, SCOUT, TOPOGRAM, ...), derived secondary images
+    (ImageType ``DERIVED\SECONDARY``: MIPs, screen saves, reformats) and Secondary Capture
+    objects are reported as non-volume series, never loaded as cases (PS3.3 C.7.6.1.1.2).
+    """
+    image_type = "\\".join(h.image_type)
+    if LOCALIZER_TYPES.intersection(h.image_type):
+        return f"localizer image (ImageType {image_type})"
+    if h.image_type[:2] == ("DERIVED", "SECONDARY"):
+        return f"derived secondary image (ImageType {image_type})"
+    if h.sop_class in SECONDARY_CAPTURE_CLASSES:
+        return "secondary capture image (SOPClassUID Secondary Capture)"
+    return None
 
 
 def _same_geometry(a: SliceHeader, b: SliceHeader) -> bool:
@@ -144,6 +184,129 @@ def _geometry_groups(headers: list[SliceHeader]) -> list[list[SliceHeader]]:
     return sorted(groups, key=lambda g: (-len(g), str(g[0].path)))
 
 
+def _partition_key(h: SliceHeader) -> tuple[str, bool, str]:
+    """Per-file identity inside one SeriesInstanceUID: modality, pixels, non-volume kind."""
+    return (h.modality, h.has_pixels, non_volume_reason(h) or "")
+
+
+def _partitions(members: list[SliceHeader]) -> list[list[SliceHeader]]:
+    """Split one SeriesInstanceUID's files by :func:`_partition_key`, largest first."""
+    parts: dict[tuple[str, bool, str], list[SliceHeader]] = defaultdict(list)
+    for h in members:
+        parts[_partition_key(h)].append(h)
+    # The main part: image files without a non-volume kind, most files first.
+    return sorted(parts.values(), key=lambda g: (
+        not g[0].has_pixels, bool(non_volume_reason(g[0])), -len(g), str(g[0].path)))
+
+
+def _partition_findings(part: list[SliceHeader], parts: list[list[SliceHeader]]) -> list[Finding]:
+    """Tell each part of a SeriesInstanceUID which other files carried the same UID."""
+    if len(parts) < 2:
+        return []
+    me = _partition_key(part[0])
+    others = [g for g in parts if g is not part]
+    desc = "; ".join(
+        f"{len(g)} {g[0].modality} file(s)"
+        + ("" if g[0].has_pixels else " without pixel data")
+        + (f" ({non_volume_reason(g[0])})" if non_volume_reason(g[0]) else "")
+        for g in others
+    )
+    stray = parts[0] is not part
+    return [
+        Finding(
+            "stray_files" if stray else "mixed_series_files",
+            "warning",
+            (f"{len(part)} file(s) carry the SeriesInstanceUID of another series but differ "
+             f"from it (modality {me[0]}" + ("" if me[1] else ", no pixel data")
+             + (f", {me[2]}" if me[2] else "") + f"); reported here, not loaded with it; "
+             f"the others: {desc}") if stray else (
+                f"files with this SeriesInstanceUID but another modality, no pixel data or a "
+                f"non-volume image type are reported separately: {desc}"),
+            [printable_path(h.path) for g in (others if not stray else [part]) for h in g],
+            {"other_parts": [{"modality": g[0].modality, "has_pixels": g[0].has_pixels,
+                              "kind": non_volume_reason(g[0]) or "volume", "n_files": len(g)}
+                             for g in others]},
+        )
+    ]
+
+
+def _acquisition_keys() -> list[tuple[str, Any]]:
+    """Header facts that tell acquisitions apart, in the order they are tried."""
+    return [
+        ("AcquisitionNumber", lambda h: h.acquisition_number),
+        ("TemporalPositionIdentifier", lambda h: h.temporal_position),
+        ("ImageType", lambda h: "\\".join(h.image_type) or None),
+        ("AcquisitionTime", lambda h: h.acquisition_time),
+    ]
+
+
+def _projections(group: list[SliceHeader]) -> np.ndarray | None:
+    first = group[0]
+    if first.orientation is None or any(h.position is None for h in group):
+        return None
+    normal = _normal(first.orientation)
+    return np.array([float(h.position @ normal) for h in group])  # type: ignore[operator]
+
+
+def _has_repeats(proj: np.ndarray) -> bool:
+    p = np.sort(proj)
+    return bool(p.size > 1 and np.min(np.diff(p)) < SAME_POSITION_MM)
+
+
+def _interleave(parts: list[np.ndarray]) -> bool:
+    """True when a slice of one part lies strictly inside the position range of another.
+
+    Parts of a single slice (scanners that number each slice as its own acquisition) and parts
+    that follow each other along the table (step-and-shoot blocks) do not interleave.
+    """
+    for i, a in enumerate(parts):
+        if a.size < 2:
+            continue
+        lo, hi = float(a.min()) + SAME_POSITION_MM, float(a.max()) - SAME_POSITION_MM
+        for j, b in enumerate(parts):
+            if i != j and b.size >= 2 and bool(np.any((b > lo) & (b < hi))):
+                return True
+    return False
+
+
+def split_acquisitions(
+    group: list[SliceHeader],
+) -> tuple[str | None, list[tuple[Any, list[SliceHeader]]]]:
+    """Split one geometry group into acquisitions when positions repeat or interleave.
+
+    Parameters
+    ----------
+    group : list of SliceHeader
+        Files of one SeriesInstanceUID, modality and geometry.
+
+    Returns
+    -------
+    key : str or None
+        The attribute that separated the acquisitions (e.g. ``"AcquisitionNumber"``), or None
+        when the group is one volume.
+    parts : list of (value, list of SliceHeader)
+        One entry per acquisition (the whole group when ``key`` is None), sorted by value.
+    """
+    proj = _projections(group)
+    if proj is None or len(group) < 2:
+        return None, [(None, group)]
+    repeats = _has_repeats(proj)
+    for name, get in _acquisition_keys():
+        values: dict[Any, list[int]] = defaultdict(list)
+        for i, h in enumerate(group):
+            values[get(h)].append(i)
+        if len(values) < 2:
+            continue
+        parts = [proj[idx] for idx in values.values()]
+        if name == "AcquisitionTime" and min(len(v) for v in values.values()) < 2:
+            continue  # helical scans stamp each slice with its own time: not an acquisition id
+        resolves = repeats and not any(_has_repeats(p) for p in parts)
+        if resolves or _interleave(parts):
+            ordered = sorted(values.items(), key=lambda kv: str(kv[0]))
+            return name, [(v, [group[i] for i in idx]) for v, idx in ordered]
+    return None, [(None, group)]
+
+
 def group_series(
     headers: list[SliceHeader], salt: str | None = None
 ) -> list[SeriesInfo]:
@@ -166,35 +329,68 @@ def group_series(
         by_uid[h.series_uid].append(h)
     out: list[SeriesInfo] = []
     for uid, members in by_uid.items():
-        members.sort(key=lambda h: str(h.path))
+        members.sort(key=lambda h: printable_path(h.path))
         unique, dup_findings = _dedupe_instances(members)
-        ordered = _geometry_groups(unique)
-        for split, group in enumerate(ordered):
-            info = build_series(group, uid, split, salt)
-            mine = {str(p) for p in info.files}
-            info.findings[:0] = [f for f in dup_findings if set(f.files) & mine]
-            if len(ordered) > 1:
-                shapes = ", ".join(f"{len(g)} files {g[0].rows}x{g[0].columns} px" for g in ordered)
-                info.findings.append(
-                    Finding(
-                        "geometry_split",
-                        "warning",
-                        f"one SeriesInstanceUID holds files of different geometry "
-                        f"(orientation, rows/columns or pixel spacing): {shapes}; split into "
-                        f"{len(ordered)} volumes, this is part {split} "
-                        f"({group[0].rows}x{group[0].columns} px, {len(group)} files)",
-                        [str(h.path) for h in group],
-                        {
-                            "n_parts": len(ordered),
-                            "part": split,
-                            "rows": group[0].rows,
-                            "columns": group[0].columns,
-                        },
-                    )
-                )
-            out.append(info)
+        parts = _partitions(unique)
+        for p_index, part in enumerate(parts):
+            # The main part keeps the plain SeriesInstanceUID (stable case ids); the others get
+            # their own ids from the part's identity.
+            key = _partition_key(part[0])
+            part_uid = uid if p_index == 0 else f"{uid}|{key[0]}|{int(key[1])}|{key[2]}"
+            part_findings = _partition_findings(part, parts)
+            ordered = _geometry_groups(part)
+            for split, group in enumerate(ordered):
+                acq_key, acquisitions = split_acquisitions(group)
+                for acq_value, acq_group in acquisitions:
+                    acq_uid = part_uid if acq_key is None else f"{part_uid}|acq={acq_value}"
+                    info = build_series(acq_group, acq_uid, split, salt)
+                    mine = {printable_path(h.path) for h in acq_group}
+                    info.findings[:0] = [f for f in dup_findings if set(f.files) & mine]
+                    info.findings[:0] = part_findings
+                    if acq_key is not None:
+                        info.findings.append(_acquisition_finding(
+                            acq_key, acq_value, [v for v, _ in acquisitions], acq_group))
+                    if len(ordered) > 1:
+                        info.findings.append(_geometry_finding(ordered, split, group))
+                    out.append(info)
     out.sort(key=lambda s: s.case_id)
     return out
+
+
+def _acquisition_finding(
+    key: str, value: Any, values: list[Any], group: list[SliceHeader]
+) -> Finding:
+    return Finding(
+        "acquisition_split",
+        "warning",
+        f"one SeriesInstanceUID holds {len(values)} acquisitions ({key} "
+        f"{', '.join(str(v) for v in values)}) whose slice positions repeat or interleave; "
+        f"split into {len(values)} volumes, this is {key} {value} ({len(group)} files)",
+        [printable_path(h.path) for h in group],
+        {"key": key, "value": None if value is None else str(value),
+         "values": [None if v is None else str(v) for v in values]},
+    )
+
+
+def _geometry_finding(
+    ordered: list[list[SliceHeader]], split: int, group: list[SliceHeader]
+) -> Finding:
+    shapes = ", ".join(f"{len(g)} files {g[0].rows}x{g[0].columns} px" for g in ordered)
+    return Finding(
+        "geometry_split",
+        "warning",
+        f"one SeriesInstanceUID holds files of different geometry "
+        f"(orientation, rows/columns or pixel spacing): {shapes}; split into "
+        f"{len(ordered)} volumes, this is part {split} "
+        f"({group[0].rows}x{group[0].columns} px, {len(group)} files)",
+        [printable_path(h.path) for h in group],
+        {
+            "n_parts": len(ordered),
+            "part": split,
+            "rows": group[0].rows,
+            "columns": group[0].columns,
+        },
+    )
 
 
 def _dedupe_instances(
@@ -213,7 +409,7 @@ def _dedupe_instances(
         n = sum(len(v) for v in copies.values())
         files = []
         for uid, extra in copies.items():
-            files += [str(seen[uid].path)] + [str(h.path) for h in extra]
+            files += [printable_path(seen[uid].path)] + [printable_path(h.path) for h in extra]
         findings.append(
             Finding(
                 "duplicate_instance",
@@ -225,6 +421,34 @@ def _dedupe_instances(
             )
         )
     return list(seen.values()), findings
+
+
+def _layout_refusal(group: list[SliceHeader]) -> Finding | None:
+    """The one reason a pixel layout is not loaded as a CT volume, or None.
+
+    Non-volume images (localizers, derived secondary, secondary capture) are reported as
+    ``non_volume``; enhanced multi-frame objects and colour images are ``unsupported_layout``.
+    """
+    first = group[0]
+    files = [printable_path(h.path) for h in group]
+    reason = non_volume_reason(first)
+    if reason:
+        return Finding("non_volume", "info", f"{reason}: not a volume, reported and not loaded",
+                       files, {"image_type": list(first.image_type)})
+    if first.sop_class in ENHANCED_CLASSES or first.frames > 1:
+        what = ENHANCED_CLASSES.get(first.sop_class, "multi-frame image")
+        return Finding(
+            "unsupported_layout", "error",
+            f"{what} ({first.frames} frames in {len(group)} file(s)): per-frame functional "
+            "group geometry is not read by medscan; convert to single-frame CT files "
+            "(e.g. dcmtk/emf2sf or pydicom) to load it",
+            files, {"frames": first.frames, "sop_class": first.sop_class})
+    if first.samples_per_pixel != 1:
+        return Finding(
+            "unsupported_layout", "error",
+            f"colour images ({first.samples_per_pixel} samples per pixel) are not CT volumes",
+            files, {"samples_per_pixel": first.samples_per_pixel})
+    return None
 
 
 def _normal(orientation: np.ndarray) -> np.ndarray:
@@ -267,7 +491,7 @@ def build_series(
                 "mixed_patients",
                 "error",
                 f"one series holds files of {len(patients)} different patients",
-                [str(h.path) for h in group],
+                [printable_path(h.path) for h in group],
                 {"patient_ids": patients},
             )
         )
@@ -290,23 +514,31 @@ def build_series(
         info.shape = (len(group), first.rows, first.columns)
         findings.append(Finding("no_pixel_data", "info", "series has no image pixel data"))
         return info
+    refusal = _layout_refusal(group)
+    if refusal is not None:
+        # One true reason; geometry findings would be false (e.g. an enhanced CT's geometry is
+        # in its functional groups, not in the top-level attributes).
+        info.files = [h.path for h in group]
+        info.slices = list(group)
+        info.shape = (len(group) * first.frames, first.rows, first.columns)
+        findings.append(refusal)
+        return info
+    from medscan.dicom.pixels import unsupported_syntax  # pixels imports this module
+
+    syntaxes = sorted({h.transfer_syntax for h in group})
+    for ts in syntaxes:
+        why = unsupported_syntax(ts)
+        if why:
+            findings.append(Finding(
+                "unsupported_transfer_syntax", "error", why,
+                [printable_path(h.path) for h in group if h.transfer_syntax == ts], {"uid": ts}))
     if ps is None:
         findings.append(
             Finding("no_pixel_spacing", "warning", "no PixelSpacing; 1 mm assumed", [])
         )
-    if first.frames > 1 or first.samples_per_pixel != 1:
-        findings.append(
-            Finding(
-                "unsupported_layout",
-                "error",
-                f"multi-frame ({first.frames} frames) or colour ({first.samples_per_pixel} "
-                "samples) images are not loaded as CT volumes",
-                [str(h.path) for h in group],
-            )
-        )
     if first.orientation is None or any(h.position is None for h in group):
         # No geometry: order by InstanceNumber, then path; no affine.
-        group = sorted(group, key=lambda h: (h.instance_number or 0, str(h.path)))
+        group = sorted(group, key=lambda h: (h.instance_number or 0, printable_path(h.path)))
         info.files = [h.path for h in group]
         info.slices = group
         info.shape = (len(group), first.rows, first.columns)
@@ -315,7 +547,8 @@ def build_series(
                 "no_geometry",
                 "error",
                 "files lack ImagePositionPatient/ImageOrientationPatient: cannot place slices",
-                [str(h.path) for h in group if h.position is None] or [str(first.path)],
+                [printable_path(h.path) for h in group if h.position is None]
+                or [printable_path(first.path)],
             )
         )
         return info
@@ -344,10 +577,10 @@ def build_series(
                 "warning",
                 f"{len(dropped)} slice(s) share a position with another instance "
                 "(different SOPInstanceUID); the first of each is kept, the others dropped",
-                sorted({str(p) for pair in dropped for p in (pair[0].path, pair[1].path)}),
+                sorted({printable_path(p) for a, b in dropped for p in (a.path, b.path)}),
                 {
                     "positions_mm": [float(a.position @ normal) for a, _ in dropped],
-                    "dropped": [str(b.path) for _, b in dropped],
+                    "dropped": [printable_path(b.path) for _, b in dropped],
                 },
             )
         )
@@ -414,7 +647,7 @@ def _spacing_findings(
                     "estimated_missing": int(missing),
                 }
             )
-            files += [str(group[g].path), str(group[g + 1].path)]
+            files += [printable_path(group[g].path), printable_path(group[g + 1].path)]
         text = "; ".join(
             f"{d['step_mm']:g} mm between {d['from_mm']:g} and {d['to_mm']:g} mm "
             f"(about {d['estimated_missing']} missing)"
