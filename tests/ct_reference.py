@@ -228,3 +228,23 @@ def labels_on_grid(ref: Volume, other: Volume, other_labels: np.ndarray) -> np.n
         vals[inside] = other_labels[o[2, inside], o[1, inside], o[0, inside]]
         out[k] = vals.reshape(ny, nx)
     return out
+
+
+def cropped(volume: Volume, z: slice = slice(None), y: slice = slice(None),
+            x: slice = slice(None), case_id: str | None = None) -> Volume:
+    """A sub-block of a volume (array order), with the affine moved to its first voxel.
+
+    This is what a scan with a shorter range (``z``) or a smaller reconstruction field of view
+    (``y``, ``x``) of the same patient would store.
+    """
+    starts = [s.indices(n)[0] for s, n in zip((z, y, x), volume.shape, strict=True)]
+    affine = volume.affine.copy()
+    affine[:3, 3] = volume.world_from_zyx(np.array([starts], float))[0]
+    return Volume(hu=np.ascontiguousarray(volume.hu[z, y, x]), affine=affine,
+                  case_id=case_id or f"{volume.case_id}-crop", metadata=dict(volume.metadata))
+
+
+def lung_z_range(labels: np.ndarray, ids: tuple[int, ...]) -> tuple[int, int]:
+    """First and last slice index holding any of the label ``ids``."""
+    hit = np.flatnonzero(np.isin(labels, ids).any(axis=(1, 2)))
+    return int(hit[0]), int(hit[-1])

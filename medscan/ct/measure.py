@@ -4,7 +4,11 @@
 * mean / std HU per label (population std, float64 accumulation);
 * lungs (``lung_left`` + ``lung_right``): total, left and right volume, mean lung density
   (mean HU), %LAA-950 (share of lung voxels below -950 HU, in percent) and Perc15 (the
-  15th percentile of lung HU, linear interpolation), the standard CT emphysema indices.
+  15th percentile of lung HU, linear interpolation), the standard CT emphysema indices;
+* coverage (:func:`lung_coverage`): a lung that touches the first or last slice of the scan
+  range, the edge of the image or the edge of the reconstructed field of view continues
+  outside the data, so its volume is only the part inside the scan (``lung_complete: false``
+  and a ``lung_truncated`` finding).
 """
 
 from __future__ import annotations
@@ -14,13 +18,16 @@ from typing import Any
 import numpy as np
 
 from medscan.backend import Backend, get_backend
+from medscan.ct.orient import canonical_reorientation
 from medscan.ct.tissues import LUNG_LEFT, LUNG_RIGHT, TissueTable
+from medscan.volume import AIR_HU, Finding
 
 #: Keys of the lung metrics (null when no lungs were found).
 LUNG_KEYS = (
     "lung_volume_ml",
     "lung_left_ml",
     "lung_right_ml",
+    "lung_complete",
     "mean_lung_hu",
     "laa950_percent",
     "perc15_hu",
@@ -107,8 +114,132 @@ def measure(
         lung_volume_ml=round(n * voxel_volume_ml, 3),
         lung_left_ml=left["volume_ml"],
         lung_right_ml=right["volume_ml"],
+        lung_complete=None,  # set by lung_coverage
         mean_lung_hu=round(float(xp.mean(lung, dtype=xp.float64)), 2),
         laa950_percent=round(100.0 * int(xp.count_nonzero(lung < -950)) / n, 3),
         perc15_hu=round(float(xp.percentile(lung.astype(xp.float32), 15.0)), 2),
     )
     return out
+
+
+#: Faces of the canonical (axial, toward head/back/left) array, by anatomical direction:
+#: (array axis, index).
+_FACES = {
+    "inferior": (0, 0),
+    "superior": (0, -1),
+    "anterior": (1, 0),
+    "posterior": (1, -1),
+    "right": (2, 0),
+    "left": (2, -1),
+}
+
+
+def lung_coverage(
+    hu: np.ndarray,
+    labels: np.ndarray,
+    affine: np.ndarray,
+    tissues: TissueTable,
+    min_contact_cm2: float = 0.5,
+    padding_hu: float = AIR_HU,
+) -> tuple[dict[str, Any], list[Finding]]:
+    """Say whether each lung lies wholly inside the scanned region.
+
+    A lung is incomplete when more than ``min_contact_cm2`` of it lies on a face of the
+    volume (the first or last slice of the scan range, or the image edge in-plane) or along
+    the edge of the reconstructed field of view (pixels that hold the padding value on every
+    slice, e.g. outside the scan circle). Faces are named anatomically (superior, inferior,
+    left, right, anterior, posterior) whatever the stored orientation (the check runs on the
+    canonical view of :mod:`medscan.ct.orient`). This is the truncation check TotalSegmentator
+    applies to its organ statistics, here per lung.
+
+    Parameters
+    ----------
+    hu : numpy.ndarray
+        HU volume ``(z, y, x)`` as stored.
+    labels : numpy.ndarray
+        uint8 label map on the same grid.
+    affine : numpy.ndarray
+        4x4 index ``(i, j, k)`` -> LPS mm.
+    tissues : TissueTable
+        Lung label ids.
+    min_contact_cm2 : float
+        Contact area (cm²) below which a touch is ignored (a few noisy voxels).
+    padding_hu : float
+        Value of pixels outside the reconstructed field of view (the loader's padding).
+
+    Returns
+    -------
+    coverage : dict
+        ``{lung_name: {"complete": bool, "contact_cm2": {face: area}}}`` (faces with contact
+        only); lungs without voxels are absent.
+    findings : list of Finding
+        One ``lung_truncated`` warning per incomplete lung.
+    """
+    reo = canonical_reorientation(affine)
+    lab = reo.to_canonical(labels)
+    sx, sy, sz = np.linalg.norm(reo.canonical_affine(affine, labels.shape)[:3, :3], axis=0)
+    face_cm2 = {0: sy * sx / 100.0, 1: sz * sx / 100.0, 2: sz * sy / 100.0}
+    # in-plane pixels never reconstructed: the padding value on every slice (scan circle)
+    outside_fov = np.all(reo.to_canonical(hu) == padding_hu, axis=0)
+    fov_edge = None
+    if outside_fov.any():
+        from scipy import ndimage
+
+        fov_edge = ndimage.binary_dilation(outside_fov, np.ones((3, 3), bool)) & ~outside_fov
+    def contacts(mask: np.ndarray, faces: dict[str, tuple[int, int]]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for face, (axis, index) in faces.items():
+            area = float(np.count_nonzero(np.take(mask, index, axis=axis))) * face_cm2[axis]
+            if area > 0:
+                out[face] = round(float(area), 2)
+        if fov_edge is not None:
+            n = sum(int(np.count_nonzero(mask[k][fov_edge])) for k in range(mask.shape[0]))
+            if n:
+                out["field_of_view"] = round(float(n * sz * (sx + sy) / 2.0 / 100.0), 2)
+        return out
+
+    coverage: dict[str, Any] = {}
+    findings: list[Finding] = []
+    for name in (LUNG_RIGHT, LUNG_LEFT):
+        mask = lab == tissues[name].label
+        if not mask.any():
+            continue
+        contact = contacts(mask, _FACES)
+        complete = all(a < min_contact_cm2 for a in contact.values())
+        coverage[name] = {"complete": complete, "contact_cm2": contact}
+        if not complete:
+            where = ", ".join(f"{face} ({a:g} cm²)" for face, a in contact.items()
+                              if a >= min_contact_cm2)
+            findings.append(Finding(
+                "lung_truncated", "warning",
+                f"{name} touches the edge of the scanned region: {where}; it continues outside "
+                "the data, so its volume and the lung totals cover only the part inside the "
+                "scan (lung_complete: false)",
+                details={"structure": name, "contact_cm2": contact},
+            ))
+    # the body always continues above and below a chest scan; in-plane it must be whole
+    in_plane = {k: v for k, v in _FACES.items() if v[0] != 0}
+    body = contacts(lab > 0, in_plane)
+    cut = {face: a for face, a in body.items() if a >= min_contact_cm2}
+    if cut:
+        where = ", ".join(f"{face} ({a:g} cm²)" for face, a in cut.items())
+        findings.append(Finding(
+            "body_truncated", "warning",
+            f"the body reaches the edge of the image or of the reconstructed field of view: "
+            f"{where}; tissue volumes cover only the part inside it (and a lung cut open "
+            "by the field of view cannot be told from the outside air)",
+            details={"contact_cm2": body},
+        ))
+    return coverage, findings
+
+
+def add_coverage(metrics: dict[str, Any], coverage: dict[str, Any]) -> dict[str, Any]:
+    """Put :func:`lung_coverage`'s result into ``metrics`` (``coverage``, ``lung_complete``).
+
+    ``lung_complete`` is true when every lung found is complete, false when one is not, and
+    stays null when no lungs were found.
+    """
+    metrics["coverage"] = coverage
+    if metrics.get("lung_volume_ml") is not None:
+        metrics["lung_complete"] = all(c["complete"] for c in coverage.values())
+    return metrics

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from medscan.backend import Backend, get_backend
-from medscan.ct.measure import measure
+from medscan.ct.measure import add_coverage, lung_coverage, measure
 from medscan.ct.mesh import FORMATS, SPACE, MeshParams, export_mesh, label_surface, mesh_summary
 from medscan.ct.segment import Segmentation, SegmentParams, segment
 from medscan.ct.tissues import TissueTable
@@ -116,10 +116,12 @@ def process_volume(
     t = lap("segment", t)
     metrics = measure(volume.hu, seg.labels, tissues, volume.voxel_volume_ml, seg.lungs_found, be)
     metrics["voxel_volume_ml"] = volume.voxel_volume_ml
+    coverage, coverage_findings = lung_coverage(volume.hu, seg.labels, volume.affine, tissues)
+    add_coverage(metrics, coverage)
     t = lap("measure", t)
 
     status, reason = "ok", ""
-    findings = list(seg.findings)
+    findings = list(seg.findings) + coverage_findings
     if not seg.lungs_found:
         status, reason = "failed", seg.reason
     surfaces: dict[str, Any] = {}
