@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing as mp
 from pathlib import Path
@@ -13,8 +14,8 @@ from medscan.batch import (
     case_is_current,
     config_hash,
     hash_inputs,
+    hash_series,
     rebuild_index,
-    remove_stale,
     select_shard,
     shard_of,
 )
@@ -49,15 +50,24 @@ def test_hashes(sample_ct, tmp_path):
     assert hash_inputs(sorted(copy.glob("*.dcm")), copy)[1] == combined
     (copy / files[0].name).write_bytes(files[0].read_bytes() + b"\0")
     assert hash_inputs(sorted(copy.glob("*.dcm")), copy)[1] != combined
+    # by series position: independent of folder names, sensitive to bytes and order
+    inputs, by_slice = hash_series(files)
+    assert [i["sha256"] for i in inputs] == [hashlib.sha256(f.read_bytes()).hexdigest()
+                                             for f in files]
+    renamed = tmp_path / "Lung_Dx-A0002"
+    copy.rename(renamed)
+    assert hash_series([renamed / f.name for f in files[1:]] + [files[0]])[1] != by_slice
+    (renamed / files[0].name).write_bytes(files[0].read_bytes())
+    assert hash_series([renamed / f.name for f in files])[1] == by_slice
     assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
     assert config_hash({"a": 1}) != config_hash({"a": 2})
 
 
-def _write_case(root: Path, case_id: str, status: str = "ok") -> None:
+def _write_case(root: Path, case_id: str, status: str = "ok", input_hash: str = "i") -> None:
     with atomic_case_dir(root, case_id) as tmp:
         (tmp / "manifest.json").write_text(json.dumps(
             {"case_id": case_id, "status": status, "reason": "" if status == "ok" else "x",
-             "input_hash": "i", "config_hash": "c", "seconds": 1.5}))
+             "input_hash": input_hash, "config_hash": "c", "seconds": 1.5}))
         (tmp / "metrics.json").write_text(json.dumps({"lung_volume_ml": 4000.0}))
 
 
@@ -71,16 +81,14 @@ def test_atomic_case_dir(tmp_path):
         raise RuntimeError("boom")
     assert json.loads((tmp_path / "ct-a" / "manifest.json").read_text())["status"] == "ok"
     assert [p.name for p in tmp_path.iterdir()] == ["ct-a"]
-    # replacing an existing case
+    # a failure never replaces an ok case of the same inputs ...
     _write_case(tmp_path, "ct-a", status="failed")
+    assert json.loads((tmp_path / "ct-a" / "manifest.json").read_text())["status"] == "ok"
+    # ... but replaces one of other inputs, and failed cases are redone
+    _write_case(tmp_path, "ct-a", status="failed", input_hash="j")
     assert json.loads((tmp_path / "ct-a" / "manifest.json").read_text())["status"] == "failed"
-    assert not case_is_current(tmp_path / "ct-a", "i", "c")  # failed cases are redone
-    # leftovers of a killed run are removed for the case about to be handled
-    (tmp_path / ".tmp-ct-a-dead").mkdir()
-    (tmp_path / ".old-ct-a-dead").mkdir()
-    (tmp_path / ".tmp-ct-b-other").mkdir()
-    assert len(remove_stale(tmp_path, "ct-a")) == 2
-    assert (tmp_path / ".tmp-ct-b-other").exists()
+    assert not case_is_current(tmp_path / "ct-a", "j", "c")
+    assert [p.name for p in tmp_path.iterdir()] == ["ct-a"]  # no temp folder, no lease left
 
 
 def _shard_writer(root: str, shard: int) -> None:

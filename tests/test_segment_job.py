@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -17,7 +16,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from medscan.batch import shard_of
+from medscan.batch import sha256_file, shard_of
 from medscan.ct.job import run_segment
 from medscan.io import INDEX_COLUMNS, iter_case_dirs, read_case, read_index
 
@@ -44,13 +43,15 @@ def copy_series(src: Path, dst: Path) -> None:
         shutil.copy2(f, dst / f.name)
 
 
-def case_for(output: Path, series_dir: str) -> Path:
-    """The case folder made from ``series_dir`` (found through the manifest's input hashes)."""
+def case_for(output: Path, folder: Path) -> Path:
+    """The case folder made from the series in ``folder`` (matched by the files' content
+    hashes: manifests name no input paths)."""
+    wanted = {sha256_file(f) for f in folder.glob("*.dcm")}
     for case in iter_case_dirs(output):
-        keys = read_case(case)["manifest"]["input_hashes"]
-        if any(k.startswith(series_dir + "/") for k in keys):
+        digests = {i["sha256"] for i in read_case(case)["manifest"]["inputs"]}
+        if digests and digests <= wanted:
             return case
-    raise AssertionError(f"no case for {series_dir} in {output}")
+    raise AssertionError(f"no case for {folder} in {output}")
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +82,8 @@ def test_shared_chest_series(shared_run, shared_ct):
         assert m["coordinate_space"] == "LPS" and m["units"] == "mm"
         assert set(m["timings_s"]) >= {"load", "segment", "measure", "mesh", "write"}
         assert m["labels"]["8"]["name"] == "lung_left" and m["input_hash"] and m["config_hash"]
-        assert all(len(h) == 64 for h in m["input_hashes"].values())
+        assert [i["slice"] for i in m["inputs"]] == list(range(len(m["inputs"])))
+        assert all(len(i["sha256"]) == 64 for i in m["inputs"])
         assert c["paths"]["preview"].stat().st_size > 10_000
         assert set(c["paths"]["meshes"]) == {"lung_left", "lung_right", "bone"}
         lungs = [e for e in m["meshes"] if e["tissue"].startswith("lung") and e["format"] == "ply"]
@@ -91,9 +93,9 @@ def test_shared_chest_series(shared_run, shared_ct):
             assert abs(e["volume_ml"] - ml) / ml < 0.05, (case.name, e, ml)
         text = "".join(p.read_text() for p in case.glob("*.json"))
         assert "PatientName" not in text and "PatientID" not in text
-        # input paths appear only in the recorded config, as relative keys elsewhere
-        no_config = json.dumps({k: v for k, v in m.items() if k != "config"})
-        assert str(shared_ct) not in no_config
+        # no input path anywhere in the case's JSON (manifests name inputs by slice and hash)
+        for name in ["data", *CHEST, *(f.name for f in (shared_ct / CHEST[0]).glob("*.dcm"))]:
+            assert name not in text, name
 
 
 @pytest.mark.slow
@@ -103,7 +105,7 @@ def test_nifti_geometry_equals_dcm2niix(shared_run, shared_ct, tmp_path, series)
     if exe is None:
         pytest.skip("dcm2niix not installed (apt-get install dcm2niix)")
     out, _ = shared_run
-    case = case_for(out, series)
+    case = case_for(out, shared_ct / series)
     vol, lab = nib.load(case / "volume.nii.gz"), nib.load(case / "labels.nii.gz")
     assert np.array_equal(vol.affine, lab.affine) and vol.shape == lab.shape
     assert lab.get_data_dtype() == np.uint8
@@ -212,9 +214,10 @@ def test_bad_file_in_tree_does_not_stop_the_batch(shared_ct, tmp_path):
     r = cli(f"input={tree}", f"output={out}", "progress=false", "mesh_formats=[ply]")
     assert r.returncode in (0, 1), r.stderr
     assert "Traceback" not in r.stderr
-    good = case_for(out, "good")
+    good = case_for(out, tree / "good")
     assert read_case(good)["status"] == "ok"
-    assert "notes.dcm" in r.stderr  # reported with its path and reason
+    assert "bad/notes.dcm" in r.stderr  # reported on the terminal, relative to the input root
+    assert str(tree) not in r.stderr
     for row in read_index(out):
         if row["status"] != "ok":
             assert row["reason"], row
@@ -241,7 +244,7 @@ def test_write_volume_case_for_in_memory_volumes(sample_ct, tmp_path):
     options = CaseOptions(tissues=default_tissues(), mesh_labels=["lung_left"],
                           mesh_formats=["ply"], preview=False)
     manifest = write_volume_case(volume, tmp_path, options)
-    assert manifest["status"] == "ok" and len(manifest["input_hashes"]) == 30
+    assert manifest["status"] == "ok" and len(manifest["inputs"]) == 30
     c = read_case(tmp_path / volume.case_id)
     assert c["paths"]["meshes"] == {"lung_left": {"ply": tmp_path / volume.case_id
                                                   / "meshes" / "lung_left.ply"}}

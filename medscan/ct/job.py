@@ -6,23 +6,32 @@ Called by ``jobs/segment.py`` (the Hydra entry point) with the composed config; 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import platform
+import socket
 import sys
 import time
+import traceback
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
+
 from medscan.backend import BackendUnavailable, get_backend
 from medscan.batch import (
-    atomic_case_dir,
+    LEASE_S,
     case_is_current,
+    case_lock,
+    case_writer,
     config_hash,
-    hash_inputs,
+    hash_series,
     rebuild_index,
     remove_stale,
     select_shard,
@@ -31,13 +40,21 @@ from medscan.ct.mesh import SPACE, MeshParams
 from medscan.ct.pipeline import CaseOptions, process_volume
 from medscan.ct.segment import SegmentParams
 from medscan.ct.tissues import TissueTable
+from medscan.dicom.identity import SecretError, secret_fingerprint
 from medscan.io import MANIFEST, QC, write_json
+from medscan.io.redact import FileRefs, relative_to_root, safe_text, series_metadata
 
 log = logging.getLogger("medscan.segment")
 
 #: Config keys that do not change a case's outputs (left out of the config hash).
 RUNTIME_KEYS = ("input", "output", "overwrite", "shard", "num_shards", "salt", "workers",
-                "progress", "backend")
+                "progress", "backend", "lease_s")
+#: Config keys never written into an output folder (archive paths, the id secret).
+PRIVATE_KEYS = ("input", "output", "salt")
+#: Errors writing into the output folder that stop the job (exit 2) instead of failing a case.
+OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+#: Bytes written (and synced) by the output probe before any work.
+PROBE_BYTES = 1 << 20
 SAMPLE = "ct-lungdx-a0002-b40f"
 _PACKAGES = ("medscan", "numpy", "scipy", "scikit-image", "connected-components-3d", "trimesh",
              "fast-simplification", "nibabel", "pydicom", "matplotlib")
@@ -72,6 +89,11 @@ def options_from_config(cfg: dict[str, Any]) -> CaseOptions:
     )
 
 
+def manifest_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The config recorded in a manifest: without input/output paths and the id secret."""
+    return {k: v for k, v in cfg.items() if k not in PRIVATE_KEYS}
+
+
 def write_volume_case(
     volume: Any,
     output: str | Path,
@@ -92,31 +114,219 @@ def write_volume_case(
     be = be or get_backend("cpu")
     output = Path(output)
     files = [Path(f) for f in volume.files if Path(f).is_file()]
-    root = Path(os.path.commonpath([str(f.parent) for f in files])) if files else output
-    input_hashes, input_hash = hash_inputs(files, root)
+    inputs, input_hash = hash_series(files)
+    refs = FileRefs(files, hashes={str(f): i["sha256"] for f, i in zip(files, inputs, strict=True)})
+    volume.findings = refs.findings(volume.findings)
     cfg = config or {"tissues": options.tissues.name, "segment": options.segment.to_dict(),
                      "mesh": options.mesh.to_dict(), "mesh_labels": options.mesh_labels,
                      "mesh_formats": options.mesh_formats, "min_slices": options.min_slices,
                      "preview": options.preview}
     t0 = time.perf_counter()
-    with atomic_case_dir(output, volume.case_id) as tmp:
-        result = process_volume(volume, tmp, options, be)
+    with case_writer(output, volume.case_id) as write:
+        result = process_volume(volume, write.path, options, be)
         manifest = {
-            "case_id": volume.case_id, "status": result.status, "reason": result.reason,
-            "config": cfg, "config_hash": config_hash(cfg), "input_hashes": input_hashes,
-            "input_hash": input_hash, "versions": versions(), "backend": be.name,
+            "case_id": volume.case_id, "status": result.status, "reason": refs.text(result.reason),
+            "config": manifest_config(cfg), "config_hash": config_hash(cfg), "inputs": inputs,
+            "input_hash": input_hash, "id_secret_fingerprint": secret_fingerprint(),
+            "versions": versions(), "backend": be.name,
             **SPACE, "labels": options.tissues.labels_dict(), "meshes": result.meshes,
             "timings_s": result.timings_s, "seconds": round(time.perf_counter() - t0, 3),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        write_json(tmp / MANIFEST, manifest)
+        write_json(write.path / MANIFEST, manifest)
     rebuild_index(output)
     return manifest
 
 
+class JobError(Exception):
+    """A job-level failure (output not writable, disk full, no id secret): exit 2, one line."""
+
+
 def _error(message: str) -> int:
-    print(f"medscan segment: {message}", file=sys.stderr)
+    print(f"medscan segment: {safe_text(message)}", file=sys.stderr)
     return 2
+
+
+def check_output(output: Path) -> None:
+    """Create ``output`` and prove it writable (a probe file written, synced and removed).
+
+    Raises
+    ------
+    JobError
+        Naming the folder and the reason (read-only file system, permission denied, no space
+        left on device, ...), before any case is started.
+    """
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise JobError(f"cannot create the output folder {output}: {exc.strerror or exc}") from exc
+    probe = output / f".write-probe-{socket.gethostname()}-{os.getpid()}"
+    try:
+        with open(probe, "wb") as fh:
+            fh.write(b"\0" * PROBE_BYTES)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise JobError(f"output folder {output} is not writable: {exc.strerror or exc}") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+
+
+class OutputCheck(Callback):
+    """Hydra callback: :func:`check_output` before Hydra makes its run folder inside ``output``.
+
+    Registered in ``conf/segment.yaml`` (``hydra.callbacks``). A failure prints one line and
+    exits 2 (Hydra would otherwise end in a traceback while creating ``output/.hydra``).
+    """
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:  # noqa: D102
+        self._check(config)
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:  # noqa: D102
+        self._check(config)
+
+    @staticmethod
+    def _check(config: Any) -> None:
+        try:
+            output = Path(str(config.output))
+        except Exception:  # no usable output key: run_segment reports it
+            return
+        try:
+            check_output(output)
+        except JobError as exc:
+            raise SystemExit(_error(str(exc))) from None
+
+
+def _job_level(exc: BaseException, output: Path) -> OSError | None:
+    """The OSError in ``exc``'s chain that stops the whole job (disk full, output read-only)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError):
+            if seen.errno in OUTPUT_ERRNOS:
+                return seen
+            name = seen.filename
+            if seen.errno in (errno.EACCES, errno.EPERM) and name is not None:
+                with contextlib.suppress(ValueError, OSError):
+                    Path(os.fsdecode(name)).resolve().relative_to(output.resolve())
+                    return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _traceback(exc: BaseException, refs: FileRefs) -> str:
+    """Traceback for the log: frames by module file name and line, message scrubbed of paths."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    lines = [f"  {Path(f.filename).name}:{f.lineno} in {f.name}" for f in frames[-8:]]
+    return "\n".join([*lines, refs.text(f"{type(exc).__name__}: {exc}")])
+
+
+@dataclass
+class _Job:
+    """What every case of one run shares."""
+
+    cfg: dict[str, Any]
+    cfg_hash: str
+    source: Path
+    output: Path
+    options: CaseOptions
+    be: Any
+    fingerprint: str
+    rows: list[tuple[str, str, str, float]] = field(default_factory=list)
+
+
+def _case(job: _Job, series: Any, blocking: bool) -> bool:
+    """Handle one case under its lock; False when another run holds it (try again later).
+
+    Every per-case error ends as a row (and, when possible, a ``failed`` case folder); only
+    job-level errors (:func:`_job_level`) propagate, as :class:`JobError`.
+    """
+    case_id = series.case_id
+    with case_lock(job.output, case_id, blocking=blocking) as mine:
+        if not mine:
+            return False
+        t0 = time.perf_counter()
+        refs = FileRefs(series.files, job.source)
+        try:
+            remove_stale(job.output, case_id, float(job.cfg.get("lease_s") or LEASE_S))
+            inputs, input_hash = hash_series(series.files)
+            for f, item in zip(series.files, inputs, strict=True):
+                refs.hashes[str(f)] = item["sha256"]
+            if not job.cfg.get("overwrite") and case_is_current(job.output / case_id,
+                                                                input_hash, job.cfg_hash):
+                job.rows.append((case_id, "skipped", "unchanged inputs and config", 0.0))
+                return True
+            status, reason = _write_case(job, series, refs, inputs, input_hash, t0)
+        except Exception as exc:  # one bad case must not stop the batch
+            if (stop := _job_level(exc, job.output)) is not None:
+                raise JobError(f"output folder {job.output}: {stop.strerror or stop} "
+                               f"(stopped at case {case_id}; a rerun resumes)") from exc
+            status, reason = "failed", refs.text(f"{type(exc).__name__}: {exc}")
+            log.error("case %s failed:\n%s", case_id, _traceback(exc, refs))
+        seconds = round(time.perf_counter() - t0, 3)
+        job.rows.append((case_id, status, reason, seconds))
+        if status != "ok":
+            log.warning("case %s failed: %s", case_id, reason)
+        return True
+
+
+def _write_case(job: _Job, series: Any, refs: FileRefs, inputs: list[dict[str, Any]],
+                input_hash: str, t0: float) -> tuple[str, str]:
+    """Load, process and commit one case; returns its status and reason."""
+    from medscan.dicom import SeriesError, load
+
+    series_dict = {k: v for k, v in series.to_dict().items() if k not in ("files", "findings")}
+    series_dict["metadata"] = series_metadata(series.metadata, bool(job.cfg.get("free_text")))
+    manifest: dict[str, Any] = {
+        "case_id": series.case_id,
+        "status": "failed",
+        "reason": "",
+        "config": manifest_config(job.cfg),
+        "config_hash": job.cfg_hash,
+        "inputs": inputs,
+        "input_hash": input_hash,
+        "id_secret_fingerprint": job.fingerprint,
+        "versions": versions(),
+        "backend": job.be.name,
+        "series": series_dict,
+        **SPACE,
+        "labels": job.options.tissues.labels_dict(),
+        "meshes": [],
+    }
+    with case_writer(job.output, series.case_id,
+                     float(job.cfg.get("lease_s") or LEASE_S)) as write:
+        tmp = write.path
+        timings: dict[str, float] = {}
+        try:
+            t = time.perf_counter()
+            volume = load(series, workers=job.cfg.get("workers"),
+                          uniform=bool(job.cfg.get("uniform")))
+            timings["load"] = round(time.perf_counter() - t, 4)
+            volume.findings = refs.findings(volume.findings)
+            volume.metadata = series_metadata(volume.metadata, bool(job.cfg.get("free_text")))
+            result = process_volume(volume, tmp, job.options, job.be, timings)
+            manifest.update(status=result.status, reason=refs.text(result.reason),
+                            meshes=result.meshes, timings_s=result.timings_s)
+        except SeriesError as exc:
+            manifest.update(reason=refs.text(f"cannot load the series: {exc}"),
+                            timings_s=timings)
+            write_json(tmp / QC, {"case_id": series.case_id, "loader_findings": [
+                f.to_dict() for f in refs.findings(series.findings)],
+                "segmentation_findings": []})
+        except Exception as exc:
+            if _job_level(exc, job.output) is not None:
+                raise
+            log.error("case %s failed:\n%s", series.case_id, _traceback(exc, refs))
+            manifest.update(reason=refs.text(f"{type(exc).__name__}: {exc}"),
+                            timings_s=timings)
+        manifest["reason"] = safe_text(manifest["reason"])
+        manifest["seconds"] = round(time.perf_counter() - t0, 3)
+        manifest["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        write_json(tmp / MANIFEST, manifest)
+    if write.kept:
+        return "failed", (f"{manifest['reason']} (not written: the existing ok case of the "
+                          "same inputs was kept)")
+    return manifest["status"], manifest["reason"]
 
 
 def run_segment(cfg: dict[str, Any]) -> int:
@@ -125,9 +335,20 @@ def run_segment(cfg: dict[str, Any]) -> int:
     Returns
     -------
     int
-        0 when no case failed, 1 when one did, 2 for a usage error (bad input path, backend
-        unavailable, bad config) -- with a one-line message on stderr.
+        0 when no case failed, 1 when one did, 2 for a job-level error (bad input path, output
+        folder not writable or full, backend unavailable, bad config, no id secret) -- with a
+        one-line message on stderr naming the path and the reason.
     """
+    try:
+        return _run_segment(cfg)
+    except JobError as exc:
+        return _error(str(exc))
+
+
+def _run_segment(cfg: dict[str, Any]) -> int:
+    # A log handler that cannot write (disk full) must not print tracebacks between the
+    # job's own messages; the job reports output errors itself (one line, exit 2).
+    logging.raiseExceptions = False
     try:
         be = get_backend(str(cfg["backend"]["name"]))
     except BackendUnavailable as exc:
@@ -136,87 +357,50 @@ def run_segment(cfg: dict[str, Any]) -> int:
         options = options_from_config(cfg)
     except (KeyError, TypeError, ValueError) as exc:
         return _error(f"bad configuration: {exc}")
-    from medscan.dicom import SeriesError, discover, load
+    from medscan.dicom import discover
 
     source = Path(cfg["input"]) if cfg.get("input") else sample_path()
     if not source.exists():
         return _error(f"input {source} does not exist")
     output = Path(cfg["output"])
-    output.mkdir(parents=True, exist_ok=True)
+    check_output(output)
+    try:
+        fingerprint = secret_fingerprint(cfg.get("salt"))
+    except SecretError as exc:
+        return _error(str(exc))
     cfg_for_hash = {k: v for k, v in cfg.items() if k not in RUNTIME_KEYS}
-    cfg_hash = config_hash(cfg_for_hash)
+    job = _Job(cfg, config_hash(cfg_for_hash), source, output, options, be, fingerprint)
 
     found = discover(source, salt=cfg.get("salt"), progress=bool(cfg.get("progress")))
-    for skipped in found.skipped:
-        log.warning("skipped %s: %s", skipped.path, skipped.reason)
+    if found.skipped:  # named on the terminal (relative paths); the log in DIR holds no paths
+        log.warning("%d file(s) skipped by the loader", len(found.skipped))
     by_id = {s.case_id: s for s in found.series}
     try:
         mine = select_shard(list(by_id), int(cfg.get("shard", 0)), int(cfg.get("num_shards", 1)))
     except ValueError as exc:
         return _error(str(exc))
-    log.info("%d CT series under %s; %d in shard %s/%s", len(by_id), source, len(mine),
+    log.info("%d CT series found; %d in shard %s/%s", len(by_id), len(mine),
              cfg.get("shard", 0), cfg.get("num_shards", 1))
 
-    rows: list[tuple[str, str, str, float]] = []
     progress = _progress(bool(cfg.get("progress")))
     with progress:
         task = progress.add_task("segment", total=len(mine))
+        busy = []
+        # First pass: cases another run is writing right now are left for the second pass.
         for case_id in mine:
-            series = by_id[case_id]
             progress.update(task, description=f"segment {case_id}")
-            t0 = time.perf_counter()
-            remove_stale(output, case_id)
-            input_hashes, input_hash = hash_inputs(series.files, source)
-            if not cfg.get("overwrite") and case_is_current(output / case_id, input_hash,
-                                                            cfg_hash):
-                rows.append((case_id, "skipped", "unchanged inputs and config", 0.0))
+            if _case(job, by_id[case_id], blocking=False):
                 progress.advance(task)
-                continue
-            manifest: dict[str, Any] = {
-                "case_id": case_id,
-                "status": "failed",
-                "reason": "",
-                "config": cfg,
-                "config_hash": cfg_hash,
-                "input_hashes": input_hashes,
-                "input_hash": input_hash,
-                "versions": versions(),
-                "backend": be.name,
-                # absolute input paths stay out of outputs (folder names may carry identity)
-                "series": {k: v for k, v in series.to_dict().items() if k != "files"},
-                **SPACE,
-                "labels": options.tissues.labels_dict(),
-                "meshes": [],
-            }
-            with atomic_case_dir(output, case_id) as tmp:
-                timings: dict[str, float] = {}
-                try:
-                    t = time.perf_counter()
-                    volume = load(series, workers=cfg.get("workers"),
-                                  uniform=bool(cfg.get("uniform")))
-                    timings["load"] = round(time.perf_counter() - t, 4)
-                    result = process_volume(volume, tmp, options, be, timings)
-                    manifest.update(status=result.status, reason=result.reason,
-                                    meshes=result.meshes, timings_s=result.timings_s)
-                except SeriesError as exc:
-                    manifest.update(reason=f"cannot load the series: {exc}", timings_s=timings)
-                    write_json(tmp / QC, {"case_id": case_id, "loader_findings": [
-                        f.to_dict() for f in series.findings], "segmentation_findings": []})
-                except Exception as exc:  # one bad case must not stop the batch
-                    log.exception("case %s failed", case_id)
-                    manifest.update(reason=f"{type(exc).__name__}: {exc}", timings_s=timings)
-                seconds = round(time.perf_counter() - t0, 3)
-                manifest["seconds"] = seconds
-                manifest["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-                write_json(tmp / MANIFEST, manifest)
-            rows.append((case_id, manifest["status"], manifest["reason"], seconds))
-            if manifest["status"] != "ok":
-                log.warning("case %s failed: %s", case_id, manifest["reason"])
+            else:
+                busy.append(case_id)
+        for case_id in busy:  # wait for the other run; usually it has finished the case
+            progress.update(task, description=f"segment {case_id} (after another run)")
+            _case(job, by_id[case_id], blocking=True)
             progress.advance(task)
 
     rebuild_index(output)
-    _summary(rows, found.skipped, output)
-    return 1 if any(r[1] == "failed" for r in rows) else 0
+    _summary(job.rows, found.skipped, output, source)
+    return 1 if any(r[1] == "failed" for r in job.rows) else 0
 
 
 def _progress(enabled: bool) -> Any:
@@ -229,8 +413,10 @@ def _progress(enabled: bool) -> Any:
     )
 
 
-def _summary(rows: list[tuple[str, str, str, float]], skipped: list[Any], output: Path) -> None:
+def _summary(rows: list[tuple[str, str, str, float]], skipped: list[Any], output: Path,
+             source: Path) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"medscan segment -> {output}")
@@ -238,8 +424,8 @@ def _summary(rows: list[tuple[str, str, str, float]], skipped: list[Any], output
         table.add_column(col)
     style = {"ok": "green", "failed": "red", "skipped": "cyan"}
     for case_id, status, reason, seconds in rows:
-        table.add_row(case_id, f"[{style.get(status, '')}]{status}[/]", reason[:100],
-                      f"{seconds:.1f}")
+        table.add_row(case_id, f"[{style.get(status, '')}]{status}[/]",
+                      escape(safe_text(reason[:100])), f"{seconds:.1f}")
     # logs and CI capture stderr: do not fold long paths at 80 columns there
     console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
     console.print(table)
@@ -248,7 +434,8 @@ def _summary(rows: list[tuple[str, str, str, float]], skipped: list[Any], output
         files.add_column("file")
         files.add_column("reason")
         for item in skipped[:50]:
-            files.add_row(str(item.path), str(item.reason))
+            files.add_row(escape(relative_to_root(item.path, source)),
+                          escape(safe_text(str(item.reason))))
         if len(skipped) > 50:
             files.add_row(f"... and {len(skipped) - 50} more", "")
         console.print(files)

@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--salt", default=None, help="secret key of the pseudonymous ids (default: "
                    "$MEDSCAN_ID_SECRET, else the per-installation secret file)")
     p.add_argument("--files", action="store_true", help="JSON: include each series' file list")
+    p.add_argument("--free-text", action="store_true",
+                   help="JSON: keep free-text DICOM fields (SeriesDescription, ...; may hold "
+                        "names)")
     return p
 
 
@@ -117,6 +120,28 @@ def _printable(value: Any) -> Any:
     return value
 
 
+def _private(data: dict[str, Any], root: Any, free_text: bool) -> dict[str, Any]:
+    """``--json`` data with file paths relative to the input root, free text dropped.
+
+    Folders above the root (an archive's PatientID folder) never appear; free-text fields
+    stay out unless ``--free-text`` (see :mod:`medscan.io.redact`).
+    """
+    from medscan.io.redact import relative_to_root, series_metadata
+
+    def rel(path: Any) -> str:
+        return relative_to_root(path, root)
+
+    for s in data["series"] + data["other_series"]:
+        s["metadata"] = series_metadata(s.get("metadata", {}), free_text)
+        if "files" in s:
+            s["files"] = [rel(f) for f in s["files"]]
+        for f in s.get("findings", []):
+            f["files"] = [rel(x) for x in f.get("files", [])]
+    for k in data["skipped"]:
+        k["path"] = rel(k["path"])
+    return data
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``medscan inspect``; return 0, or 2 when PATH does not exist."""
     args = _parser().parse_args(argv)
@@ -131,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"medscan inspect: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        data = found.to_dict()
+        data = _private(found.to_dict(), found.root, args.free_text)
         if not args.files:
             for s in data["series"] + data["other_series"]:
                 s.pop("files", None)
