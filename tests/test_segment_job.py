@@ -94,7 +94,8 @@ def test_shared_chest_series(shared_run, shared_ct):
         text = "".join(p.read_text() for p in case.glob("*.json"))
         assert "PatientName" not in text and "PatientID" not in text
         # no input path anywhere in the case's JSON (manifests name inputs by slice and hash)
-        for name in ["data", *CHEST, *(f.name for f in (shared_ct / CHEST[0]).glob("*.dcm"))]:
+        dcm_names = [f.name for f in (shared_ct / CHEST[0]).glob("*.dcm")]
+        for name in [str(shared_ct), *CHEST, *dcm_names]:
             assert name not in text, name
 
 
