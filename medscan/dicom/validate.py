@@ -103,8 +103,8 @@ def rescale_findings(headers: Sequence[SliceHeader]) -> list[Finding]:
 
 def _orientation_error(orientation: np.ndarray) -> str | None:
     row, col = orientation[:3], orientation[3:]
-    if not np.all(np.isfinite(orientation)):
-        return "not finite"
+    if not np.all(np.isfinite(orientation)) or float(np.max(np.abs(orientation))) > 2.0:
+        return "not finite or not direction cosines"
     nr, nc = float(np.linalg.norm(row)), float(np.linalg.norm(col))
     if abs(nr - 1.0) > ORIENTATION_TOL or abs(nc - 1.0) > ORIENTATION_TOL:
         return f"row/column direction lengths {nr:.4g}/{nc:.4g} are not 1"
@@ -300,10 +300,13 @@ def affine_problem(affine: np.ndarray) -> str | None:
     if a.shape != (4, 4) or not np.all(np.isfinite(a)):
         return "a non-finite affine"
     cols = a[:3, :3]
-    norms = np.linalg.norm(cols, axis=0)
-    if np.any(norms <= 0):
-        return "a singular affine (a zero voxel spacing)"
-    ratio = abs(float(np.linalg.det(cols))) / float(np.prod(norms))
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        norms = np.linalg.norm(cols, axis=0)
+        if np.any(norms <= 0):
+            return "a singular affine (a zero voxel spacing)"
+        ratio = abs(float(np.linalg.det(cols))) / float(np.prod(norms))
+    if not np.all(np.isfinite(norms)) or not np.isfinite(ratio):
+        return "an affine whose spacing overflows"
     if ratio < MIN_AFFINE_VOLUME_RATIO:
         return f"a (nearly) singular affine (volume ratio {ratio:.2g})"
     return None
