@@ -44,6 +44,7 @@ def load_path(
     workers: int | None = None,
     uniform: bool = False,
     progress: bool = False,
+    contain: bool | None = None,
 ) -> Volume:
     """Load the CT series under ``path`` (the first by case id when there are several).
 
@@ -59,6 +60,8 @@ def load_path(
         Resample unevenly spaced stacks to uniform spacing (see :func:`load`).
     progress : bool
         Progress bars (stderr) while reading headers of many files and decoding long series.
+    contain : bool, optional
+        Decode compressed pixel data in a worker process that may crash (see :func:`load`).
 
     Returns
     -------
@@ -80,4 +83,5 @@ def load_path(
             + (f" (other modalities: {other})" if other else "")
             + (f"; skipped {len(found.skipped)} file(s): {why}" if found.skipped else "")
         )
-    return load(found.series[0], workers=workers, uniform=uniform, progress=progress)
+    return load(found.series[0], workers=workers, uniform=uniform, progress=progress,
+                contain=contain)

@@ -540,8 +540,11 @@ def load(
     ------
     SeriesError
         When the series has no geometry or pixel data, an unsupported layout or transfer
-        syntax, would exceed the allocation cap, or a slice fails to decode (the message
-        names the files and the reasons).
+        syntax, would exceed the allocation cap, a number that fails
+        :mod:`medscan.dicom.validate` (its finding code is in the message), a slice fails to
+        decode, or the decoder crashed or hung in its worker process ("decoder crashed",
+        "decoder timed out"); the message names the files and the reasons. No other exception
+        is expected from a bad file (``benchmarks/fuzz_dicom.py`` checks this).
     """
     blocking = [f for f in series.findings if f.severity == "error" and f.code != "mixed_patients"]
     if blocking or series.affine is None or not series.slices:

@@ -11,9 +11,9 @@ guessed or repaired.
 The limits are deliberately wide (they catch corruption, not unusual scanners):
 
 * RescaleSlope finite and in ``(0, MAX_RESCALE_SLOPE]``; RescaleIntercept finite with
-  ``|b| <= MAX_RESCALE_INTERCEPT``; the HU of the largest stored value stays within
-  ``MAX_ABS_HU`` (CT numbers end near +30 000 even with an extended scale; see DICOM PS3.3
-  C.11.1.1.2 and the float32 range).
+  ``|b| <= MAX_RESCALE_INTERCEPT`` (CT slopes are about 1; with 32-bit stored values at most,
+  every HU is then finite in float32).
+* BitsAllocated in :data:`BITS_ALLOCATED`, ``1 <= BitsStored <= BitsAllocated``.
 * PixelSpacing finite, in ``[MIN_PIXEL_SPACING_MM, MAX_PIXEL_SPACING_MM]``.
 * ImageOrientationPatient: unit row and column vectors (within ``ORIENTATION_TOL``) that are
   orthogonal (|cos| within ``ORIENTATION_TOL``), as PS3.3 C.7.6.2.1.1 requires.
@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 
 MAX_RESCALE_SLOPE = 1000.0
 MAX_RESCALE_INTERCEPT = 100_000.0
-MAX_ABS_HU = 1_000_000.0
+#: BitsAllocated of a single-sample CT image (PS3.3 C.7.6.3.1.1: 8, 16; 32 is allowed).
+BITS_ALLOCATED = (8, 16, 32)
 MIN_PIXEL_SPACING_MM = 1e-3
 MAX_PIXEL_SPACING_MM = 100.0
 ORIENTATION_TOL = 0.01
@@ -76,13 +77,12 @@ def rescale_findings(headers: Sequence[SliceHeader]) -> list[Finding]:
     bad = []
     for h in headers:
         slope, intercept = float(h.slope), float(h.intercept)
-        top = 2.0 ** h.bits_stored  # the largest magnitude a stored value can have
+        # With these bounds and stored values of at most 32 bits every HU is finite in float32.
         if not (
             math.isfinite(slope)
             and math.isfinite(intercept)
             and 0.0 < slope <= MAX_RESCALE_SLOPE
             and abs(intercept) <= MAX_RESCALE_INTERCEPT
-            and slope * top + abs(intercept) <= MAX_ABS_HU
         ):
             bad.append(h)
     if not bad:
@@ -125,8 +125,8 @@ def geometry_findings(headers: Sequence[SliceHeader]) -> list[Finding]:
     Returns
     -------
     list of Finding
-        ``bad_pixel_spacing``, ``bad_orientation``, ``bad_image_size`` and
-        ``implausible_position`` errors (each naming its files), or nothing.
+        ``bad_pixel_spacing``, ``bad_orientation``, ``bad_pixel_module``, ``bad_image_size``
+        and ``implausible_position`` errors (each naming its files), or nothing.
     """
     findings: list[Finding] = []
     spacing_bad = [
@@ -153,6 +153,16 @@ def geometry_findings(headers: Sequence[SliceHeader]) -> list[Finding]:
             f"{orient_bad[0][1]}",
             _files([h for h, _ in orient_bad]),
             {"orientation": orient_bad[0][0].orientation.tolist()},  # type: ignore[union-attr]
+        ))
+    bits_bad = [h for h in headers if h.has_pixels and not (
+        h.bits_allocated in BITS_ALLOCATED and 1 <= h.bits_stored <= h.bits_allocated)]
+    if bits_bad:
+        findings.append(Finding(
+            "bad_pixel_module", "error",
+            f"BitsAllocated/BitsStored {bits_bad[0].bits_allocated}/{bits_bad[0].bits_stored} in "
+            f"{_listing(bits_bad)}: need BitsAllocated in {BITS_ALLOCATED} and 1 <= BitsStored "
+            "<= BitsAllocated",
+            _files(bits_bad),
         ))
     size_bad = [h for h in headers if h.has_pixels and (h.rows < 1 or h.columns < 1)]
     if size_bad:
