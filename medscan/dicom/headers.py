@@ -434,7 +434,7 @@ def _read_header(path: Path, salt: str | None) -> SliceHeader | SkippedFile:
         padding_limit=_int(ds, "PixelPaddingRangeLimit"),
         pixel_representation=_int(ds, "PixelRepresentation", 0) or 0,
         bits_allocated=_int(ds, "BitsAllocated", 16) or 16,
-        bits_stored=_int(ds, "BitsStored", 16) or 16,
+        bits_stored=_int(ds, "BitsStored", 16),  # 0 kept: refused by validate, not read as 16
         samples_per_pixel=_int(ds, "SamplesPerPixel", 1) or 1,
         gantry_tilt=_float(ds, "GantryDetectorTilt"),
         slice_thickness=_float(ds, "SliceThickness"),

@@ -233,7 +233,6 @@ def decode_file(path: str | os.PathLike[str], decoder: str | None = None) -> np.
     ----------
     path : str or PathLike
         The file.
-
     decoder : str, optional
         JPEG Lossless decoder (:data:`JPEG_LOSSLESS_DECODERS`); default
         :func:`jpeg_lossless_decoder`.
