@@ -15,6 +15,7 @@ DEMO_APT=(python3-venv)
 TEST_APT=(
   python3-venv
   dcm2niix pigz                                   # reference DICOM->NIfTI conversion in tests
+  dcmtk                                           # JPEG / JPEG-LS encoders of the DICOM corpus test
   xvfb libxcb-icccm4 libxcb-keysyms1              # napari under a virtual X display
   slurm-wlm munge slurmdbd mariadb-server         # a real one-node Slurm cluster with accounting
   podman buildah runc debootstrap                 # container build and run, no registry needed
