@@ -90,6 +90,9 @@ class SegmentParams:
     work_mm : float
         Voxel size (mm) of the block-averaged grid the body and lung masks are found on;
         their borders are then refined at full resolution (0 = full resolution throughout).
+    metal_min_ml : float
+        Metal (the ``metal`` band of the tissue table) inside the body from this volume (mL)
+        on gives a ``metal`` finding.
     """
 
     body_threshold_hu: float = -500.0
@@ -106,6 +109,7 @@ class SegmentParams:
     min_lung_fraction: float = 0.08
     lungs_min_total_ml: float = 250.0
     work_mm: float = 1.5
+    metal_min_ml: float = 0.05
 
     @classmethod
     def from_config(cls, cfg: Any) -> SegmentParams:
@@ -285,6 +289,9 @@ def _segment_canonical(
 
     # full resolution, inside the body's box: body border refined by the threshold
     body = refine_mask(be, body_low, factors, hu_c > params.body_threshold_hu)
+    # the threshold in the border band can pick up bits of a sheet or pad lying within a
+    # working voxel of the skin: keep only what is connected to the body
+    body = largest_component(be, body, 6)
     clock.lap("body_refine")
 
     # 2. tissue bands inside the body (one table look-up per voxel, into the output array)
@@ -298,6 +305,7 @@ def _segment_canonical(
         labels[k : k + 16] = lut[part.view(xp.uint16)]
     labels *= body
     clock.lap("tissue_bands")
+    _metal_finding(be, labels, hu_c, tissues, voxel_ml, params, findings)
 
     if lungs is None:
         reason = next((f.message for f in findings if f.code == "no_lungs"), "no lungs found")
@@ -328,6 +336,30 @@ def _segment_canonical(
         labels=out, lungs_found=lungs_found, reason=reason, findings=findings,
         timings_s=clock.times,
     )
+
+
+def _metal_finding(
+    be: Backend, labels: Any, hu: Any, tissues: TissueTable, voxel_ml: float,
+    p: SegmentParams, findings: list[Finding],
+) -> None:
+    """Append a ``metal`` finding when the body holds metal (the tissue table's metal band)."""
+    names = [t.name for t in tissues.all]
+    if "metal" not in names:
+        return
+    metal = tissues["metal"]
+    mask = labels == metal.label
+    n = int(be.xp.count_nonzero(mask))
+    ml = n * voxel_ml
+    if n == 0 or ml < p.metal_min_ml:
+        return
+    peak = float(be.xp.max(hu[mask]))
+    findings.append(Finding(
+        "metal", "warning",
+        f"{ml:.2f} mL of metal inside the body (>= {metal.hu_min:g} HU, up to {peak:.0f} HU: "
+        "implant, wire, rod or dense foreign body), labelled metal, not bone; metal streaks "
+        "can bias HU values and tissue volumes nearby",
+        details={"ml": round(ml, 3), "max_hu": round(peak, 1), "hu_min": metal.hu_min},
+    ))
 
 
 def _world_x(affine: np.ndarray, box: tuple[slice, ...], centroid_zyx: np.ndarray) -> float:
