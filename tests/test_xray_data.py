@@ -77,9 +77,15 @@ def test_patient_disjoint_split_full_train(shared_xray_224):
 # ----------------------------------------------------------------------------------- modes
 @pytest.fixture
 def grey_reference(sample_xray) -> np.ndarray:
-    """A real X-ray as 8-bit grey (uint8, H x W)."""
+    """A real X-ray as a display-ready 8-bit grey picture using its whole range (uint8, H x W).
+
+    Stretched to its 0.01/99.99 percentiles: a 16-bit copy without sBIT has no other record
+    of its range, and the intensity policy windows it by those percentiles.
+    """
     with Image.open(_first(sample_xray / "NORMAL")) as img:
-        return np.asarray(img.convert("L"))
+        grey = np.asarray(img.convert("L"), dtype=np.float64)
+    lo, hi = np.percentile(grey, xd.PERCENTILE_WINDOW)
+    return np.round(np.clip((grey - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
 
 
 def _write_dicom(path: Path, pixels: np.ndarray, photometric: str, window: bool) -> None:

@@ -163,23 +163,58 @@ def test_evaluate_unknown_class_names_the_folder(trained, split_root, tmp_path, 
     assert "TUBERCULOSIS: unknown class folder" in capsys.readouterr().out
 
 
-def test_predict_with_bad_file_and_gradcam(trained, split_root, tmp_path):
+def test_predict_with_bad_file_and_gradcam(trained, split_root, sample_ct, tmp_path, capsys):
+    from xray_inputs import display_picture, to_12bit, write_dicom, write_png8, write_png_bomb
+
+    from medscan.xray.explain import caption_height
+
     inputs = tmp_path / "in"
     shutil.copytree(split_root / "test", inputs)
     (inputs / "NORMAL" / "corrupt.jpeg").write_bytes(b"\xff\xd8 not really")
+    write_png_bomb(inputs / "bomb.png")  # 20000 x 20000: Pillow's DecompressionBombError
+    picture = display_picture(split_root / "test" / "NORMAL" / "IM-0128-0001.jpeg")
+    write_dicom(inputs / "dx_no_suffix", 4095 - to_12bit(picture), "MONOCHROME1", "window")
+    write_png8(inputs / "dx_twin.png", picture)
+    (inputs / "ct_no_suffix").write_bytes(sorted(sample_ct.glob("*.dcm"))[0].read_bytes())
+    (inputs / "README.txt").write_text("notes")
     out = tmp_path / "pred"
     rc = cli(["predict", f"checkpoint={trained / 'checkpoints' / 'best.pt'}",
               f"input={inputs}", f"output={out}", "gradcam=true"])
-    assert rc == 1  # one unreadable file; the rest of the batch went on
+    assert rc == 1  # unreadable items; the rest of the batch went on
     with open(out / "predictions.csv") as fh:
         rows = {Path(r["file"]).name: r for r in csv.DictReader(fh)}
-    assert set(rows) == HELD_BACK | {"corrupt.jpeg"}
-    assert rows["corrupt.jpeg"]["error"] and rows["corrupt.jpeg"]["prob_pneumonia"] == ""
-    good = [r for n, r in rows.items() if n != "corrupt.jpeg"]
+    bad = {"corrupt.jpeg", "bomb.png", "ct_no_suffix"}
+    assert set(rows) == HELD_BACK | bad | {"dx_no_suffix", "dx_twin.png"}
+    for name in bad:
+        assert rows[name]["error"] and rows[name]["prob_pneumonia"] == "", name
+    assert "decompression-bomb" in rows["bomb.png"]["error"]
+    assert "modality 'CT'" in rows["ct_no_suffix"]["error"]
+    good = [r for n, r in rows.items() if n not in bad]
     assert all(0 <= float(r["prob_pneumonia"]) <= 1 and r["pred"] in ("NORMAL", "PNEUMONIA")
-               for r in good)
+               and not r["error"] for r in good)
+    # the DICOM without suffix is the same picture as its 8-bit PNG twin: the same probability
+    same = float(rows["dx_no_suffix"]["prob_pneumonia"])
+    assert same == pytest.approx(float(rows["dx_twin.png"]["prob_pneumonia"]), abs=0.01)
+    with open(out / "ignored.csv") as fh:
+        ignored = list(csv.DictReader(fh))
+    assert [Path(r["file"]).name for r in ignored] == ["README.txt"]
+    assert "README.txt: ignored" in capsys.readouterr().out
+    # Grad-CAM figures: on the original film, its own size, numbers printed underneath
     pngs = sorted(p.stem for p in (out / "gradcam").glob("*.png"))
-    assert pngs == sorted(Path(n).stem for n in HELD_BACK)
+    assert pngs == sorted([*(Path(n).stem for n in HELD_BACK), "dx_no_suffix", "dx_twin"])
+    from PIL import Image
+
+    for name in HELD_BACK:
+        film = xd.read_image(split_root / "test" / ("NORMAL" if "IM-" in name else "PNEUMONIA")
+                             / name)
+        fig = np.asarray(Image.open(out / "gradcam" / f"{Path(name).stem}.png").convert("RGB"))
+        h, w = film.shape
+        assert fig.shape == (h + caption_height(w), w, 3)
+        strip = fig[h:]
+        assert strip.max() == 255 and (strip == 255).mean() > 0.005  # printed text
+        # the film is under the heat map: its structure survives the overlay
+        grey = fig[:h].astype(float).mean(axis=2)
+        assert np.corrcoef(grey.ravel(), film.ravel())[0, 1] > 0.5
 
 
 def test_python_api_and_gradcam(trained, split_root):

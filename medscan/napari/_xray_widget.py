@@ -246,27 +246,33 @@ class XrayReviewWidget(QWidget):
         return " | ".join(parts)
 
     def gradcam_for(self, row: dict[str, Any]) -> tuple[np.ndarray, int, str] | None:
-        """``(overlay RGB uint8, model input size, resize mode)`` for a row, or ``None``."""
+        """``(overlay RGB uint8 on the original film, its width, "film")`` for a row, or ``None``.
+
+        Computed live from a loaded checkpoint, or read from ``medscan predict gradcam=true``'s
+        figure (the caption strip under the film is cut off).
+        """
         file = row["file"]
-        resize = (self.info or {}).get("resize", "squash")
         if file in self._cam_cache:
             cam = self._cam_cache[file]
-            return cam, cam.shape[0], resize
+            return cam, cam.shape[1], "film"
         cam = None
         if self.model is not None and self.info is not None:
-            from medscan.xray import gradcam
+            from medscan.xray.explain import gradcam_on_film
 
-            cam = np.asarray(gradcam(self.model, self.info, file))
+            cam = gradcam_on_film(self.model, self.info, file)[0]
         elif self.gradcam_dir is not None:
             png = self.gradcam_dir / f"{Path(file).stem}.png"
             if png.is_file():
                 from PIL import Image
 
-                cam = np.asarray(Image.open(png).convert("RGB"))
+                from medscan.xray.explain import caption_height
+
+                fig = np.asarray(Image.open(png).convert("RGB"))
+                cam = fig[: fig.shape[0] - caption_height(fig.shape[1])]
         if cam is None:
             return None
         self._cam_cache[file] = cam
-        return cam, cam.shape[0], resize
+        return cam, cam.shape[1], "film"
 
     def show_image(self, index: int) -> None:
         """Show image ``index`` (clamped), its numbers and, if enabled, its Grad-CAM overlay."""
@@ -291,7 +297,10 @@ class XrayReviewWidget(QWidget):
         cam = self.gradcam_for(row) if self.cam_check.isChecked() else None
         if cam is not None:
             overlay, size, resize = cam
-            scale, translate = overlay_transform(image.shape, size, resize)
+            if resize == "film":  # already on the original film, pixel for pixel
+                scale, translate = (1.0, 1.0), (0.0, 0.0)
+            else:
+                scale, translate = overlay_transform(image.shape, size, resize)
             self._set_layer(
                 CAM_LAYER, overlay, {"rgb": True, "opacity": 0.6}, scale=scale, translate=translate
             )

@@ -1,19 +1,23 @@
 """Chest X-ray data: folder layouts, image decoding to one mode, patient ids, splits, leakage guard.
 
 Every image, whatever its file format or mode (8-bit grey, RGB, RGBA, 16-bit PNG, DICOM DX/CR
-with MONOCHROME1/2), becomes a ``float32`` grey array in ``[0, 1]`` of shape ``(H, W)``, and is
-then resized to ``(size, size)`` by :func:`preprocess`, the single function used in training,
-evaluation, prediction and Grad-CAM. So the original image size never reaches the model.
+with MONOCHROME1/2), becomes a ``float32`` grey array in ``[0, 1]`` of shape ``(H, W)`` by one
+intensity policy (:func:`to_unit_range`), and is then resized to ``(size, size)`` by
+:func:`preprocess`, the single function used in training, evaluation, prediction and Grad-CAM.
+So the original image size never reaches the model.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
+import os
 import re
+import struct
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +26,17 @@ log = logging.getLogger(__name__)
 
 #: Class names in label order (label 1 = PNEUMONIA is the positive class).
 CLASSES: tuple[str, ...] = ("NORMAL", "PNEUMONIA")
-#: File suffixes taken as images (lower case). Other files in class folders are ignored.
+#: File suffixes taken as images (lower case). Files with another suffix (or none) are images
+#: when their content is (:func:`sniff_format`); all others are reported as ignored.
 IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".dcm", ".dicom"})
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
+#: Percentiles of the window used when an image's significant range is unknown (16-bit PNG
+#: without sBIT, DICOM without VOI LUT/window, float data). Narrow tails (0.01%) so that a
+#: display-ready picture that uses its whole range comes out as it would from an 8-bit file.
+PERCENTILE_WINDOW = (0.01, 99.99)
+#: An image whose values span less than this fraction of their nominal range gets a warning
+#: (e.g. 12-bit data in a 16-bit PNG without sBIT: 6%).
+LOW_RANGE_FRACTION = 0.25
 #: Kermany names: ``person1_bacteria_1`` -> ``person1``; ``IM-0011-0001-0002`` -> ``IM-0011``;
 #: ``NORMAL2-IM-0587-0001`` -> ``NORMAL2-IM-0587``.
 KERMANY_PATIENT_REGEX = r"^(person\d+)_|^((?:NORMAL2-)?IM-\d+)"
@@ -157,9 +169,13 @@ def scan_folder(
         raise DatasetError(f"{base}: no class folders ({', '.join(classes)}) found")
     records: list[ImageRecord] = []
     for folder in subdirs:
-        files = sorted(
-            p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        )
+        found = find_images([folder])
+        for path, reason in found.ignored:
+            log.warning("%s: ignored (%s)", path, reason)
+        if found.unreadable:
+            path, reason = found.unreadable[0]
+            raise DatasetError(f"{path}: {reason}")
+        files = found.images
         if not files:
             raise DatasetError(
                 f"{folder}: empty class folder (no {'/'.join(sorted(IMAGE_SUFFIXES))} files)"
@@ -169,28 +185,125 @@ def scan_folder(
     return records
 
 
-def list_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Expand files and folders (recursively) to a sorted list of image files.
+def sniff_format(path: str | Path) -> str | None:
+    """The image container of a file by its content: ``dicom``, ``jpeg``, ``png`` or ``None``.
+
+    DICOM Part 10 files carry ``DICM`` at byte 128 (PS3.10 7.1); JPEG starts with the SOI
+    marker ``FF D8 FF``; PNG with its 8-byte signature.
+
+    Raises
+    ------
+    OSError
+        When the file cannot be read.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(132)
+    if head[128:132] == b"DICM":
+        return "dicom"
+    if head[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    return None
+
+
+@dataclass
+class ImageSearch:
+    """What :func:`find_images` found under its inputs.
+
+    Attributes
+    ----------
+    images : list of Path
+        Image files (by suffix or by content), sorted per input.
+    ignored : list of (Path, str)
+        Files that are not images, with the reason.
+    unreadable : list of (Path, str)
+        Files or folders that could not be read (these may hold images: callers report them
+        as failed items).
+    """
+
+    images: list[Path] = field(default_factory=list)
+    ignored: list[tuple[Path, str]] = field(default_factory=list)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def _classify(path: Path, out: ImageSearch) -> None:
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        out.images.append(path)
+        return
+    try:
+        kind = sniff_format(path)
+    except OSError as exc:
+        out.unreadable.append((path, f"cannot open ({exc.strerror or exc})"))
+        return
+    if kind is None:
+        suffix = path.suffix or "no suffix"
+        out.ignored.append((path, f"not a JPEG, PNG or DICOM file ({suffix}, content not one)"))
+    else:
+        out.images.append(path)
+
+
+def find_images(inputs: Sequence[str | Path]) -> ImageSearch:
+    """Expand files and folders (recursively, symlinked folders not followed) to image files.
+
+    A file is an image when its suffix is one of :data:`IMAGE_SUFFIXES` or its content is
+    JPEG, PNG or DICOM (:func:`sniff_format`), so DICOM files without a suffix are found.
+    Everything else is listed in ``ignored`` with a reason; folders or files that cannot be
+    read are listed in ``unreadable``. A file given explicitly is always taken as an image.
 
     Raises
     ------
     DatasetError
-        When an input does not exist or nothing was found.
+        When an input does not exist.
     """
-    found: list[Path] = []
+    out = ImageSearch()
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found += sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
+            errors: list[OSError] = []
+            found = ImageSearch()
+            for folder, dirs, files in os.walk(path, onerror=errors.append):
+                dirs.sort()
+                found.ignored += [
+                    (Path(folder) / d, "symbolic link to a folder, not followed")
+                    for d in dirs if (Path(folder) / d).is_symlink()
+                ]
+                for name in sorted(files):
+                    _classify(Path(folder) / name, found)
+            found.images.sort()
+            out.images += found.images
+            out.ignored += found.ignored
+            out.unreadable += found.unreadable
+            out.unreadable += [
+                (Path(e.filename or path), f"cannot read folder ({e.strerror or e})")
+                for e in errors
+            ]
         elif path.is_file():
-            found.append(path)
+            out.images.append(path)
         else:
             raise DatasetError(f"{path}: no such file or folder")
-    if not found:
+    return out
+
+
+def list_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Expand files and folders (recursively) to a sorted list of image files.
+
+    Like :func:`find_images`, logging every ignored file and refusing unreadable ones.
+
+    Raises
+    ------
+    DatasetError
+        When an input does not exist, a file or folder cannot be read, or nothing was found.
+    """
+    found = find_images(inputs)
+    for path, reason in found.ignored:
+        log.warning("%s: ignored (%s)", path, reason)
+    if found.unreadable:
+        path, reason = found.unreadable[0]
+        raise DatasetError(f"{path}: {reason}")
+    if not found.images:
         raise DatasetError(f"no images found in {[str(i) for i in inputs]}")
-    return found
+    return found.images
 
 
 def class_counts(records: Sequence[ImageRecord], classes: Sequence[str] = CLASSES) -> dict:
@@ -200,31 +313,189 @@ def class_counts(records: Sequence[ImageRecord], classes: Sequence[str] = CLASSE
 
 
 # ----------------------------------------------------------------------------------- decoding
-def _pil_to_grey(img, path: Path) -> np.ndarray:
-    """Any Pillow image -> float32 grey in [0, 1]."""
+def max_image_pixels() -> int:
+    """Largest image (pixels, all frames) medscan decodes: Pillow's decompression-bomb limit.
+
+    Pillow raises ``DecompressionBombError`` above ``2 * Image.MAX_IMAGE_PIXELS`` (178,956,970
+    by default); medscan applies the same limit to every container, DICOM included, so a
+    20000 x 20000 image is one failed item rather than a crash or a 1.6 GB float array.
+    """
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    return 2 * int(limit) if limit else 2**62
+
+
+def png_sbit(path: str | Path) -> int | None:
+    """Significant bits of a PNG's grey/colour samples from its ``sBIT`` chunk, or ``None``.
+
+    Pillow does not expose ``sBIT`` (PNG spec 11.3.3.4), so the chunks before the first
+    ``IDAT`` are walked here; for colour types the largest channel value is returned.
+    """
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(8) != b"\x89PNG\r\n\x1a\n":
+                return None
+            while True:
+                head = fh.read(8)
+                if len(head) < 8:
+                    return None
+                length, kind = struct.unpack(">I4s", head)
+                if kind == b"sBIT":
+                    data = fh.read(length)
+                    return max(data) if data else None
+                if kind in (b"IDAT", b"IEND") or length > 1 << 24:
+                    return None
+                fh.seek(length + 4, io.SEEK_CUR)  # data + CRC
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class IntensityWindow:
+    """How raw values were mapped to [0, 1] (see :func:`to_unit_range`).
+
+    Attributes
+    ----------
+    low, high : float
+        Raw values mapped to 0 and 1.
+    source : str
+        ``"8-bit"``, ``"sBIT <n>"``, ``"VOI window"``, ``"VOI LUT"`` or ``"percentile window"``.
+    used_fraction : float
+        Share of the nominal range (container or bit depth) that the image's values span.
+    """
+
+    low: float
+    high: float
+    source: str
+    used_fraction: float
+
+
+def to_unit_range(
+    values: np.ndarray,
+    *,
+    nominal_bits: int | None,
+    known_range: tuple[float, float] | None = None,
+    source: str = "",
+) -> tuple[np.ndarray, IntensityWindow]:
+    """The one intensity policy of every container: raw values -> float32 in [0, 1].
+
+    * When the range of meaningful values is known (``known_range``: an 8-bit container, a PNG
+      ``sBIT``, the output range of a DICOM VOI LUT or window), that range maps to [0, 1].
+    * Otherwise (16-bit PNG without ``sBIT``, DICOM without VOI LUT/window, float data), a
+      percentile window (:data:`PERCENTILE_WINDOW`) of the image's own values maps to [0, 1],
+      as DICOM viewers window an image without VOI attributes by its value range.
+
+    So the same picture gives the same input from any container (within quantisation), and
+    12-bit data in a 16-bit PNG is no longer divided by 65535 into a near-black image.
+
+    Parameters
+    ----------
+    values : ndarray, (H, W)
+        Raw grey values (any real dtype).
+    nominal_bits : int, optional
+        Bit depth of the container or the data (for the ``used_fraction`` report).
+    known_range : (float, float), optional
+        Values mapped to 0 and 1 when known.
+    source : str
+        Name of ``known_range``'s origin (for messages).
+
+    Returns
+    -------
+    image : ndarray, float32, (H, W), clipped to [0, 1]
+    window : IntensityWindow
+    """
+    arr = np.asarray(values, dtype=np.float64)
+    # for the report only, a strided sample of a large image is enough (and 10x cheaper)
+    step = int(np.sqrt(arr.size / (1 << 18))) if known_range is not None else 1
+    sample = arr[:: max(1, step), :: max(1, step)] if arr.ndim == 2 else arr
+    p_lo, p_hi = (float(v) for v in np.percentile(sample, PERCENTILE_WINDOW))
+    if known_range is not None:
+        low, high = float(known_range[0]), float(known_range[1])
+    else:
+        low, high, source = p_lo, p_hi, "percentile window"
+    span = float(2**nominal_bits - 1) if nominal_bits else (high - low)
+    used = (p_hi - p_lo) / span if span > 0 else 0.0
+    if high > low:
+        out = np.clip((arr - low) / (high - low), 0.0, 1.0).astype(np.float32)
+    else:
+        out = np.zeros(arr.shape, dtype=np.float32)
+    return out, IntensityWindow(low, high, source, float(used))
+
+
+def _warn_range(path: Path, window: IntensityWindow, bits: int | None) -> None:
+    if window.used_fraction < LOW_RANGE_FRACTION:
+        depth = f"{bits}-bit " if bits else ""
+        log.warning(
+            "%s: the image uses %.1f%% of its %srange (%s applied: %.6g..%.6g -> 0..1); "
+            "check that this is the intended picture",
+            path.name, 100 * window.used_fraction, depth, window.source, window.low,
+            window.high,
+        )
+
+
+def _pil_to_grey(img, path: Path, sbit: int | None = None) -> np.ndarray:
+    """Any Pillow image -> float32 grey in [0, 1] by :func:`to_unit_range`."""
     from PIL import Image
 
     mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        arr = np.asarray(img, dtype=np.uint16).astype(np.float32) / 65535.0
-    elif mode == "I":  # 32-bit int container (often 16-bit data)
-        raw = np.asarray(img, dtype=np.int64)
-        top = 65535.0 if raw.max(initial=0) <= 65535 else float(raw.max())
-        arr = np.clip(raw, 0, None).astype(np.float32) / top
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        raw = np.asarray(img, dtype=np.int64) if mode == "I" else np.asarray(img, np.uint16)
+        bits = 16 if mode != "I" or int(raw.max(initial=0)) <= 65535 else 32
+        known = None
+        if sbit and sbit < bits and int(raw.max(initial=0)) < 2**sbit:
+            # sBIT stored unshifted (common in exports): its own range is the data's range.
+            # When values exceed 2**sbit, they were scaled to the full range as the PNG spec
+            # says, and the window is unknown as without sBIT.
+            known = (0.0, float(2**sbit - 1))
+        elif sbit and sbit >= bits:
+            known = (0.0, float(2**bits - 1))
+        arr, window = to_unit_range(raw, nominal_bits=sbit or bits, known_range=known,
+                                    source=f"sBIT {sbit}")
+        _warn_range(path, window, sbit or bits)
     elif mode == "F":
-        raw = np.asarray(img, dtype=np.float32)
-        lo, hi = float(raw.min()), float(raw.max())
-        arr = (raw - lo) / (hi - lo) if hi > lo else np.zeros_like(raw)
+        arr, window = to_unit_range(np.asarray(img, dtype=np.float32), nominal_bits=None)
     else:
         if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
             # composite onto black: transparent pixels carry no radiograph
             rgba = img.convert("RGBA")
             black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
             img = Image.alpha_composite(black, rgba)
-        arr = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+        raw = np.asarray(img.convert("L"), dtype=np.uint8)
+        bits = sbit if sbit and sbit < 8 and int(raw.max(initial=0)) < 2**sbit else 8
+        arr, window = to_unit_range(raw, nominal_bits=bits, known_range=(0.0, 2.0**bits - 1),
+                                    source="8-bit" if bits == 8 else f"sBIT {bits}")
+        _warn_range(path, window, bits)
     if arr.ndim != 2 or arr.size == 0:
         raise ImageReadError(path, f"unexpected decoded shape {arr.shape} (mode {mode})")
     return arr
+
+
+def _voi_output_range(ds) -> tuple[float, float] | None:
+    """The value range that pydicom's ``apply_voi_lut`` produces for this data set.
+
+    Windowing maps onto the stored-bits range after the modality rescale
+    (``pydicom.pixels.processing.apply_windowing``); a VOI LUT onto ``[0, 2**bits - 1]`` with
+    ``bits`` the LUT Descriptor's third value (PS3.3 C.11.2.1.1).
+    """
+    if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
+        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        return 0.0, float(2**bits - 1)
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        bits = int(ds.BitsStored)
+        if ds.get("ModalityLUTSequence"):
+            bits = int(ds.ModalityLUTSequence[0].LUTDescriptor[2])
+            lo, hi = 0.0, float(2**bits - 1)
+        elif int(ds.get("PixelRepresentation", 0)) == 0:
+            lo, hi = 0.0, float(2**bits - 1)
+        else:
+            lo, hi = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+        slope = ds.get("RescaleSlope")
+        if slope is not None and not ds.get("ModalityLUTSequence"):
+            inter = float(ds.get("RescaleIntercept", 0.0))
+            lo, hi = lo * float(slope) + inter, hi * float(slope) + inter
+        return min(lo, hi), max(lo, hi)
+    return None
 
 
 def _read_dicom(path: Path) -> np.ndarray:
@@ -238,21 +509,38 @@ def _read_dicom(path: Path) -> np.ndarray:
     modality = str(ds.get("Modality", ""))
     if modality not in ("DX", "CR", "DR", "RG", "PX", ""):
         raise ImageReadError(path, f"DICOM modality {modality!r} is not a radiograph (DX/CR)")
+    if "Rows" not in ds or "Columns" not in ds:
+        raise ImageReadError(path, "DICOM file without an image (no Rows/Columns)")
+    n_pixels = int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames", 1) or 1)
+    if n_pixels > max_image_pixels():
+        raise ImageReadError(
+            path, f"image of {ds.Columns} x {ds.Rows} pixels exceeds the limit of "
+            f"{max_image_pixels():,} pixels (decompression-bomb guard)"
+        )
     try:
         pixels = ds.pixel_array
     except Exception as exc:
         raise ImageReadError(path, f"cannot decode DICOM pixel data ({exc})") from exc
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    bits = int(ds.get("BitsStored", 16) or 16)
     if pixels.ndim == 3 and photometric in ("RGB", "YBR_FULL", "YBR_FULL_422"):
-        arr = pixels.astype(np.float32).mean(axis=-1)
+        arr, window = to_unit_range(pixels.astype(np.float32).mean(axis=-1),
+                                    nominal_bits=int(ds.get("BitsAllocated", 8)),
+                                    known_range=(0.0, 2.0 ** int(ds.get("BitsStored", 8)) - 1),
+                                    source="RGB")
     elif pixels.ndim == 2:
-        arr = apply_modality_lut(pixels, ds).astype(np.float32)
-        if "WindowCenter" in ds or "VOILUTSequence" in ds:
-            arr = apply_voi_lut(arr, ds, prefer_lut=True).astype(np.float32)
+        values = apply_modality_lut(pixels, ds).astype(np.float64)
+        known = None
+        source = ""
+        if "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds):
+            known = _voi_output_range(ds)
+            source = "VOI LUT" if "VOILUTSequence" in ds else "VOI window"
+            values = apply_voi_lut(values, ds, prefer_lut=True).astype(np.float64)
+        arr, window = to_unit_range(values, nominal_bits=bits if known is None else None,
+                                    known_range=known, source=source)
     else:
         raise ImageReadError(path, f"DICOM pixel array of shape {pixels.shape} is not one image")
-    lo, hi = float(arr.min()), float(arr.max())
-    arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    _warn_range(path, window, bits)
     if photometric == "MONOCHROME1":  # high values are dark: invert to the usual look
         arr = 1.0 - arr
     return arr.astype(np.float32)
@@ -264,9 +552,12 @@ def read_image(path: str | Path, *, draft_size: int | None = None) -> np.ndarray
     Parameters
     ----------
     path : path
-        JPEG, PNG (8/16-bit, grey/RGB/RGBA/palette) or DICOM DX/CR. RGB becomes grey by ITU-R
-        601 luma; alpha is composited onto black; 16-bit is scaled by 65535; DICOM gets its
-        modality LUT, VOI LUT/window, min-max scaling and MONOCHROME1 inversion.
+        JPEG, PNG (8/16-bit, grey/RGB/RGBA/palette) or DICOM DX/CR, recognised by content
+        (any suffix). RGB becomes grey by ITU-R 601 luma; alpha is composited onto black.
+        Intensities follow one policy for every container (:func:`to_unit_range`): 8-bit or
+        PNG ``sBIT`` range, DICOM modality LUT + VOI LUT/window, otherwise a percentile
+        window; MONOCHROME1 is inverted. An image that uses less than
+        :data:`LOW_RANGE_FRACTION` of its range is logged as a warning.
     draft_size : int, optional
         For JPEG only: let libjpeg decode at a reduced DCT scale that is still at least this
         many pixels on each side (much faster for large originals). ``None`` decodes fully.
@@ -274,28 +565,30 @@ def read_image(path: str | Path, *, draft_size: int | None = None) -> np.ndarray
     Raises
     ------
     ImageReadError
-        When the file cannot be decoded; the message names the file and the reason.
+        When the file cannot be decoded or is larger than :func:`max_image_pixels`; the
+        message names the file and the reason.
     """
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
-    is_dicom = path.suffix.lower() in DICOM_SUFFIXES
-    if not is_dicom:
-        try:
-            with open(path, "rb") as fh:
-                is_dicom = fh.read(132)[128:132] == b"DICM"
-        except OSError as exc:
-            raise ImageReadError(path, f"cannot open ({exc.strerror or exc})") from exc
-    if is_dicom:
+    try:
+        kind = sniff_format(path)
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot open ({exc.strerror or exc})") from exc
+    if kind == "dicom" or (kind is None and path.suffix.lower() in DICOM_SUFFIXES):
         return _read_dicom(path)
     try:
         with Image.open(path) as img:
             if draft_size and img.format == "JPEG":
                 img.draft(img.mode if img.mode in ("L", "RGB") else None, (draft_size, draft_size))
             img.load()
-            return _pil_to_grey(img, path)
+            return _pil_to_grey(img, path, png_sbit(path) if img.format == "PNG" else None)
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(path, f"{exc} (decompression-bomb guard)") from exc
     except UnidentifiedImageError as exc:
         raise ImageReadError(path, "not an image Pillow can identify (JPEG/PNG/DICOM)") from exc
+    except MemoryError as exc:
+        raise ImageReadError(path, "not enough memory to decode") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, ImageReadError):
             raise
@@ -308,17 +601,16 @@ def probe_image(path: str | Path) -> None:
     Raises
     ------
     ImageReadError
-        Naming the file and the reason.
+        Naming the file and the reason (also for images over :func:`max_image_pixels`).
     """
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
+        kind = sniff_format(path)
     except OSError as exc:
         raise ImageReadError(path, f"cannot open ({exc.strerror or exc})") from exc
-    if path.suffix.lower() in DICOM_SUFFIXES or head[128:132] == b"DICM":
+    if kind == "dicom" or (kind is None and path.suffix.lower() in DICOM_SUFFIXES):
         import pydicom
 
         try:
@@ -331,6 +623,8 @@ def probe_image(path: str | Path) -> None:
     try:
         with Image.open(path) as img:
             img.size  # noqa: B018 - header parsed by open()
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(path, f"{exc} (decompression-bomb guard)") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(path, "not an image Pillow can identify (JPEG/PNG/DICOM)") from exc
 
@@ -361,23 +655,94 @@ def preprocess(image: np.ndarray, size: int, resize: str = "squash") -> np.ndarr
         arr = np.asarray(out, dtype=np.float32)
     elif resize == "pad":
         h, w = image.shape
-        scale = size / max(h, w)
-        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        y0, x0, nh, nw = letterbox_box(h, w, size)
         small = np.asarray(img.resize((nw, nh), Image.Resampling.BICUBIC), dtype=np.float32)
         arr = np.zeros((size, size), dtype=np.float32)
-        y0, x0 = (size - nh) // 2, (size - nw) // 2
         arr[y0 : y0 + nh, x0 : x0 + nw] = small
     else:
         raise ValueError(f"resize must be 'squash' or 'pad', not {resize!r}")
     return np.clip(arr, 0.0, 1.0)
 
 
+def letterbox_box(h: int, w: int, size: int) -> tuple[int, int, int, int]:
+    """Where ``resize="pad"`` puts an ``(h, w)`` image in the ``(size, size)`` input.
+
+    Returns
+    -------
+    y0, x0, nh, nw : int
+        Top-left corner and size (pixels) of the resized image inside the square.
+    """
+    scale = size / max(h, w)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    return (size - nh) // 2, (size - nw) // 2, nh, nw
+
+
+def reencode_jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    """Round-trip a grey ``[0, 1]`` image through 8-bit JPEG at ``quality`` (Pillow/libjpeg).
+
+    The ``xray-224`` training copies were saved by Pillow as JPEG quality 75 after the
+    resize (``xray-224/PROVENANCE.md``); doing the same to an inference input gives it the
+    same compression artefacts as the training images.
+    """
+    from PIL import Image
+
+    grey = Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8), mode="L")
+    buf = io.BytesIO()
+    grey.save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    with Image.open(buf) as img:
+        return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+
+
+def clahe(image: np.ndarray, clip_limit: float = 0.01) -> np.ndarray:
+    """Contrast-limited adaptive histogram equalisation (scikit-image) of a ``[0, 1]`` image."""
+    from skimage.exposure import equalize_adapthist
+
+    return equalize_adapthist(np.clip(image, 0, 1), clip_limit=clip_limit).astype(np.float32)
+
+
 def load_image(
-    path: str | Path, size: int, resize: str = "squash", jpeg_draft: bool = True
+    path: str | Path,
+    size: int,
+    resize: str = "squash",
+    jpeg_draft: bool = True,
+    *,
+    reencode_jpeg: int | None = None,
+    clahe: bool = False,
 ) -> np.ndarray:
-    """:func:`read_image` then :func:`preprocess`: a ``(size, size)`` float32 array in [0, 1]."""
+    """:func:`read_image` then :func:`preprocess`: a ``(size, size)`` float32 array in [0, 1].
+
+    Parameters
+    ----------
+    reencode_jpeg : int, optional
+        After the resize, round-trip through 8-bit JPEG of this quality (``data.reencode_jpeg``;
+        75 reproduces how the ``xray-224`` copies were made). An image that already has the
+        model's size (a training copy) is left as it is.
+    clahe : bool
+        Apply :func:`clahe` to the resized image (``data.clahe``).
+    """
     draft = 2 * size if jpeg_draft else None
-    return preprocess(read_image(path, draft_size=draft), size, resize)
+    image = read_image(path, draft_size=draft)
+    already = image.shape == (size, size)
+    out = preprocess(image, size, resize)
+    if reencode_jpeg and not already:
+        out = globals()["reencode_jpeg"](out, reencode_jpeg)
+    if clahe:
+        out = globals()["clahe"](out)
+    return out
+
+
+def load_for_model(path: str | Path, info: dict) -> np.ndarray:
+    """The model input of a file for a checkpoint's config: the one call of inference.
+
+    Uses ``info``'s ``image_size``, ``resize``, ``jpeg_draft``, ``reencode_jpeg`` and ``clahe``
+    (see :func:`load_image`); prediction, evaluation, Grad-CAM and export all call this.
+    """
+    return load_image(
+        path, int(info["image_size"]), info.get("resize", "squash"),
+        bool(info.get("jpeg_draft", True)), reencode_jpeg=info.get("reencode_jpeg"),
+        clahe=bool(info.get("clahe", False)),
+    )
 
 
 # ----------------------------------------------------------------------------------- hashing
@@ -538,6 +903,8 @@ class XrayDataset:
     cache : bool
         Keep decoded, resized images in memory (float32, 200 KB per image at 224 px, per
         worker process: use with ``persistent_workers``).
+    reencode_jpeg, clahe
+        See :func:`load_image`.
     """
 
     def __init__(
@@ -548,9 +915,12 @@ class XrayDataset:
         jpeg_draft: bool = True,
         augment=None,
         cache: bool = False,
+        reencode_jpeg: int | None = None,
+        clahe: bool = False,
     ) -> None:
         self.records = list(records)
         self.size, self.resize, self.jpeg_draft = size, resize, jpeg_draft
+        self.reencode_jpeg, self.clahe = reencode_jpeg, clahe
         self.augment = augment
         self._cache: dict[int, np.ndarray] | None = {} if cache else None
 
@@ -561,7 +931,8 @@ class XrayDataset:
         """The preprocessed ``(S, S)`` float32 image."""
         if self._cache is not None and index in self._cache:
             return self._cache[index]
-        arr = load_image(self.records[index].path, self.size, self.resize, self.jpeg_draft)
+        arr = load_image(self.records[index].path, self.size, self.resize, self.jpeg_draft,
+                         reencode_jpeg=self.reencode_jpeg, clahe=self.clahe)
         if self._cache is not None:
             self._cache[index] = arr
         return arr

@@ -1,7 +1,9 @@
 """Inference: probabilities for files, evaluation of a labelled folder.
 
-Both go through :func:`medscan.xray.data.load_image` with the checkpoint's own image size,
-resize mode and JPEG draft flag, i.e. exactly the preprocessing of training.
+Both go through :func:`medscan.xray.data.load_for_model` with the checkpoint's own image size,
+resize mode, JPEG draft flag and input-path options, i.e. exactly the preprocessing of training.
+Every image is its own item: an error reading one (unreadable, too large, anything) is
+recorded in its row and the rest go on.
 """
 
 from __future__ import annotations
@@ -110,14 +112,14 @@ def predict_images(
             row = {"file": str(path), "label": label, "prob_pneumonia": None, "pred": "",
                    "error": ""}
             try:
-                arrays.append(
-                    xdata.load_image(path, int(info["image_size"]), info.get("resize", "squash"),
-                                     bool(info.get("jpeg_draft", True)))
-                )
+                arrays.append(xdata.load_for_model(path, info))
                 where.append(len(rows))
             except xdata.ImageReadError as exc:
                 row["error"] = exc.reason
                 log.error("%s", exc)
+            except Exception as exc:  # one bad image never ends the batch
+                row["error"] = f"cannot read ({type(exc).__name__}: {exc})"
+                log.error("%s: %s", path, row["error"])
             rows.append(row)
         if arrays:
             probs = predict_arrays(model, np.stack(arrays), batch_size, tta)
