@@ -3,15 +3,26 @@
 Hydra jobs take ``key=value`` overrides and ``-m``/``--multirun``::
 
     medscan segment input=/data/ct output=out backend=cpu
+    medscan segment --help      # usage, the job's keys and config groups (conf/hydra/help/)
     medscan -h
 
 Plain commands (``inspect``, ``view``) take ordinary arguments.
+
+Before a command starts, :func:`main` checks two things a newcomer trips over, so that they end in
+one line on stderr and exit code 2 instead of a traceback or half-made output folders:
+
+- the optional extra the command needs is installed (:data:`NEEDS`, :func:`missing_extra`);
+- the paths the job reads exist (:data:`INPUT_KEYS`, :func:`check_inputs`), *before* Hydra makes
+  its run folder under ``output``.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
+from pathlib import Path
+from typing import Any
 
 #: Hydra jobs: command -> module in ``medscan_jobs`` (the repository's ``jobs/``).
 HYDRA_JOBS = {
@@ -28,6 +39,45 @@ PLAIN_COMMANDS = {
     "view": ("medscan.napari.view", "Open a case, batch output or DICOM folder in napari."),
 }
 
+#: Top-level modules of each optional extra (pyproject.toml ``[project.optional-dependencies]``):
+#: a missing one of these names the extra to install.
+EXTRA_OF_MODULE = {
+    **dict.fromkeys(("scipy", "skimage", "cc3d", "trimesh", "fast_simplification",
+                     "matplotlib", "PIL"), "ct"),
+    **dict.fromkeys(("torch", "torchvision", "timm", "sklearn", "onnx", "onnxruntime",
+                     "pytorch_grad_cam"), "xray"),
+    **dict.fromkeys(("napari", "npe2", "qtpy", "PyQt6"), "viewer"),
+    **dict.fromkeys(("submitit", "hydra_plugins.hydra_submitit_launcher"), "hpc"),
+    **dict.fromkeys(("cupy", "cucim", "warp"), "gpu"),
+}
+
+_XRAY = ("torch", "torchvision", "timm", "sklearn")
+#: Modules each command imports beyond the core install (checked before it starts).
+NEEDS: dict[str, tuple[str, ...]] = {
+    "segment": ("scipy", "skimage", "cc3d", "trimesh", "fast_simplification", "matplotlib"),
+    "train": (*_XRAY, "matplotlib"),
+    "evaluate": (*_XRAY, "matplotlib"),
+    "predict": _XRAY,
+    "export": (*_XRAY, "onnx", "onnxruntime"),
+    "view": ("napari", "npe2", "scipy", "skimage", "trimesh"),
+}
+
+#: Config keys of each Hydra job that name files or folders the job reads.
+INPUT_KEYS: dict[str, tuple[str, ...]] = {
+    "segment": ("input",),
+    "train": ("data.root",),
+    "evaluate": ("checkpoint", "data.root"),
+    "predict": ("checkpoint", "input"),
+    "export": ("checkpoint",),
+}
+
+#: Arguments after which a command only prints (help, config): no checks, nothing is run.
+_INFO_FLAGS = {"-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "--shell-completion"}
+
+
+class UsageError(Exception):
+    """A problem found before a command starts (one line for stderr; exit code 2)."""
+
 
 def _usage() -> str:
     lines = ["usage: medscan <command> [args]", "", "Hydra jobs (key=value overrides, -m):"]
@@ -38,6 +88,116 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package is missing, or a broken install
+        return False
+
+
+def extra_message(command: str, module: str) -> str:
+    """One line telling which extra to install for ``command`` when ``module`` is missing."""
+    extra = EXTRA_OF_MODULE.get(module) or EXTRA_OF_MODULE.get(module.split(".")[0])
+    if extra is None:
+        return f"medscan {command}: the Python module {module!r} is not installed"
+    return (f"medscan {command} needs the {extra} extra ({module} is not installed): "
+            f"pip install 'medscan[{extra}]' (in a clone: pip install -e '.[{extra}]')")
+
+
+def missing_extra(command: str, args: list[str]) -> str | None:
+    """The one-line message for the first module ``command`` needs that is not installed.
+
+    Also checks ``hydra/launcher=...`` overrides (the ``hpc`` extra). Returns None when all
+    are there.
+    """
+    needed = list(NEEDS.get(command, ()))
+    if any(a.startswith(("hydra/launcher=", "+hydra/launcher=")) for a in args):
+        needed += ["submitit", "hydra_plugins.hydra_submitit_launcher"]
+    for module in needed:
+        if not _installed(module):
+            return extra_message(command, module)
+    return None
+
+
+def _values(value: Any) -> list[Any]:
+    from omegaconf import ListConfig
+
+    if isinstance(value, (list, tuple, ListConfig)):
+        return list(value)
+    return [value]
+
+
+def check_inputs(command: str, overrides: list[str], multirun: bool) -> None:
+    """Raise :class:`UsageError` when a path the job reads does not exist or is not given.
+
+    A single run composes the job's config with Hydra's compose API (no run folder, no
+    output) and checks :data:`INPUT_KEYS` and the mandatory (``???``) keys; a multirun checks
+    every value of the swept input keys given on the command line. Configs Hydra cannot
+    compose are left to Hydra, which reports them itself (before it creates anything).
+    """
+    keys = INPUT_KEYS.get(command, ())
+    if multirun:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        try:
+            parsed = OverridesParser.create().parse_overrides(overrides)
+        except Exception:  # Hydra's own error message is better
+            return
+        for ov in parsed:
+            if ov.key_or_group not in keys or ov.is_delete():
+                continue
+            values = list(ov.sweep_string_iterator()) if ov.is_sweep_override() else [
+                ov.value()]
+            for value in values:
+                _check_path(command, ov.key_or_group, value)
+        return
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    if GlobalHydra.instance().is_initialized():  # inside another Hydra app: leave it alone
+        return
+    try:
+        with initialize_config_module("medscan_conf", version_base="1.3"):
+            cfg = compose(config_name=command, overrides=overrides)
+    except Exception:  # composition errors: Hydra reports them when the job starts
+        return
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if k.split(".")[0] != "hydra")
+    if missing:
+        raise UsageError(f"medscan {command}: missing {', '.join(missing)} "
+                         f"(give {missing[0]}=...; see medscan {command} --help)")
+    for key in keys:
+        try:
+            value = OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
+        except Exception:
+            continue
+        for item in _values(value):
+            _check_path(command, key, item)
+
+
+def _check_path(command: str, key: str, value: Any) -> None:
+    if value is None or value == "" or (isinstance(value, str) and "${" in value):
+        return
+    if not Path(str(value)).exists():
+        raise UsageError(f"medscan {command}: {key} {value} does not exist")
+
+
+def _wants_info(args: list[str]) -> bool:
+    return any(a in _INFO_FLAGS or a.startswith(("--cfg=", "--info=")) for a in args)
+
+
+def _preflight(command: str, rest: list[str]) -> None:
+    if _wants_info(rest):
+        return
+    message = missing_extra(command, rest)
+    if message:
+        raise UsageError(message)
+    if command in HYDRA_JOBS:
+        multirun = any(a in {"-m", "--multirun"} for a in rest)
+        overrides = [a for a in rest if not a.startswith("-")]
+        check_inputs(command, overrides, multirun)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Dispatch ``medscan <command> ...`` and return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -45,20 +205,35 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     command, rest = argv[0], argv[1:]
+    if command not in PLAIN_COMMANDS and command not in HYDRA_JOBS:
+        print(f"medscan: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    try:
+        _preflight(command, rest)
+        return _run(command, rest)
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # an extra's module the checks above did not list
+        if not exc.name or exc.name.split(".")[0] not in {
+                m.split(".")[0] for m in EXTRA_OF_MODULE}:
+            raise
+        print(extra_message(command, exc.name.split(".")[0]), file=sys.stderr)
+        return 2
+
+
+def _run(command: str, rest: list[str]) -> int:
     if command in PLAIN_COMMANDS:
         module = importlib.import_module(PLAIN_COMMANDS[command][0])
         return int(module.main(rest) or 0)
-    if command in HYDRA_JOBS:
-        module = importlib.import_module(f"medscan_jobs.{command}")
-        # Hydra reads sys.argv itself; give it the overrides only.
-        sys.argv = [f"medscan {command}", *rest]
-        try:
-            result = module.main()
-        except SystemExit as exc:  # hydra exits on --help / --cfg
-            return int(exc.code or 0)
-        return int(result or 0)
-    print(f"medscan: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
-    return 2
+    module = importlib.import_module(f"medscan_jobs.{command}")
+    # Hydra reads sys.argv itself; give it the overrides only.
+    sys.argv = [f"medscan {command}", *rest]
+    try:
+        result = module.main()
+    except SystemExit as exc:  # hydra exits on --help / --cfg
+        return int(exc.code or 0)
+    return int(result or 0)
 
 
 if __name__ == "__main__":
