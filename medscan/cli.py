@@ -211,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _preflight(command, rest)
         return _run(command, rest)
+    except BrokenPipeError:  # `medscan inspect ... | head`: the reader has gone, stop quietly
+        _silence_stdout()
+        return 141  # as a process killed by SIGPIPE (128 + 13)
     except UsageError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -220,6 +223,22 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(extra_message(command, exc.name.split(".")[0]), file=sys.stderr)
         return 2
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again.
+
+    Recipe of the Python documentation (``signal``, "Note on SIGPIPE").
+    """
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout replaced by an object without a descriptor
+        pass
+    finally:
+        os.close(devnull)
 
 
 def _run(command: str, rest: list[str]) -> int:

@@ -1,7 +1,11 @@
 """``medscan inspect PATH [--json]``: list the DICOM series under a folder and their QC findings.
 
-Reads headers only. Prints a table (rich) by default; ``--json`` prints
-``{"root", "series": [...], "other_series": [...], "skipped": [...]}``, each series with
+Reads headers only. On a terminal it prints a table that fits the terminal (80 columns
+included), findings, and skipped files counted by reason (``--verbose`` lists them); when stdout
+is not a terminal (a pipe, a file) or with ``--tsv`` it prints plain tab-separated rows, one per
+series, with findings and the skip summary on stderr. ``--json`` prints
+``{"root", "series": [...], "other_series": [...], "skipped": [...], "skipped_by_reason"}``,
+each series with
 ``case_id, patient_id, modality, n_slices, shape, spacing, transfer_syntax, findings`` (no
 patient name or PatientID: ids are keyed hashes, see medscan.dicom.identity).
 """
@@ -11,10 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from medscan.dicom.discover import Discovery, discover
+from medscan.dicom.headers import SkippedFile
 from medscan.dicom.series import SeriesInfo
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--free-text", action="store_true",
                    help="JSON: keep free-text DICOM fields (SeriesDescription, ...; may hold "
                         "names)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="list every skipped file with its reason (default: counts per reason)")
+    p.add_argument("--tsv", action="store_true",
+                   help="tab-separated rows on a terminal too (default when stdout is not one)")
     return p
 
 
@@ -56,53 +70,132 @@ SHORT_SYNTAX = {
 }
 
 
+#: Columns of the series table and of the TSV (same values; the JSON has the full details).
+COLUMNS = ("case", "patient", "mod", "slices", "shape z,y,x", "spacing mm", "syntax", "QC")
+
+
 def _series_row(s: SeriesInfo) -> list[str]:
     sz, sy, sx = s.spacing
-    codes = ", ".join(f"{f.code}" for f in s.findings) or "-"
+    codes = ",".join(f"{f.code}" for f in s.findings) or "-"
     return [
         s.case_id,
         s.patient_id,
         s.modality,
         str(s.n_slices),
         "x".join(str(v) for v in s.shape),
-        f"{sz:.3g} x {sy:.3g} x {sx:.3g}",
+        f"{sz:.3g}x{sy:.3g}x{sx:.3g}",
         SHORT_SYNTAX.get(s.transfer_syntax, s.transfer_syntax_name),
         codes,
     ]
 
 
-def _print_table(found: Discovery) -> None:
+def _qc_counts(s: SeriesInfo) -> str:
+    """``"1 error, 2 warning"``-style counts of a series' findings by severity, or ``"-"``."""
+    counts = Counter(f.severity for f in s.findings)
+    return ", ".join(f"{n} {sev}{'s' if n > 1 else ''}"
+                     for sev, n in sorted(counts.items())) or "-"
+
+
+def _relative(path: Path, root: Path) -> str:
+    """``path`` relative to the inspected root (the root itself when it is a file)."""
+    base = root if root.is_dir() else root.parent
+    try:
+        text = str(Path(path).relative_to(base))
+    except ValueError:
+        text = str(path)
+    return _printable(text)
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of a skip reason: its text before the first ``": "`` (details follow it)."""
+    return reason.split(": ", 1)[0]
+
+
+def group_skipped(skipped: list[SkippedFile]) -> list[tuple[str, int]]:
+    """``(reason kind, number of files)`` for the skipped files, most frequent first."""
+    counts = Counter(reason_kind(k.reason) for k in skipped)
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def _skipped_summary(skipped: list[SkippedFile]) -> str:
+    groups = "; ".join(f"{n} {kind}" for kind, n in group_skipped(skipped))
+    return f"skipped {len(skipped)} file(s): {groups}"
+
+
+def _print_table(found: Discovery, console: Console | None = None,
+                 verbose: bool = False) -> None:
+    """Series table sized to the terminal (80 columns fit), findings, skipped files by reason."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
-    table = Table(title=f"DICOM series under {found.root}")
-    for col in ("case", "patient"):
-        table.add_column(col, no_wrap=True, min_width=13)
-    for col in ("mod", "slices", "shape z,y,x", "spacing mm", "syntax", "QC"):
-        table.add_column(col)
+    console = console or Console()
+    table = Table(title=f"DICOM series under {found.root}", box=box.SIMPLE_HEAD,
+                  pad_edge=False, title_justify="left", collapse_padding=True, show_edge=False)
+    # The slice count is the shape's first number and the modality is CT unless --modality
+    # asked for more: both columns only where they add something, so 80 columns fit.
+    mixed = len({s.modality for s in found.series}) > 1
+    keep = [c for c in COLUMNS if c != "slices" and (mixed or c != "mod")]
+    for col in keep:
+        # ids, shapes and spacings never fold; syntax and QC codes wrap when space is short
+        wrap = col in {"syntax", "QC"}
+        table.add_column(col, no_wrap=not wrap, overflow="fold" if wrap else "ellipsis",
+                         ratio=1 if wrap else None)
     for s in found.series:
-        table.add_row(*_series_row(s))
+        row = dict(zip(COLUMNS, _series_row(s), strict=True))
+        row["QC"] = _qc_counts(s)  # the codes and messages follow the table
+        table.add_row(*(row[c] for c in keep))
     console.print(table)
     for s in found.series:
         for f in s.findings:
             colour = {"error": "red", "warning": "yellow"}.get(f.severity, "cyan")
-            console.print(f"[{colour}]{s.case_id} {f.severity} {f.code}[/]: {f.message}")
+            console.print(f"[{colour}]{s.case_id} {f.severity} {f.code}[/]: {f.message}",
+                          highlight=False)
     if found.other_series:
-        other = Table(title="Other series (not loaded)")
+        other = Table(title="Other series (not loaded)", box=box.SIMPLE_HEAD, pad_edge=False,
+                      title_justify="left", collapse_padding=True, show_edge=False)
         for col in ("case", "patient", "mod", "files", "QC"):
-            other.add_column(col)
+            other.add_column(col, overflow="fold")
         for s in found.other_series:
-            codes = ", ".join(f.code for f in s.findings) or "-"
+            codes = ",".join(f.code for f in s.findings) or "-"
             other.add_row(s.case_id, s.patient_id, s.modality, str(s.n_slices), codes)
         console.print(other)
     if found.skipped:
-        skipped = Table(title=f"Skipped files ({len(found.skipped)})")
-        skipped.add_column("path")
-        skipped.add_column("reason")
-        for k in found.skipped:
-            skipped.add_row(str(k.path), k.reason)
+        skipped = Table(title=f"Skipped files ({len(found.skipped)})", box=box.SIMPLE_HEAD,
+                        pad_edge=False, title_justify="left", collapse_padding=True,
+                        show_edge=False)
+        skipped.add_column("files", justify="right", no_wrap=True)
+        skipped.add_column("reason", overflow="fold")
+        for kind, n in group_skipped(found.skipped):
+            skipped.add_row(str(n), kind)
         console.print(skipped)
+        if verbose:
+            for k in found.skipped:
+                console.print(f"{_relative(k.path, found.root)}: {_printable(k.reason)}",
+                              highlight=False, markup=False)
+        else:
+            console.print("(medscan inspect --verbose lists the files)", style="dim")
+
+
+def _print_tsv(found: Discovery, verbose: bool = False) -> None:
+    """Plain tab-separated series rows on stdout (for pipes); findings and skips on stderr."""
+    out = sys.stdout
+    out.write("\t".join(c.replace(" ", "_") for c in (*COLUMNS, "loaded")) + "\n")
+    for s in found.series:
+        out.write("\t".join([*_series_row(s), "yes"]) + "\n")
+    for s in found.other_series:
+        out.write("\t".join([*_series_row(s), "no"]) + "\n")
+    out.flush()
+    for s in (*found.series, *found.other_series):
+        for f in s.findings:
+            print(f"{s.case_id} {f.severity} {f.code}: {f.message}", file=sys.stderr)
+    if found.skipped:
+        print(f"medscan inspect: {_skipped_summary(found.skipped)}"
+              + ("" if verbose else " (--verbose lists them)"), file=sys.stderr)
+        if verbose:
+            for k in found.skipped:
+                print(f"  {_relative(k.path, found.root)}: {_printable(k.reason)}",
+                      file=sys.stderr)
 
 
 def _printable(value: Any) -> Any:
@@ -160,11 +253,16 @@ def main(argv: list[str] | None = None) -> int:
         if not args.files:
             for s in data["series"] + data["other_series"]:
                 s.pop("files", None)
+        data["skipped_by_reason"] = [
+            {"reason": kind, "count": n} for kind, n in group_skipped(found.skipped)]
         # ASCII JSON (non-ASCII escaped), and no lone surrogates from undecodable file names:
         # valid UTF-8 whatever the names and the terminal's encoding.
         sys.stdout.write(json.dumps(_printable(data), indent=2, ensure_ascii=True) + "\n")
+    elif args.tsv or not sys.stdout.isatty():
+        _print_tsv(found, verbose=args.verbose)
     else:
-        _print_table(found)
+        _print_table(found, verbose=args.verbose)
+    sys.stdout.flush()  # a closed pipe (`| head`) surfaces here, inside medscan.cli's handler
     return 0
 
 
