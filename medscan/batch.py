@@ -45,6 +45,7 @@ from medscan.io import (
     write_json,
     write_text,
 )
+from medscan.io.gallery import write_gallery
 
 TMP_PREFIX = ".tmp-"
 OLD_PREFIX = ".old-"
@@ -414,7 +415,7 @@ def _fmt(value: Any) -> str:
 
 
 def rebuild_index(output: str | Path) -> Path:
-    """Rewrite ``output/index.csv`` from every case folder's manifest and metrics.
+    """Rewrite ``output/index.csv`` and its gallery ``index.html`` from the case folders.
 
     Holds an exclusive ``flock`` on ``output/.index.lock`` while reading and writing, so
     concurrent shards writing into one folder never interleave; the file is replaced
@@ -428,6 +429,7 @@ def rebuild_index(output: str | Path) -> Path:
             buf = io.StringIO()
             writer = csv.DictWriter(buf, fieldnames=list(INDEX_COLUMNS), lineterminator="\n")
             writer.writeheader()
+            rows: list[dict[str, Any]] = []
             for case in iter_case_dirs(root):
                 try:
                     manifest = read_json(case / "manifest.json")
@@ -443,7 +445,9 @@ def rebuild_index(output: str | Path) -> Path:
                 row["reason"] = manifest.get("reason", "")
                 row["seconds"] = _fmt(manifest.get("seconds"))
                 writer.writerow(row)
+                rows.append(row)
             write_text(root / INDEX, buf.getvalue())
+            write_gallery(root, rows)  # index.html: the same rows, with previews
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return root / INDEX

@@ -70,3 +70,14 @@ def shared_xray() -> Path:
 def shared_xray_224() -> Path:
     """`../shared/data/xray-224` (official train split, 224 px), or skip."""
     return _shared("xray-224")
+
+
+@pytest.fixture(autouse=True)
+def _run_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs with its own temp folder as the working directory.
+
+    Anything a test (or a tool it starts: ``sbatch`` writes ``slurm-<job>.out`` into the
+    submit folder, Hydra writes ``outputs/``) writes to a relative path lands there, never in
+    the repository.
+    """
+    monkeypatch.chdir(tmp_path)

@@ -107,8 +107,10 @@ def test_local_preset_runs_the_same_code_path(tmp_path: Path) -> None:
 
 
 @pytest.mark.slurm
-def test_cluster_accounting_works(slurm_cluster) -> None:
-    job = slurm_cluster.run("sbatch", "--parsable", "--wrap", "hostname").strip()
+def test_cluster_accounting_works(slurm_cluster, tmp_path: Path) -> None:
+    job = slurm_cluster.run(
+        "sbatch", "--parsable", f"--output={tmp_path}/slurm-%j.out", "--wrap", "hostname"
+    ).strip()
     slurm_cluster.wait_idle(60)
     if slurm_cluster.accounting:
         assert slurm_cluster.final_states(job) == {"COMPLETED"}

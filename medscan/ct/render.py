@@ -1,5 +1,9 @@
 """Headless case preview (matplotlib Agg): slices with the label overlay, 3-D mesh views.
 
+The slices show the tissue bands as a translucent fill (legend swatches are that fill as it
+looks over the band's mean HU) and the lung structures as opaque outlines in their legend
+colour (a translucent orange over dark lung would look brown).
+
 Slices are drawn in the radiological convention (patient left on the image right for the
 axial view, head up in the coronal and sagittal views) with the true aspect ratio from the
 voxel spacing. The 3-D views are orthographic projections of the LPS meshes (painter's
@@ -17,12 +21,41 @@ import numpy as np
 from medscan.ct.orient import canonical_reorientation
 from medscan.ct.tissues import TissueTable
 
+#: Display window of the slices (HU) and opacity of the tissue-band fill.
+WINDOW_HU = (-1000.0, 500.0)
+BAND_ALPHA = 0.3
 
-def _overlay_rgba(labels2d: np.ndarray, colors: np.ndarray, alpha: float) -> np.ndarray:
+
+def _band_fill_rgba(labels2d: np.ndarray, colors: np.ndarray, bands: np.ndarray) -> np.ndarray:
+    """RGBA fill of the tissue-band labels of a slice (structures and background clear)."""
     rgba = np.zeros((*labels2d.shape, 4), dtype=np.float32)
     rgba[..., :3] = colors[labels2d, :3]
-    rgba[..., 3] = np.where(labels2d > 0, alpha, 0.0)
+    rgba[..., 3] = np.where(bands[labels2d], BAND_ALPHA, 0.0)
     return rgba
+
+
+def _draw_outlines(ax: Any, labels2d: np.ndarray, colors: np.ndarray, labels: list[int],
+                   origin: str, linewidth: float = 1.2) -> None:
+    """Outline the structure labels (the lungs) of a slice in their exact legend colour.
+
+    A translucent fill takes the grey underneath: orange over dark lung shows brown, unlike
+    the legend. Opaque contour lines at the 0.5 level of each label's mask keep the legend
+    colour and leave the lung parenchyma visible inside.
+    """
+    if min(labels2d.shape) < 2:
+        return
+    for label in labels:
+        mask = labels2d == label
+        if mask.any():
+            ax.contour(mask.astype(np.float32), levels=[0.5], colors=[tuple(colors[label, :3])],
+                       linewidths=linewidth, origin=origin)
+
+
+def _seen_colour(color: np.ndarray, mean_hu: float) -> np.ndarray:
+    """A band colour as it shows in the slices: blended at BAND_ALPHA over its mean HU grey."""
+    lo, hi = WINDOW_HU
+    grey = float(np.clip((mean_hu - lo) / (hi - lo), 0.0, 1.0))
+    return BAND_ALPHA * color[:3] + (1.0 - BAND_ALPHA) * grey
 
 
 #: Orthographic 3-D views: ((horizontal LPS axis, sign), (vertical axis, sign), (depth axis,
@@ -142,6 +175,7 @@ def render_preview(
 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     colors = np.zeros((256, 3), dtype=np.float32)
@@ -153,6 +187,9 @@ def render_preview(
     canonical_affine = reo.canonical_affine(affine, hu.shape)
     hu, labels = reo.to_canonical(hu), reo.to_canonical(labels)
     sx, sy, sz = np.linalg.norm(canonical_affine[:3, :3], axis=0)
+    structure_labels = [t.label for t in tissues.structures]
+    is_band = np.zeros(256, dtype=bool)
+    is_band[[t.label for t in tissues.all if t.label not in structure_labels]] = True
     lungs = np.isin(labels, [tissues["lung_left"].label, tissues["lung_right"].label])
     if lungs.any():
         zz, yy, xx = (int(np.median(a)) for a in np.nonzero(lungs[:, ::4, ::4]))
@@ -170,22 +207,31 @@ def render_preview(
     axes = fig.subplots(2, 3)
     for ax, (name, img, lab, aspect) in zip(axes[0], views, strict=True):
         origin = "upper" if name == "axial" else "lower"
-        ax.imshow(img, cmap="gray", vmin=-1000, vmax=500, aspect=aspect, origin=origin,
+        ax.imshow(img, cmap="gray", vmin=WINDOW_HU[0], vmax=WINDOW_HU[1], aspect=aspect,
+                  origin=origin, interpolation="nearest")
+        ax.imshow(_band_fill_rgba(lab, colors, is_band), aspect=aspect, origin=origin,
                   interpolation="nearest")
-        ax.imshow(_overlay_rgba(lab, colors, 0.3), aspect=aspect, origin=origin,
-                  interpolation="nearest")
+        _draw_outlines(ax, lab, colors, structure_labels, origin)
         ax.set_title(name, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
     mesh_list = [(m, tissues[name].color) for name, m in meshes.items() if m is not None]
     for ax, view in zip(axes[1], ("front", "top", "side"), strict=True):
         _shaded_projection(ax, mesh_list, view)
-    seen = set(np.unique(labels[::2, ::4, ::4]).tolist())
+    sample_lab, sample_hu = labels[::2, ::4, ::4], hu[::2, ::4, ::4]
+    seen = set(np.unique(sample_lab).tolist())
     present = [t for t in tissues.all if t.label in seen]
-    fig.legend(
-        handles=[Patch(color=colors[t.label], label=f"{t.label} {t.name}") for t in present],
-        loc="lower center", ncol=max(len(present), 1), fontsize=8, frameon=False,
-    )
+    # legend swatches as the slices show them: bands as their fill over their own mean HU,
+    # structures as lines in the outline colour
+    handles = [
+        Line2D([], [], color=colors[t.label], linewidth=2.0, label=f"{t.label} {t.name}")
+        if t.label in structure_labels else
+        Patch(color=_seen_colour(colors[t.label], float(sample_hu[sample_lab == t.label].mean())),
+              label=f"{t.label} {t.name}")
+        for t in present
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=max(len(present), 1), fontsize=8,
+               frameon=False)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0.04, 1, 0.96))
     path = Path(path)
