@@ -5,7 +5,13 @@
 #   bash scripts/run.sh test   # everything (all extras, system tools); runs the whole test suite
 #
 # System packages come from apt (root, or sudo), Python packages from PyPI into ./.venv.
-# torch/torchvision are pinned in ci/constraints.txt to the build these machines carry.
+# Sizes and times (README.md): demo ~0.6 GB venv, about a minute with a warm pip cache; test
+# several GB (torch), 15+ minutes.
+#
+# torch/torchvision: a torch already in .venv that satisfies pyproject.toml (torch>=2.2,
+# torchvision>=0.17) is kept, e.g. a CPU-only build installed first from the PyTorch index
+# (README.md); only without one are the versions pinned in ci/constraints.txt installed.
+# MEDSCAN_TORCH=pinned forces the pinned build.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mode="${1:-test}"
@@ -17,6 +23,7 @@ TEST_APT=(
   dcm2niix pigz                                   # reference DICOM->NIfTI conversion in tests
   dcmtk                                           # JPEG / JPEG-LS encoders of the DICOM corpus test
   xvfb libxcb-icccm4 libxcb-keysyms1              # napari under a virtual X display
+  chromium                                        # headless browser: the batch index.html gallery
   slurm-wlm munge slurmdbd mariadb-server         # a real one-node Slurm cluster with accounting
   podman buildah runc debootstrap                 # container build and run, no registry needed
 )
@@ -39,19 +46,53 @@ venv() {
   .venv/bin/python -m pip install -q --upgrade pip
 }
 
+# True when .venv has a torch/torchvision the code accepts (the minimums in pyproject.toml).
+torch_ok() {
+  .venv/bin/python - <<'PY' 2>/dev/null
+import re
+import sys
+from importlib.metadata import version
+
+
+def release(v):  # "2.14.1+cpu" -> (2, 14)
+    return tuple(int(x) for x in re.findall(r"\d+", v.split("+")[0])[:2])
+
+
+need = {"torch": (2, 2), "torchvision": (0, 17)}
+try:
+    ok = all(release(version(name)) >= minimum for name, minimum in need.items())
+except Exception:
+    ok = False
+sys.exit(0 if ok else 1)
+PY
+}
+
 case "$mode" in
   demo)
     command -v apt-get >/dev/null && apt_install "${DEMO_APT[@]}"
     venv
     .venv/bin/pip install -q -e '.[ct]'
     .venv/bin/medscan segment output=outputs/demo
-    echo "[medscan] results in outputs/demo (to look at them in napari: .venv/bin/pip install -e '.[viewer]' && .venv/bin/medscan view outputs/demo)"
+    echo "[medscan] results in outputs/demo; all cases: outputs/demo/index.html"
+    for preview in outputs/demo/*/preview.png; do
+      [ -f "$preview" ] && echo "[medscan] preview: $preview"
+    done
+    echo "[medscan] next: source .venv/bin/activate (or call .venv/bin/medscan), then medscan --help;"
+    echo "[medscan] napari: .venv/bin/pip install -e '.[viewer]' && .venv/bin/medscan view outputs/demo"
     ;;
   test)
     command -v apt-get >/dev/null && apt_install "${TEST_APT[@]}"
     venv
-    .venv/bin/pip install -q -c ci/constraints.txt torch torchvision
-    .venv/bin/pip install -q -c ci/constraints.txt -e '.[dev]'
+    constraints=ci/constraints.txt
+    if [ "${MEDSCAN_TORCH:-keep}" != pinned ] && torch_ok; then
+      echo "[medscan] keeping the installed torch $(.venv/bin/python -c 'import torch; print(torch.__version__)')"
+      constraints="$(mktemp)"
+      trap 'rm -f "$constraints"' EXIT
+      grep -v -E '^(torch|torchvision)([=<>!~ ]|$)' ci/constraints.txt > "$constraints" || true
+    else
+      .venv/bin/pip install -q -c ci/constraints.txt torch torchvision
+    fi
+    .venv/bin/pip install -q -c "$constraints" -e '.[dev]'
     .venv/bin/ruff check .
     .venv/bin/python -m pytest "${@:2}"   # gpu-marked tests skip with the reason where there is no GPU
     ;;
