@@ -35,7 +35,7 @@ def _band_fill_rgba(labels2d: np.ndarray, colors: np.ndarray, bands: np.ndarray)
 
 
 def _draw_outlines(ax: Any, labels2d: np.ndarray, colors: np.ndarray, labels: list[int],
-                   origin: str, linewidth: float = 1.2) -> None:
+                   linewidth: float = 1.2) -> None:
     """Outline the structure labels (the lungs) of a slice in their exact legend colour.
 
     A translucent fill takes the grey underneath: orange over dark lung shows brown, unlike
@@ -47,8 +47,11 @@ def _draw_outlines(ax: Any, labels2d: np.ndarray, colors: np.ndarray, labels: li
     for label in labels:
         mask = labels2d == label
         if mask.any():
+            # contour's default grid is imshow's pixel centres (x = column, y = row) whatever
+            # imshow's origin (which only sets the y axis direction): no origin here, or
+            # origin="upper" would flip the outline against the image
             ax.contour(mask.astype(np.float32), levels=[0.5], colors=[tuple(colors[label, :3])],
-                       linewidths=linewidth, origin=origin)
+                       linewidths=linewidth)
 
 
 def _seen_colour(color: np.ndarray, mean_hu: float) -> np.ndarray:
@@ -211,7 +214,7 @@ def render_preview(
                   origin=origin, interpolation="nearest")
         ax.imshow(_band_fill_rgba(lab, colors, is_band), aspect=aspect, origin=origin,
                   interpolation="nearest")
-        _draw_outlines(ax, lab, colors, structure_labels, origin)
+        _draw_outlines(ax, lab, colors, structure_labels)
         ax.set_title(name, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
