@@ -44,7 +44,7 @@ h1 { font-size: 1.3rem; margin: 0 0 .3rem 0; }
           font-size: .8rem; font-family: sans-serif; margin-left: .3rem; }
 .status.ok { background: #27ae60; } .status.failed { background: #c0392b; }
 .status.other { background: #7f8c8d; }
-.case img { width: 100%; height: auto; display: block; background: #000; }
+.case img { width: 100%; height: auto; display: block; }
 .nopreview { padding: 2rem 0; text-align: center; color: #888; background: #eee; }
 .reason { color: #c0392b; font-size: .85rem; margin: .3rem 0; overflow-wrap: anywhere; }
 table.metrics { font-size: .85rem; border-collapse: collapse; margin: .3rem 0; }
