@@ -7,7 +7,9 @@ with one flipped Huffman-table byte). :func:`run_contained` therefore runs the d
 a separate worker process:
 
 * the worker writes the decoded slices into a shared memory-mapped buffer, so nothing large is
-  pickled (the copy-free hand-over keeps the overhead small; see ``docs/reliability.md``);
+  pickled (the copy-free hand-over keeps the overhead small; see ``docs/reliability.md``); the
+  buffer's file (in /dev/shm when it fits) is unlinked as soon as both processes have mapped it,
+  so a killed batch leaves nothing behind;
 * the worker marks each slice as started / done in a small shared state array, so when it dies the
   slices that were being decoded are named;
 * a worker killed by a signal raises :class:`DecoderCrashed`, one that runs past its time limit is
@@ -162,6 +164,7 @@ def serve(request_fd: int, reply_fd: int) -> None:
             func = getattr(importlib.import_module(module), name)
             out = np.memmap(buffer_path, dtype=dtype, mode="r+", shape=shape)
             state = np.memmap(state_path, dtype=np.int8, mode="r+", shape=(shape[0],))
+            replies.send(("mapped", None))  # the parent may unlink the files now
             reply: tuple[str, Any] = ("ok", func(out, state, *args))
             del out, state
         except Exception as exc:  # sent back and re-raised in the parent
@@ -245,10 +248,18 @@ def run_contained(
         worker = _take_worker()
         request = (func.__module__, func.__qualname__, path, dtype.str, tuple(shape), state_path,
                    args)
+        deadline = time.monotonic() + timeout_s
         try:
             worker.send.send(request)
-            ready = _wait(worker.recv, timeout_s, state_buf, len(files), on_progress)
-            message = worker.recv.recv() if ready else None
+            message = None
+            ready = worker.recv.poll(timeout_s)
+            if ready:
+                message = worker.recv.recv()
+                if message[0] == "mapped":  # both sides hold the mappings: no file can be left
+                    _unlink(path, state_path)  # behind, even if this process is killed later
+                    left = max(0.0, deadline - time.monotonic())
+                    ready = _wait(worker.recv, left, state_buf, len(files), on_progress)
+                    message = worker.recv.recv() if ready else None
         except (EOFError, BrokenPipeError, ConnectionResetError):  # the worker died
             ready, message = True, None
         except BaseException:  # e.g. KeyboardInterrupt: the worker's state is unknown
@@ -276,9 +287,14 @@ def run_contained(
     finally:
         if worker is not None:
             worker.kill()
-        for f, p in ((fd, path), (state_fd, state_path)):
-            os.close(f)
-            Path(p).unlink(missing_ok=True)
+        os.close(fd)
+        os.close(state_fd)
+        _unlink(path, state_path)
+
+
+def _unlink(*paths: str) -> None:
+    for p in paths:
+        Path(p).unlink(missing_ok=True)
 
 
 def _wait(
