@@ -8,6 +8,7 @@ the package list, the preview's colours); slow ones replay the whole first hour 
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -432,6 +433,12 @@ def test_gallery_in_headless_chromium(sample_ct, tmp_path):
     assert dom.cases[0] == next(c for c, s in index if s == "failed")  # failed first
     for case_id, status in index:
         assert case_id in r.stdout and status in r.stdout
+    with open(out / "index.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:  # lungs cut off by the scan range are flagged on the card
+        card = r.stdout.split(f'id="{row["case_id"]}"', 1)[1].split("</section>", 1)[0]
+        if row.get("lung_complete") in ("True", "False"):
+            assert ("cut off" in card) == (row["lung_complete"] == "False"), card
     from urllib.parse import unquote
 
     for ref in dom.refs:

@@ -27,6 +27,7 @@ CARD_METRICS = (
     ("lung_volume_ml", "lungs", "ml"),
     ("lung_left_ml", "left", "ml"),
     ("lung_right_ml", "right", "ml"),
+    ("lung_complete", "lungs in scan", ""),
     ("mean_lung_hu", "mean lung", "HU"),
     ("laa950_percent", "LAA-950", "%"),
     ("seconds", "time", "s"),
@@ -50,11 +51,20 @@ h1 { font-size: 1.3rem; margin: 0 0 .3rem 0; }
 table.metrics { font-size: .85rem; border-collapse: collapse; margin: .3rem 0; }
 table.metrics td { padding: 0 .6rem 0 0; }
 .links a { margin-right: .6rem; font-size: .85rem; }
+.warn { color: #c0392b; font-weight: bold; }
 """
 
 
 def _status_class(status: str) -> str:
     return status if status in {"ok", "failed"} else "other"
+
+
+def _value(key: str, value: str) -> str:
+    """A metric cell's HTML; lungs cut off by the scan range are flagged (measure.py coverage)."""
+    if key == "lung_complete":
+        complete = value.strip().lower() in {"true", "1", "yes"}
+        return "complete" if complete else '<span class="warn">cut off (see qc.json)</span>'
+    return html.escape(value)
 
 
 def _card(root: Path, row: Mapping[str, str]) -> str:
@@ -73,7 +83,7 @@ def _card(root: Path, row: Mapping[str, str]) -> str:
         parts.append('<div class="nopreview">no preview</div>')
     if row.get("reason"):
         parts.append(f'<p class="reason">{esc(str(row["reason"]))}</p>')
-    cells = [f"<tr><td>{esc(label)}</td><td>{esc(str(row[key]))} {esc(unit)}</td></tr>"
+    cells = [f"<tr><td>{esc(label)}</td><td>{_value(key, str(row[key]))} {esc(unit)}</td></tr>"
              for key, label, unit in CARD_METRICS if row.get(key) not in (None, "")]
     if cells:
         parts.append('<table class="metrics">' + "".join(cells) + "</table>")
