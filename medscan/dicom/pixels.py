@@ -34,7 +34,7 @@ from pydicom.encaps import generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medscan.dicom.contain import DONE, STARTED, ContainedError, run_contained
-from medscan.dicom.headers import SliceHeader, printable_path
+from medscan.dicom.headers import SliceHeader
 from medscan.dicom.resample import regularize_stack
 from medscan.dicom.series import SeriesInfo
 from medscan.dicom.validate import affine_problem
@@ -463,7 +463,7 @@ def _decode_all(
                     on_progress=(lambda done: bar.update(task, completed=done)) if bar else None,
                 )
             except ContainedError as exc:
-                named = ", ".join(printable_path(p) for p in exc.files[:10]) or "an unknown slice"
+                named = ", ".join(str(p) for p in exc.files[:10]) or "an unknown slice"
                 raise SeriesError(
                     f"series {series.case_id}: {exc} while decoding {named}; the series is "
                     "not loaded"
@@ -476,7 +476,7 @@ def _decode_all(
         if bar is not None:
             bar.stop()
     if errors:
-        listing = "; ".join(f"{printable_path(p)}: {why}" for p, why in errors[:10])
+        listing = "; ".join(f"{p}: {why}" for p, why in errors[:10])
         more = f" (+{len(errors) - 10} more)" if len(errors) > 10 else ""
         raise SeriesError(
             f"series {series.case_id}: {len(errors)} of {len(slices)} slice(s) failed to "
@@ -550,7 +550,7 @@ def load(
         reasons = "; ".join(f"{f.code}: {f.message}" for f in blocking) or "no slice geometry"
         raise SeriesError(
             f"series {series.case_id} ({series.n_slices} files, first "
-            f"{printable_path(series.files[0]) if series.files else '-'}) cannot be loaded: "
+            f"{series.files[0] if series.files else '-'}) cannot be loaded: "
             f"{reasons}"
         )
     slices = series.slices

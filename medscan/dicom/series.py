@@ -222,7 +222,7 @@ def _partition_findings(part: list[SliceHeader], parts: list[list[SliceHeader]])
              f"the others: {desc}") if stray else (
                 f"files with this SeriesInstanceUID but another modality, no pixel data or a "
                 f"non-volume image type are reported separately: {desc}"),
-            [printable_path(h.path) for g in (others if not stray else [part]) for h in g],
+            [str(h.path) for g in (others if not stray else [part]) for h in g],
             {"other_parts": [{"modality": g[0].modality, "has_pixels": g[0].has_pixels,
                               "kind": non_volume_reason(g[0]) or "volume", "n_files": len(g)}
                              for g in others]},
@@ -329,7 +329,7 @@ def group_series(
         by_uid[h.series_uid].append(h)
     out: list[SeriesInfo] = []
     for uid, members in by_uid.items():
-        members.sort(key=lambda h: printable_path(h.path))
+        members.sort(key=lambda h: str(h.path))
         unique, dup_findings = _dedupe_instances(members)
         parts = _partitions(unique)
         for p_index, part in enumerate(parts):
@@ -344,7 +344,7 @@ def group_series(
                 for acq_value, acq_group in acquisitions:
                     acq_uid = part_uid if acq_key is None else f"{part_uid}|acq={acq_value}"
                     info = build_series(acq_group, acq_uid, split, salt)
-                    mine = {printable_path(h.path) for h in acq_group}
+                    mine = {str(h.path) for h in acq_group}
                     info.findings[:0] = [f for f in dup_findings if set(f.files) & mine]
                     info.findings[:0] = part_findings
                     if acq_key is not None:
@@ -366,7 +366,7 @@ def _acquisition_finding(
         f"one SeriesInstanceUID holds {len(values)} acquisitions ({key} "
         f"{', '.join(str(v) for v in values)}) whose slice positions repeat or interleave; "
         f"split into {len(values)} volumes, this is {key} {value} ({len(group)} files)",
-        [printable_path(h.path) for h in group],
+        [str(h.path) for h in group],
         {"key": key, "value": None if value is None else str(value),
          "values": [None if v is None else str(v) for v in values]},
     )
@@ -383,7 +383,7 @@ def _geometry_finding(
         f"(orientation, rows/columns or pixel spacing): {shapes}; split into "
         f"{len(ordered)} volumes, this is part {split} "
         f"({group[0].rows}x{group[0].columns} px, {len(group)} files)",
-        [printable_path(h.path) for h in group],
+        [str(h.path) for h in group],
         {
             "n_parts": len(ordered),
             "part": split,
@@ -409,7 +409,7 @@ def _dedupe_instances(
         n = sum(len(v) for v in copies.values())
         files = []
         for uid, extra in copies.items():
-            files += [printable_path(seen[uid].path)] + [printable_path(h.path) for h in extra]
+            files += [str(seen[uid].path)] + [str(h.path) for h in extra]
         findings.append(
             Finding(
                 "duplicate_instance",
@@ -430,7 +430,7 @@ def _layout_refusal(group: list[SliceHeader]) -> Finding | None:
     ``non_volume``; enhanced multi-frame objects and colour images are ``unsupported_layout``.
     """
     first = group[0]
-    files = [printable_path(h.path) for h in group]
+    files = [str(h.path) for h in group]
     reason = non_volume_reason(first)
     if reason:
         return Finding("non_volume", "info", f"{reason}: not a volume, reported and not loaded",
@@ -491,7 +491,7 @@ def build_series(
                 "mixed_patients",
                 "error",
                 f"one series holds files of {len(patients)} different patients",
-                [printable_path(h.path) for h in group],
+                [str(h.path) for h in group],
                 {"patient_ids": patients},
             )
         )
@@ -531,14 +531,14 @@ def build_series(
         if why:
             findings.append(Finding(
                 "unsupported_transfer_syntax", "error", why,
-                [printable_path(h.path) for h in group if h.transfer_syntax == ts], {"uid": ts}))
+                [str(h.path) for h in group if h.transfer_syntax == ts], {"uid": ts}))
     if ps is None:
         findings.append(
             Finding("no_pixel_spacing", "warning", "no PixelSpacing; 1 mm assumed", [])
         )
     if first.orientation is None or any(h.position is None for h in group):
         # No geometry: order by InstanceNumber, then path; no affine.
-        group = sorted(group, key=lambda h: (h.instance_number or 0, printable_path(h.path)))
+        group = sorted(group, key=lambda h: (h.instance_number or 0, str(h.path)))
         info.files = [h.path for h in group]
         info.slices = group
         info.shape = (len(group), first.rows, first.columns)
@@ -547,8 +547,8 @@ def build_series(
                 "no_geometry",
                 "error",
                 "files lack ImagePositionPatient/ImageOrientationPatient: cannot place slices",
-                [printable_path(h.path) for h in group if h.position is None]
-                or [printable_path(first.path)],
+                [str(h.path) for h in group if h.position is None]
+                or [str(first.path)],
             )
         )
         return info
@@ -577,10 +577,10 @@ def build_series(
                 "warning",
                 f"{len(dropped)} slice(s) share a position with another instance "
                 "(different SOPInstanceUID); the first of each is kept, the others dropped",
-                sorted({printable_path(p) for a, b in dropped for p in (a.path, b.path)}),
+                sorted({str(p) for a, b in dropped for p in (a.path, b.path)}),
                 {
                     "positions_mm": [float(a.position @ normal) for a, _ in dropped],
-                    "dropped": [printable_path(b.path) for _, b in dropped],
+                    "dropped": [str(b.path) for _, b in dropped],
                 },
             )
         )
@@ -647,7 +647,7 @@ def _spacing_findings(
                     "estimated_missing": int(missing),
                 }
             )
-            files += [printable_path(group[g].path), printable_path(group[g + 1].path)]
+            files += [str(group[g].path), str(group[g + 1].path)]
         text = "; ".join(
             f"{d['step_mm']:g} mm between {d['from_mm']:g} and {d['to_mm']:g} mm "
             f"(about {d['estimated_missing']} missing)"
