@@ -132,7 +132,13 @@ def hash_series(files: Iterable[str | Path]) -> tuple[list[dict[str, Any]], str]
     OSError
         When a file cannot be read.
     """
-    inputs = [{"slice": i, "sha256": sha256_file(f)} for i, f in enumerate(files)]
+    digests: dict[bytes, str] = {}  # frames of one multi-frame file: hash the file once
+    inputs = []
+    for i, f in enumerate(files):
+        key = os.fsencode(f)
+        if key not in digests:
+            digests[key] = sha256_file(f)
+        inputs.append({"slice": i, "sha256": digests[key]})
     h = hashlib.sha256()
     for item in inputs:
         h.update(f"{item['slice']}\0{item['sha256']}\n".encode())

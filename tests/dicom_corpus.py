@@ -3,7 +3,8 @@
 Two parts:
 
 * pydicom's bundled test files (exact names from ``pydicom.data``) that hold CT/MR-like images
-  (one sample per pixel, MONOCHROME);
+  (one sample per pixel, MONOCHROME), and those of the ``pydicom-data`` package when installed
+  (never downloaded);
 * re-encodings of a real shared series (``lungdx-a0002-b40f``, two slices, centre 256 x 256) in
   four stored forms -- unsigned 12 bits (the original), signed 12, unsigned 16, signed 16 bits
   stored, all with the same HU -- into every transfer syntax an installed encoder writes:
@@ -63,6 +64,26 @@ PYDICOM_FILES = [
     "JPEGLSNearLossless_16.dcm",
     "examples_overlay.dcm",
     "image_dfl.dcm",
+]
+#: The same from the ``pydicom-data`` package (dev extra), used when it is installed.
+PYDICOM_DATA_FILES = [
+    "693_UNCI.dcm",
+    "693_UNCR.dcm",
+    "693_J2KR.dcm",
+    "MR2_UNCI.dcm",
+    "MR2_UNCR.dcm",
+    "MR2_J2KR.dcm",
+    "MR2_J2KI.dcm",
+    "MR-SIEMENS-DICOM-WithOverlays.dcm",
+    "JPEG-LL.dcm",
+    "JPEG2000_UNC.dcm",
+    "eCT_Supplemental.dcm",
+    "emri_small.dcm",
+    "emri_small_RLE.dcm",
+    "emri_small_big_endian.dcm",
+    "emri_small_jpeg_2k_lossless.dcm",
+    "emri_small_jpeg_2k_lossless_too_short.dcm",
+    "emri_small_jpeg_ls_lossless.dcm",
 ]
 #: Modalities loaded as image series in the corpus (the bundled files are CT, MR, NM, OT).
 MODALITIES = ("CT", "MR", "NM", "OT")
@@ -125,8 +146,8 @@ class Outcome:
 # -- references -----------------------------------------------------------------------------
 
 
-def gdcm_values(path: Path) -> np.ndarray | None:
-    """Rescaled values of one file as GDCM reads them (via SimpleITK), or None if it cannot."""
+def gdcm_values(path: Path, frame: int = 0) -> np.ndarray | None:
+    """Rescaled values of one frame as GDCM reads them (via SimpleITK), or None if it cannot."""
     import SimpleITK as sitk
 
     try:
@@ -134,20 +155,34 @@ def gdcm_values(path: Path) -> np.ndarray | None:
     except RuntimeError:
         return None
     arr = sitk.GetArrayFromImage(img)
-    return arr.reshape(-1, *arr.shape[-2:])[0]
+    return arr.reshape(-1, *arr.shape[-2:])[frame]
 
 
-def pydicom_values(path: Path) -> np.ndarray:
-    """Rescaled values of one file from pydicom's ``pixel_array`` (first frame)."""
+def pydicom_values(path: Path, frame: int = 0) -> np.ndarray:
+    """Rescaled values of one frame from pydicom's ``pixel_array``.
+
+    The rescale is the top-level one, else the frame's functional group (Enhanced CT/MR).
+    """
     ds = pydicom.dcmread(path)
     arr = ds.pixel_array
-    arr = arr.reshape(-1, *arr.shape[-2:])[0].astype(np.float64)
-    return arr * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
+    arr = arr.reshape(-1, *arr.shape[-2:])[frame].astype(np.float64)
+    slope, intercept = _rescale(path, frame)
+    return arr * slope + intercept
 
 
-def _rescale(path: Path) -> tuple[float, float]:
+def _rescale(path: Path, frame: int = 0) -> tuple[float, float]:
     ds = pydicom.dcmread(path, stop_before_pixels=True)
-    return (float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0))
+    source = ds
+    if "RescaleSlope" not in ds:
+        for groups in (ds.get("PerFrameFunctionalGroupsSequence"),
+                       ds.get("SharedFunctionalGroupsSequence")):
+            item = groups[frame if len(groups) > frame else 0] if groups else None
+            seq = item.get("PixelValueTransformationSequence") if item is not None else None
+            if seq:
+                source = seq[0]
+                break
+    return (float(source.get("RescaleSlope", 1) or 1),
+            float(source.get("RescaleIntercept", 0) or 0))
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
@@ -155,22 +190,22 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.allclose(a, b, rtol=1e-6, atol=1e-3))
 
 
-def compare(values: np.ndarray, path: Path, syntax_uid: str, keep: np.ndarray | None = None
-            ) -> str:
+def compare(values: np.ndarray, path: Path, syntax_uid: str, keep: np.ndarray | None = None,
+            frame: int = 0) -> str:
     """Compare rescaled values of one file with GDCM (lossless) or pydicom (lossy / no GDCM).
 
     Lossy decoders (JPEG DCT, JPEG-LS near-lossless, irreversible JPEG 2000) may round
     differently (ISO 10918-2 allows it): there medscan must equal pydicom exactly and stay
     within one stored unit of GDCM.
     """
-    slope, _ = _rescale(path)
+    slope, _ = _rescale(path, frame)
     keep = np.ones(values.shape, bool) if keep is None else keep
-    gdcm = gdcm_values(path)
+    gdcm = gdcm_values(path, frame)
     if gdcm is not None and gdcm.shape != values.shape:
         return f"WRONG: shape {values.shape}, GDCM {gdcm.shape}"
     if gdcm is not None and _same(values[keep], gdcm[keep]):
         return "equal"
-    ref = pydicom_values(path)
+    ref = pydicom_values(path, frame)
     if ref.shape != values.shape or not _same(values[keep], ref[keep]):
         worst = np.abs(values[keep] - (gdcm if gdcm is not None else ref)[keep]).max()
         return f"WRONG: differs from {'GDCM' if gdcm is not None else 'pydicom'} by {worst:g}"
@@ -207,16 +242,17 @@ def medscan_outcome(folder: Path, name: str, syntax: str, form: str) -> Outcome:
     results = []
     for k, f in enumerate(vol.files):
         path = Path(f)
-        ref = gdcm_values(path)
-        ref = pydicom_values(path) if ref is None else ref
-        slope, intercept = _rescale(path)
+        frame = series.slices[k].frame or 0
+        ref = gdcm_values(path, frame)
+        ref = pydicom_values(path, frame) if ref is None else ref
+        slope, intercept = _rescale(path, frame)
         pad = pydicom.dcmread(path, stop_before_pixels=True).get("PixelPaddingValue", None)
         keep = ref > PADDING_HU
         if pad is not None:
             keep &= ref != float(pad) * slope + intercept
         if hu[k].shape == ref.shape and not np.all(hu[k][~keep] == AIR_HU):
             return Outcome(name, syntax, form, "WRONG: padding not set to AIR_HU")
-        results.append(compare(hu[k], path, series.transfer_syntax, keep))
+        results.append(compare(hu[k], path, series.transfer_syntax, keep, frame))
     bad = [r for r in results if r.startswith("WRONG")]
     return Outcome(name, syntax, form, bad[0] if bad else max(results, key=len))
 
@@ -241,8 +277,11 @@ def pixel_outcome(path: Path) -> str:
 def pydicom_corpus(work: Path) -> list[Outcome]:
     """Each bundled CT/MR-like file alone in a folder, loaded and compared."""
     out = []
-    for name in PYDICOM_FILES:
-        src = Path(get_testdata_file(name))
+    names = list(PYDICOM_FILES)
+    if get_testdata_file(PYDICOM_DATA_FILES[0], download=False) is not None:
+        names += PYDICOM_DATA_FILES  # pydicom-data is installed (never downloaded here)
+    for name in names:
+        src = Path(get_testdata_file(name, download=False))
         ds = pydicom.dcmread(src, stop_before_pixels=True, force=True)
         syntax = UID(str(ds.file_meta.TransferSyntaxUID)).name
         form = (f"{'signed' if ds.get('PixelRepresentation', 0) else 'unsigned'} "

@@ -194,8 +194,13 @@ def unsupported_syntax(src: Path, dst: Path, n: int = 3, uid: str = "1.2.840.100
         _save(ds, dst / f.name)
 
 
-def enhanced_ct(src: Path, dst: Path, n: int = 4) -> Path:
+def enhanced_ct(
+    src: Path, dst: Path, n: int = 4, syntax: str | None = None, positions: bool = True
+) -> Path:
     """An Enhanced CT object: ``n`` slices as frames of one file, geometry in functional groups.
+
+    ``syntax`` compresses the frames with pydicom's encoder (e.g. RLE Lossless); ``positions``
+    False leaves the PlanePositionSequence out (frames that cannot be placed).
 
     Per-frame: PlanePositionSequence, FrameContentSequence; shared: PlaneOrientationSequence,
     PixelMeasuresSequence, PixelValueTransformationSequence. The top-level
@@ -234,7 +239,8 @@ def enhanced_ct(src: Path, dst: Path, n: int = 4) -> Path:
         pos.ImagePositionPatient = fr.ImagePositionPatient
         content = Dataset()
         content.InStackPositionNumber = k + 1
-        item.PlanePositionSequence = Sequence([pos])
+        if positions:
+            item.PlanePositionSequence = Sequence([pos])
         item.FrameContentSequence = Sequence([content])
         per_frame.append(item)
     ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
@@ -244,6 +250,8 @@ def enhanced_ct(src: Path, dst: Path, n: int = 4) -> Path:
             delattr(ds, keyword)
     ds.PixelData = b"".join(fr.PixelData for fr in frames)
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    if syntax is not None:
+        ds.compress(syntax)
     return _save(ds, dst / "enhanced.dcm")
 
 

@@ -245,13 +245,35 @@ def test_latin1_file_name_everywhere(b40f: Path, tmp_path: Path) -> None:
 # Also: enhanced multi-frame, one-slice series, block_mean -----------------------------------
 
 
-def test_enhanced_ct_is_refused_with_one_true_reason(b40f: Path, tmp_path: Path) -> None:
-    gen.enhanced_ct(b40f, tmp_path)
+@pytest.mark.parametrize("syntax", [None, "1.2.840.10008.1.2.5"], ids=["native", "rle"])
+def test_enhanced_ct_loads_from_functional_groups(
+    b40f: Path, tmp_path: Path, syntax: str | None
+) -> None:
+    """The frames of an Enhanced CT file are placed by their functional groups: same HU (GDCM
+    on the single-frame originals) and the same affine as the single-frame series."""
+    gen.enhanced_ct(b40f, tmp_path / "enh", n=6, syntax=syntax)
+    found = discover(tmp_path / "enh")
+    assert [s.n_slices for s in found.series] == [6]
+    series = found.series[0]
+    assert not [f for f in series.findings if f.severity != "info"], series.findings
+    vol = load(series)
+    originals = gen.copy_plain(b40f, tmp_path / "plain", 6)
+    plain = load(discover(tmp_path / "plain").series[0])
+    np.testing.assert_allclose(vol.affine, plain.affine, atol=1e-6)
+    expected = gdcm_hu(originals_in_volume_order(plain, b40f))
+    np.testing.assert_array_equal(hu_of(vol), expected)
+    assert {Path(f).name for f in originals} == {Path(f).name for f in plain.files}
+
+
+def test_enhanced_ct_without_positions_is_refused_with_one_true_reason(
+    b40f: Path, tmp_path: Path
+) -> None:
+    gen.enhanced_ct(b40f, tmp_path, positions=False)
     found = discover(tmp_path)
     assert len(found.series) == 1
     codes = [f.code for f in found.series[0].findings]
     assert codes == ["unsupported_layout"]  # no false no_geometry / no_pixel_spacing
-    with pytest.raises(SeriesError, match="Enhanced CT Image Storage"):
+    with pytest.raises(SeriesError, match=r"Enhanced CT Image Storage .*frame 1 has no"):
         load(found.series[0])
 
 

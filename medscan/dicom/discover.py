@@ -141,7 +141,11 @@ def discover(
     wanted = {m.upper() for m in modalities}
     paths = list(iter_files(root))
     results = _read_all(paths, salt, workers, progress)
-    headers = [r for r in results if isinstance(r, SliceHeader)]
+    headers: list[SliceHeader] = []
+    for r in results:
+        if isinstance(r, SliceHeader):
+            # an enhanced multi-frame file counts as its frames (each placed by its groups)
+            headers.extend(r.frame_headers or [r])
     found = Discovery(root=root, skipped=[r for r in results if isinstance(r, SkippedFile)])
     for info in group_series(headers, salt):
         # Decided per part (group_series splits a SeriesInstanceUID by per-file modality,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,12 @@ class SliceHeader:
     acquisition_number: int | None = None
     acquisition_time: str | None = None
     temporal_position: int | None = None
+    #: Frame index (0-based) of a multi-frame file that this record stands for, else None.
+    frame: int | None = None
+    #: A multi-frame file's per-frame records (see :func:`expand_frames`); empty otherwise.
+    frame_headers: list[SliceHeader] = field(default_factory=list, repr=False)
+    #: Why a multi-frame file's frames could not be placed (None when they could).
+    frame_problem: str | None = None
 
 
 def _float(ds: pydicom.Dataset, keyword: str, default: float | None = None) -> float | None:
@@ -413,7 +419,7 @@ def _read_header(path: Path, salt: str | None) -> SliceHeader | SkippedFile:
         )
         if ds.get(key, None) not in (None, "")
     }
-    return SliceHeader(
+    header = SliceHeader(
         path=path,
         sop_uid=str(ds.get("SOPInstanceUID", "")) or f"file:{path.resolve()}",
         series_uid=str(ds.get("SeriesInstanceUID", "")) or f"nouid:{path.parent.resolve()}",
@@ -447,3 +453,91 @@ def _read_header(path: Path, salt: str | None) -> SliceHeader | SkippedFile:
         acquisition_time=(str(ds.get("AcquisitionTime", "") or "").strip() or None),
         temporal_position=_int(ds, "TemporalPositionIdentifier"),
     )
+    if header.frames > 1 and header.has_pixels:
+        header.frame_headers, header.frame_problem = expand_frames(ds, header)
+    return header
+
+
+def _functional_group(item: Any, shared: Any, keyword: str) -> Any:
+    """First item of a functional group macro: per frame, else shared (PS3.3 C.7.6.16)."""
+    for source in (item, shared):
+        seq = source.get(keyword, None) if source is not None else None
+        if seq:
+            return seq[0]
+    return None
+
+
+def expand_frames(ds: pydicom.Dataset, header: SliceHeader) -> tuple[list[SliceHeader], str | None]:
+    """One record per frame of an enhanced multi-frame image, from its functional groups.
+
+    Position (PlanePositionSequence), orientation (PlaneOrientationSequence), pixel spacing and
+    thickness (PixelMeasuresSequence), rescale (PixelValueTransformationSequence) and acquisition
+    identity (FrameContentSequence: FrameAcquisitionNumber, TemporalPositionIndex) are taken per
+    frame, else from the shared groups (PS3.3 C.7.6.16). Each record is then a slice like a
+    single-frame file's: grouping, ordering, QC and decoding work unchanged (written here
+    because pydicom has no per-frame geometry helper and highdicom is not a dependency).
+
+    Parameters
+    ----------
+    ds : pydicom.Dataset
+        The parsed header (functional groups come before the pixel data).
+    header : SliceHeader
+        The file's record (top-level attributes).
+
+    Returns
+    -------
+    frames : list of SliceHeader
+        One per frame, ``frame`` = 0-based index, ``sop_uid`` = ``<SOPInstanceUID>#<n>``; empty
+        when the frames cannot be placed.
+    problem : str or None
+        Why not (no per-frame functional groups, a frame without a position, ...).
+    """
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence", None)
+    shared_seq = ds.get("SharedFunctionalGroupsSequence", None)
+    shared = shared_seq[0] if shared_seq else None
+    if not per_frame or len(per_frame) != header.frames:
+        found = len(per_frame) if per_frame else 0
+        return [], (f"{header.frames} frames but {found} per-frame functional group items: "
+                    "the frames cannot be placed")
+    frame_bytes = expected_pixel_bytes(header.rows, header.columns, header.samples_per_pixel,
+                                       header.bits_allocated, 1)
+    records = []
+    for k, item in enumerate(per_frame):
+        position = _functional_group(item, shared, "PlanePositionSequence")
+        orientation = _functional_group(item, shared, "PlaneOrientationSequence")
+        measures = _functional_group(item, shared, "PixelMeasuresSequence")
+        rescale = _functional_group(item, shared, "PixelValueTransformationSequence")
+        content = _functional_group(item, shared, "FrameContentSequence")
+        ipp = _vector(position, "ImagePositionPatient", 3) if position is not None else None
+        iop = _vector(orientation, "ImageOrientationPatient", 6) if orientation else None
+        if ipp is None or iop is None:
+            return [], (f"frame {k + 1} has no ImagePositionPatient / ImageOrientationPatient "
+                        "in its functional groups: the frames cannot be placed")
+        spacing = _vector(measures, "PixelSpacing", 2) if measures is not None else None
+        native = None
+        if header.native_pixels is not None and header.bits_allocated % 8 == 0:
+            offset, _length = header.native_pixels
+            native = (offset + k * frame_bytes, frame_bytes)
+        records.append(replace(
+            header,
+            sop_uid=f"{header.sop_uid}#{k + 1}",
+            frames=1,
+            frame=k,
+            position=ipp,
+            orientation=iop,
+            pixel_spacing=(float(spacing[0]), float(spacing[1])) if spacing is not None
+            else header.pixel_spacing,
+            slice_thickness=(_float(measures, "SliceThickness") if measures is not None
+                             else None) or header.slice_thickness,
+            slope=_rescale(rescale, "RescaleSlope", header.slope) if rescale else header.slope,
+            intercept=(_rescale(rescale, "RescaleIntercept", header.intercept) if rescale
+                       else header.intercept),
+            instance_number=k + 1,
+            acquisition_number=(_int(content, "FrameAcquisitionNumber") if content else None)
+            or header.acquisition_number,
+            temporal_position=(_int(content, "TemporalPositionIndex") if content else None)
+            or header.temporal_position,
+            native_pixels=native,
+            frame_headers=[],
+        ))
+    return records, None

@@ -226,8 +226,10 @@ def _check_end_marker(ds: pydicom.Dataset, path: Path) -> bytes | None:
     return frame
 
 
-def decode_file(path: str | os.PathLike[str], decoder: str | None = None) -> np.ndarray:
-    """Decode the stored pixel values of a single-frame DICOM file.
+def decode_file(
+    path: str | os.PathLike[str], decoder: str | None = None, frame: int | None = None
+) -> np.ndarray:
+    """Decode the stored pixel values of a single-frame DICOM file (or one frame of a file).
 
     Parameters
     ----------
@@ -236,6 +238,8 @@ def decode_file(path: str | os.PathLike[str], decoder: str | None = None) -> np.
     decoder : str, optional
         JPEG Lossless decoder (:data:`JPEG_LOSSLESS_DECODERS`); default
         :func:`jpeg_lossless_decoder`.
+    frame : int, optional
+        0-based frame of a multi-frame file (only that frame is decoded).
 
     Returns
     -------
@@ -252,19 +256,23 @@ def decode_file(path: str | os.PathLike[str], decoder: str | None = None) -> np.
             ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
         )
     ts = str(ds.file_meta.TransferSyntaxUID)
-    frame = None
+    if frame is not None and int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        from pydicom.pixels import pixel_array
+
+        return _normalise_ds(pixel_array(ds, index=frame), ds)  # decodes that frame only
+    stream = None
     if ts in JPEG_FAMILY and int(ds.get("NumberOfFrames", 1) or 1) == 1:
-        frame = _check_end_marker(ds, Path(path))
+        stream = _check_end_marker(ds, Path(path))
     if ts in JPEG_LOSSLESS:
         decoder = decoder or jpeg_lossless_decoder()
-    if frame is not None and ts in JPEG_LOSSLESS and decoder in ("libjpeg-turbo", "liblj92"):
+    if stream is not None and ts in JPEG_LOSSLESS and decoder in ("libjpeg-turbo", "liblj92"):
         # No fallback: what this conformant decoder refuses fails the slice.
         if decoder == "libjpeg-turbo":
-            arr = _jpeg8_decode(frame)
+            arr = _jpeg8_decode(stream)
         else:
             from imagecodecs import ljpeg_decode
 
-            arr = ljpeg_decode(frame)
+            arr = ljpeg_decode(stream)
         if arr.shape != (ds.Rows, ds.Columns) or arr.dtype.itemsize * 8 < ds.BitsStored:
             raise ValueError(
                 f"{decoder} decoded a {arr.shape} {arr.dtype} image; the header says "
@@ -337,7 +345,7 @@ def _fill_slice(
 ) -> dict[str, Any]:
     raw = _read_native(h)
     if raw is None:
-        raw = decode_file(h.path, decoder)
+        raw = decode_file(h.path, decoder, h.frame)
     if raw.shape != out.shape[1:]:
         raise ValueError(f"decoded shape {raw.shape} differs from {out.shape[1:]}")
     mask = None

@@ -435,13 +435,12 @@ def _layout_refusal(group: list[SliceHeader]) -> Finding | None:
     if reason:
         return Finding("non_volume", "info", f"{reason}: not a volume, reported and not loaded",
                        files, {"image_type": list(first.image_type)})
-    if first.sop_class in ENHANCED_CLASSES or first.frames > 1:
+    if first.frames > 1:  # frames that expand_frames could not place
         what = ENHANCED_CLASSES.get(first.sop_class, "multi-frame image")
+        why = first.frame_problem or "no per-frame functional groups"
         return Finding(
             "unsupported_layout", "error",
-            f"{what} ({first.frames} frames in {len(group)} file(s)): per-frame functional "
-            "group geometry is not read by medscan; convert to single-frame CT files "
-            "(e.g. dcmtk/emf2sf or pydicom) to load it",
+            f"{what} ({first.frames} frames in {len(group)} file(s)): {why}",
             files, {"frames": first.frames, "sop_class": first.sop_class})
     if first.samples_per_pixel != 1:
         return Finding(
