@@ -128,10 +128,13 @@ def save_case(result: dict[str, Any], output: str | Path) -> Path:
     Path
         The case folder.
     """
-    from medscan.batch import atomic_case_dir, config_hash, hash_inputs, rebuild_index
+    from medscan.batch import atomic_case_dir, config_hash, hash_series, rebuild_index
     from medscan.ct.job import versions
     from medscan.ct.mesh import SPACE
-    from medscan.io import MANIFEST, write_json
+    from medscan.dicom.identity import secret_fingerprint
+    from medscan.io import MANIFEST, QC, read_json, write_json
+    from medscan.io.redact import FileRefs
+    from medscan.volume import Finding
 
     volume: Volume = result["volume"]
     staging = Path(result["staging"])
@@ -144,20 +147,21 @@ def save_case(result: dict[str, Any], output: str | Path) -> Path:
         "backend": {"name": result["backend"]},
         "source": "napari CT segmentation widget",
     }
+    # The output folder names inputs by slice position and content hash, never by path
+    # (archive folder names can carry identity; see medscan.io.redact).
     sources = [Path(f) for f in volume.files if Path(f).is_file()]
-    if sources:
-        root = Path(_common_root(sources))
-        input_hashes, input_hash = hash_inputs(sources, root)
-    else:
-        input_hashes, input_hash = {}, ""
+    inputs, input_hash = hash_series(sources) if sources else ([], "")
+    refs = FileRefs(sources, hashes={str(f): i["sha256"] for f, i in zip(sources, inputs,
+                                                                          strict=True)})
     manifest = {
         "case_id": volume.case_id,
         "status": result["status"],
-        "reason": result["reason"],
+        "reason": refs.text(result["reason"]),
         "config": config,
         "config_hash": config_hash(config),
-        "input_hashes": input_hashes,
+        "inputs": inputs,
         "input_hash": input_hash,
+        "id_secret_fingerprint": secret_fingerprint(),
         "versions": versions(),
         "backend": result["backend"],
         **SPACE,
@@ -169,14 +173,12 @@ def save_case(result: dict[str, Any], output: str | Path) -> Path:
     }
     with atomic_case_dir(output, volume.case_id) as tmp:
         shutil.copytree(staging, tmp, dirs_exist_ok=True)
+        if (tmp / QC).is_file():
+            qc = read_json(tmp / QC)
+            for key in ("loader_findings", "segmentation_findings"):
+                qc[key] = [refs.finding(Finding(**f)).to_dict() for f in qc.get(key, [])]
+            write_json(tmp / QC, qc)
         write_json(tmp / MANIFEST, manifest)
     rebuild_index(output)
     return output / volume.case_id
 
-
-def _common_root(paths: list[Path]) -> str:
-    import os
-
-    if len(paths) == 1:
-        return str(paths[0].parent)
-    return os.path.commonpath([str(p.parent) for p in paths])
