@@ -350,8 +350,10 @@ def _keeps_existing(final: Path, new_manifest: Path) -> bool:
         old = read_json(final / "manifest.json")
     except (OSError, ValueError):
         return False
-    return (new.get("status") != "ok" and old.get("status") == "ok"
-            and old.get("input_hash") == new.get("input_hash"))
+    if new.get("status") == "ok" or old.get("status") != "ok":
+        return False
+    # same inputs, or inputs that could not even be hashed (unreadable: cannot tell)
+    return not new.get("input_hash") or old.get("input_hash") == new.get("input_hash")
 
 
 @contextlib.contextmanager

@@ -348,3 +348,41 @@ def test_no_identity_in_outputs_or_logs(sample_ct: Path, tmp_path: Path) -> None
     body = json.dumps({k: v for k, v in data.items() if k != "root"})
     assert [s for s in secrets_ if s in body] == []
     assert data["series"][0]["n_slices"] == 30
+
+
+# ------------------------------------------------- input vanishes mid-run (fault 4, 5) -------
+
+def test_input_vanishing_after_discovery_fails_the_case_not_the_batch(
+    sample_ct: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slice deleted between discovery and load (an archive being cleaned up, a flaky NFS):
+    that case fails with a path-free reason and is indexed, the other case is ok, exit 1; a
+    later failure of the same kind never replaces the case once it is ok."""
+    import medscan.dicom as dicom
+    from medscan.ct.job import run_segment
+    from tests.test_segment_job import config
+
+    tree = tmp_path / "in"
+    series_copies(sample_ct, tree, 2)
+    found = dicom.discover(tree)
+    by_folder = {s.files[0].parent.name: s for s in found.series}
+    monkeypatch.setattr(dicom, "discover", lambda *a, **k: found)
+    victim = sorted((tree / "s0").glob("*.dcm"))[5]
+    data = victim.read_bytes()
+    victim.unlink()
+    out = tmp_path / "out"
+    light = {"progress": False, "preview": False, "mesh_labels": "[lung_left]",
+             "mesh_formats": "[ply]"}
+    assert run_segment(config(input=tree, output=out, **light)) == 1
+    rows = {r["case_id"]: r for r in read_index(out)}
+    bad, good = rows[by_folder["s0"].case_id], rows[by_folder["s1"].case_id]
+    assert good["status"] == "ok" and bad["status"] == "failed"
+    position = [Path(f) for f in by_folder["s0"].files].index(victim)
+    assert f"slice {position} " in bad["reason"] and str(tree) not in bad["reason"], bad["reason"]
+    # restored, the case is done; then the file vanishes again: the ok case is kept
+    victim.write_bytes(data)
+    assert run_segment(config(input=tree, output=out, **light)) == 0
+    victim.unlink()
+    assert run_segment(config(input=tree, output=out, overwrite=True, **light)) == 1
+    assert {r["status"] for r in read_index(out)} == {"ok"}
+    assert leftovers(out) == []

@@ -249,11 +249,16 @@ def _case(job: _Job, series: Any, blocking: bool) -> bool:
         refs = FileRefs(series.files, job.source)
         try:
             remove_stale(job.output, case_id, float(job.cfg.get("lease_s") or LEASE_S))
-            inputs, input_hash = hash_series(series.files)
-            for f, item in zip(series.files, inputs, strict=True):
+            try:
+                inputs, input_hash = hash_series(series.files)
+            except OSError as exc:  # unreadable input: the load below fails with the reason
+                log.warning("case %s: cannot hash its inputs: %s", case_id,
+                            refs.text(f"{exc.strerror or exc}"))
+                inputs, input_hash = [], ""
+            for f, item in zip(series.files, inputs, strict=False):
                 refs.hashes[str(f)] = item["sha256"]
-            if not job.cfg.get("overwrite") and case_is_current(job.output / case_id,
-                                                                input_hash, job.cfg_hash):
+            if input_hash and not job.cfg.get("overwrite") and case_is_current(
+                    job.output / case_id, input_hash, job.cfg_hash):
                 job.rows.append((case_id, "skipped", "unchanged inputs and config", 0.0))
                 return True
             status, reason = _write_case(job, series, refs, inputs, input_hash, t0)
