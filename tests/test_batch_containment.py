@@ -308,8 +308,9 @@ def test_hostile_description_and_file_name(hostile: Path, tmp_path: Path,
         assert "\ufffd" in description
     else:
         assert description is None and b"DOE" not in raw and b"passwd" not in raw
-    visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-    assert visible == sorted([case.name, "index.csv"])
+    # nothing in the output tree is named after the description or the file name
+    hostile_names = ("passwd", "$(", "\ufffd")
+    assert not [p for p in out.rglob("*") if any(bad in p.name for bad in hostile_names)]
 
 
 # ----------------------------------------------------------------- privacy (fault 7) ---------
