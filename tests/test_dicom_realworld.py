@@ -304,7 +304,7 @@ def test_one_slice_series_segments(b40f: Path, tmp_path: Path) -> None:
 
 
 def test_segment_batch_counts_refusals_and_survives_odd_names(
-    shared_ct: Path, tmp_path: Path
+    shared_ct: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A batch with a Latin-1 file name, a stray MR file and a series in an unsupported syntax:
     index.csv is written, the CT case is ok, the refused one is a failed case, exit code 1."""
@@ -328,3 +328,5 @@ def test_segment_batch_counts_refusals_and_survives_odd_names(
     assert status == ["failed", "ok"], rows
     failed = next(r for r in rows if r["status"] == "failed")
     assert "unsupported transfer syntax MPEG2" in failed["reason"]
+    stray = [r for r in caplog.records if "not loaded" in r.getMessage()]
+    assert len(stray) == 1 and "(MR, 1 file(s))" in stray[0].getMessage()

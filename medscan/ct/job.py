@@ -379,6 +379,12 @@ def _run_segment(cfg: dict[str, Any]) -> int:
     found = discover(source, salt=cfg.get("salt"), progress=bool(cfg.get("progress")))
     if found.skipped:  # named on the terminal (relative paths); the log in DIR holds no paths
         log.warning("%d file(s) skipped by the loader", len(found.skipped))
+    for other in found.other_series:  # localizers, other modalities, stray files: not cases,
+        why = next((f.message for f in other.findings  # but never dropped without a word
+                    if f.code in ("non_volume", "stray_files", "no_pixel_data")),
+                   f"modality {other.modality} is not loaded by segment")
+        log.warning("series %s (%s, %d file(s)) not loaded: %s", other.case_id, other.modality,
+                    other.n_slices, why)
     by_id = {s.case_id: s for s in found.series}
     try:
         mine = select_shard(list(by_id), int(cfg.get("shard", 0)), int(cfg.get("num_shards", 1)))
