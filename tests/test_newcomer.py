@@ -480,6 +480,7 @@ def test_first_hour_from_a_fresh_clone(tmp_path):
     warnings = [line for line in lines if "WARNING" in line and not PIP_ENV_NOTE.match(line)]
     assert warnings == [], warnings
     assert "Package would be ignored" not in r.stdout + r.stderr
+    assert "BuildBackendWarning" not in r.stdout + r.stderr
     assert "skipped by the loader" in r.stderr and "0 file(s) skipped by the loader" in r.stderr
     previews = [line.split("preview: ", 1)[1] for line in lines if "] preview: " in line]
     assert len(previews) == 1 and (clone / previews[0]).is_file()
