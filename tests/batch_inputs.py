@@ -94,6 +94,11 @@ def archive_tree(src_dir: Path, root: Path) -> Path:
         ds.SeriesDescription = ARCHIVE_DESCRIPTION
         ds.StudyDescription = f"CT {ARCHIVE_PATIENT_NAME}"
 
-    for f in sorted(src_dir.glob("*.dcm")):
+    files = sorted(src_dir.glob("*.dcm"))
+    for f in files:
         _rewrite(f, folder, edit, name=f"{ARCHIVE_PATIENT_ID}-{f.name}")
+    # a second copy of one instance (same SOPInstanceUID): the loader reports it in a finding
+    # that lists both files, so qc.json must name them without their paths
+    _rewrite(files[3], folder / "copy", edit,
+             name=f"{ARCHIVE_PATIENT_ID}-copy.dcm")
     return folder

@@ -341,13 +341,22 @@ def test_no_identity_in_outputs_or_logs(sample_ct: Path, tmp_path: Path) -> None
                 "Lung_Dx", "A0002", ARCHIVE_DESCRIPTION, str(archive), str(tmp_path)]
     hits = [(where, s) for where, text in _texts_in(out) for s in secrets_ if s in text]
     assert hits == []
+    (case,) = iter_case_dirs(out)
+    (dup,) = [f for f in read_case(case)["qc"]["loader_findings"]
+              if f["code"] == "duplicate_instance"]
+    assert len(dup["files"]) == 2 and all(f.startswith(("slice ", "file ")) for f in dup["files"])
     assert (out / ".hydra").is_dir() and list(out.rglob("*.log"))  # the log was searched too
     inspect = subprocess.run([*MEDSCAN, "inspect", "--json", str(series_dir)],
                              capture_output=True, text=True)
     assert inspect.returncode == 0, inspect.stderr
     data = json.loads(inspect.stdout)
     body = json.dumps({k: v for k, v in data.items() if k != "root"})
-    assert [s for s in secrets_ if s in body] == []
+    # inspect may name files relative to its root (here the file names carry the ID, as some
+    # exports do); nothing from above the root, no header identity, no free text
+    above = [series_dir.parent.name, series_dir.parent.parent.name, str(archive)]
+    header = ["MUSTERFRAU", "Musterfrau", "ERIKA", "Erika", "Lung_Dx", ARCHIVE_DESCRIPTION]
+    assert [s for s in above + header if s in body] == []
+    assert "MRN-4711-0815-copy.dcm" in body  # the duplicate is reported, relative to the root
     assert data["series"][0]["n_slices"] == 30
 
 
@@ -387,3 +396,19 @@ def test_input_vanishing_after_discovery_fails_the_case_not_the_batch(
     assert run_segment(config(input=tree, output=out, overwrite=True, **light)) == 1
     assert {r["status"] for r in read_index(out)} == {"ok"}
     assert leftovers(out) == []
+
+
+def test_file_refs_name_files_without_paths(tmp_path: Path) -> None:
+    from medscan.io.redact import FileRefs
+
+    root = tmp_path / "MRN-1_DOE"
+    root.mkdir()
+    files = [root / "MRN-1-01.dcm", root / os.fsdecode(b"MRN-1-\xff.dcm")]
+    for i, f in enumerate(files):
+        f.write_bytes(bytes([i]) * 10)
+    refs = FileRefs(files, root)
+    text = refs.text(f"bad {files[0]}; {files[0].name}, MRN-1-\\xff.dcm, "
+                     f"/other/MRN-1/x.dcm, {root}/gone.dcm")
+    assert "MRN" not in text and "DOE" not in text and str(tmp_path) not in text, text
+    assert text.count("slice 0 sha256:") == 2 and "slice 1 sha256:" in text
+    assert refs.ref(tmp_path / "elsewhere.dcm") == "file (unreadable)"

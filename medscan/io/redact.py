@@ -13,7 +13,9 @@ the file system", which only this program knows; a generic scrubber cannot know 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -89,15 +91,32 @@ class FileRefs:
             return f"slice {self.position[path]} {tail}"
         return f"file {tail}"
 
+    def _forms(self) -> list[tuple[str, str]]:
+        r"""(How a known file may be written in a message, its path), longest first.
+
+        Forms: the path, its printable form (undecodable bytes as ``\xNN``), relative to the
+        root, and the bare file name when it is distinctive (5+ characters, not all digits).
+        """
+        forms: dict[str, str] = {}
+        for path in set(self.files) | set(self.hashes):
+            p = Path(path)
+            candidates = [path, _printable(path), p.name, _printable(p.name)]
+            for root in self.roots:
+                with contextlib.suppress(ValueError):
+                    candidates.append(str(p.relative_to(root)))
+            for c in candidates:
+                if c == path or (len(c) >= 5 and not c.isdigit()):
+                    forms.setdefault(c, path)
+        return sorted(forms.items(), key=lambda kv: len(kv[0]), reverse=True)
+
     def text(self, text: str) -> str:
         """``text`` with known paths replaced by references, other paths by ``<path>``.
 
         Other paths: absolute ones, and any starting with the input root as given.
         """
-        known = sorted(set(self.files) | set(self.hashes), key=len, reverse=True)
-        for path in known:
-            if path in text:
-                text = text.replace(path, self.ref(path))
+        for form, path in self._forms():
+            if form in text:
+                text = text.replace(form, self.ref(path))
         text = _ABS_PATH.sub("<path>", text)
         for root in sorted(self.roots, key=len, reverse=True):
             text = text.replace(root, "\x00")
@@ -134,6 +153,11 @@ def series_metadata(metadata: dict[str, Any], free_text: bool = False) -> dict[s
     """
     keep = metadata if free_text else {k: v for k, v in metadata.items() if k in SAFE_METADATA}
     return {k: safe_text(v) if isinstance(v, str) else v for k, v in keep.items()}
+
+
+def _printable(path: str) -> str:
+    r"""File name bytes as text, undecodable bytes as ``\xNN`` (as the loader prints them)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def safe_text(text: str) -> str:
