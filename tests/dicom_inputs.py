@@ -154,11 +154,17 @@ def with_stray_modality(src: Path, dst: Path, n: int = 8, modality: str = "MR") 
     return _save(ds, dst / "0000-stray.dcm")
 
 
-def lying_sizes(src: Path, dst: Path, n: int = 12, rows: int = 65535, columns: int = 65535):
-    """Slices whose Rows/Columns claim ``rows`` x ``columns`` over 512 x 512 pixel data."""
+def lying_sizes(
+    src: Path, dst: Path, n: int = 12, rows: int = 65535, columns: int = 65535,
+    syntax: str | None = None,
+):
+    """Slices whose Rows/Columns claim ``rows`` x ``columns`` over 512 x 512 pixel data
+    (compressed first with pydicom's encoder for ``syntax``, e.g. JPEG 2000 Lossless)."""
     out = []
     for f in slices(src, n):
         ds = pydicom.dcmread(f)
+        if syntax is not None:
+            ds.compress(syntax)
         ds.Rows, ds.Columns = rows, columns
         out.append(_save(ds, dst / f.name))
     return out

@@ -202,6 +202,23 @@ def test_lying_rows_columns_are_skipped_with_reason(b40f: Path, tmp_path: Path) 
         assert "needs 8589672450 bytes, PixelData holds 524288" in item.reason
 
 
+@pytest.mark.parametrize(
+    ("series", "syntax"),
+    [("ricord-1a-000082-jpegll", None), (gen.B40F, "1.2.840.10008.1.2.4.90")],
+    ids=["jpeg-lossless", "j2k"],
+)
+def test_lying_rows_columns_over_compressed_frames(
+    shared_ct: Path, tmp_path: Path, series: str, syntax: str | None
+) -> None:
+    """Compressed frames carry their own size: a header that disagrees is skipped by name."""
+    gen.lying_sizes(shared_ct / series, tmp_path, n=3, syntax=syntax)
+    found = discover(tmp_path)
+    assert not found.series and len(found.skipped) == 3
+    for item in found.skipped:
+        assert item.reason.endswith(
+            "Rows 65535 x Columns 65535, but the compressed frame is 512 x 512"), item.reason
+
+
 def test_allocation_cap_is_a_clear_error(b40f: Path, tmp_path: Path, monkeypatch) -> None:
     gen.copy_plain(b40f, tmp_path, 6)
     series = discover(tmp_path).series[0]

@@ -198,6 +198,8 @@ class PixelElement:
         File offset of the value of native data in a non-deflated file (for direct reads).
     problem : str or None
         Why the file cannot be used (truncated), else None.
+    first_fragment : bytes
+        The first bytes (up to 64 KiB) of the first fragment of encapsulated data, else b"".
     """
 
     present: bool
@@ -205,6 +207,7 @@ class PixelElement:
     length: int | None = None
     offset: int | None = None
     problem: str | None = None
+    first_fragment: bytes = b""
 
 
 def _pixel_element(fp: Any, size: int, implicit: bool, little: bool) -> PixelElement:
@@ -232,18 +235,60 @@ def _pixel_element(fp: Any, size: int, implicit: bool, little: bool) -> PixelEle
         (length,) = struct.unpack(f"{order}H", head[6:8])
     value_start = fp.tell()
     if length == 0xFFFFFFFF:  # encapsulated: the fragment sequence must be closed
+        head = _first_fragment(fp) if little else b""
         fp.seek(max(value_start, size - 4096))
         tail = fp.read()
         if not any(d in tail for d in SEQ_DELIMITERS):
             reason = "truncated: encapsulated pixel data has no sequence delimiter (cut off)"
             return PixelElement(True, keyword, None, None, reason)
-        return PixelElement(True, keyword)
+        return PixelElement(True, keyword, first_fragment=head)
     if value_start + length > size:
         return PixelElement(True, keyword, length, value_start, (
             f"truncated: pixel data needs {length} bytes but only "
             f"{max(size - value_start, 0)} are in the file"
         ))
     return PixelElement(True, keyword, length, value_start)
+
+
+#: Bytes of the first fragment read at discovery (enough for any JPEG / J2K main header).
+FRAGMENT_HEAD = 65536
+ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000) little endian
+
+
+def _first_fragment(fp: Any) -> bytes:
+    """Start of the first fragment after the Basic Offset Table (PS3.5 A.4), or b""."""
+    bot = fp.read(8)
+    if len(bot) < 8 or bot[:4] != ITEM_TAG:
+        return b""
+    fp.seek(struct.unpack("<I", bot[4:8])[0], os.SEEK_CUR)
+    item = fp.read(8)
+    if len(item) < 8 or item[:4] != ITEM_TAG:
+        return b""
+    return fp.read(min(struct.unpack("<I", item[4:8])[0], FRAGMENT_HEAD))
+
+
+def codestream_size(fragment: bytes) -> tuple[int, int] | None:
+    """``(rows, columns)`` from the start of a JPEG, JPEG-LS or JPEG 2000 codestream, or None.
+
+    JPEG / JPEG-LS: the SOF / SOF55 segment (ITU T.81 B.2.2, T.87), parsed by pydicom; JPEG
+    2000: the SIZ segment after SOC (ITU T.800 A.5.1: Ysiz - YOsiz by Xsiz - XOsiz). RLE and
+    other streams carry no size: None.
+    """
+    if fragment[:2] == b"\xff\xd8":
+        try:
+            from pydicom.pixels.utils import _get_jpg_parameters
+
+            info = _get_jpg_parameters(fragment)
+        except Exception:  # a private helper: if it changes, the check is skipped, not fatal
+            return None
+        if "height" in info and "width" in info:
+            return int(info["height"]), int(info["width"])
+        return None
+    at = fragment.find(b"\xff\x4f\xff\x51")  # SOC + SIZ (also inside a JP2 'jp2c' box)
+    if at < 0 or len(fragment) < at + 24:
+        return None
+    xsiz, ysiz, xosiz, yosiz = struct.unpack(">IIII", fragment[at + 8 : at + 24])
+    return ysiz - yosiz, xsiz - xosiz
 
 
 def _deflated_pixel_element(path: Path) -> PixelElement:
@@ -275,7 +320,20 @@ def expected_pixel_bytes(rows: int, columns: int, samples: int, bits_allocated: 
 
 
 def _size_problem(ds: pydicom.Dataset, pixels: PixelElement) -> str | None:
-    """Compare header sizes with the native PixelData length (None when they agree)."""
+    """Header sizes vs the pixel data: None when they agree or cannot be told, else why not.
+
+    Native data: the PixelData length; encapsulated data: the size in the first frame's
+    codestream (:func:`codestream_size`).
+    """
+    if pixels.present and pixels.length is None and pixels.first_fragment:
+        found = codestream_size(pixels.first_fragment)
+        rows, columns = _int(ds, "Rows", 0), _int(ds, "Columns", 0)
+        if found is not None and found != (rows, columns):
+            return (
+                f"header sizes do not match the pixel data: Rows {rows} x Columns {columns}, "
+                f"but the compressed frame is {found[0]} x {found[1]}"
+            )
+        return None
     if not pixels.present or pixels.length is None or pixels.keyword != "PixelData":
         return None
     dims = {k: _int(ds, k, d) for k, d in (("Rows", 0), ("Columns", 0), ("SamplesPerPixel", 1),
