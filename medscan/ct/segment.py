@@ -79,6 +79,13 @@ class SegmentParams:
         Largest left-right distance of the trachea from the body's centre (mm).
     trachea_area_cm2 : tuple of float
         Accepted cross-section area of the trachea (cm²).
+    bronchus_min_cm2 : float
+        Smallest cross-section of a main bronchus on the top slice of a scan that starts
+        inside the lungs (cm²).
+    bronchi_max_offset_mm : float
+        Largest left-right distance of a main bronchus from the body's centre there (mm).
+    airway_max_hu : float
+        A main bronchus seed's median HU is below this (lumen air; parenchyma is denser).
     closing_mm : float
         Radius of the closing that fills vessels at the lung border (mm).
     split_max_erosions : int
@@ -104,6 +111,9 @@ class SegmentParams:
     airway_search_mm: float = 60.0
     trachea_max_offset_mm: float = 35.0
     trachea_area_cm2: tuple[float, float] = (0.5, 10.0)
+    bronchus_min_cm2: float = 0.2
+    bronchi_max_offset_mm: float = 60.0
+    airway_max_hu: float = -900.0
     closing_mm: float = 3.0
     split_max_erosions: int = 12
     min_lung_fraction: float = 0.08
@@ -532,7 +542,10 @@ def _airways(
     body_cx = _world_x(affine, box, _centroid(be, body))
     pixel_cm2 = spacing[1] * spacing[2] / 100.0
     seed = None
-    for k in order[:depth]:
+    bronchi = _bronchi_at_top(be, hu, cand, int(order[0]), affine, box, body_cx, pixel_cm2, p)
+    if bronchi is not None:
+        seed = (int(order[0]), bronchi[0], bronchi[1])
+    for k in order[:depth] if seed is None else []:
         lab2, n2 = be.label(cand[k : k + 1], 6)
         if n2 == 0:
             continue
@@ -568,7 +581,8 @@ def _airways(
     airway = xp.zeros(cand.shape, dtype=bool)
     airway[k] = seed_mask
     current = seed_mask
-    carina = None
+    below_carina = bronchi is not None and bronchi[2] >= 2
+    carina = k if below_carina else None
     step = -sign
     kk = k + step
     while 0 <= kk < cand.shape[0]:
@@ -595,14 +609,64 @@ def _airways(
         Finding(
             "airways",
             "info",
-            f"trachea found ({area:.1f} cm² on its top slice) and followed over "
-            f"{abs(kk - k) * spacing[0]:.0f} mm"
+            (f"scan starts below the carina: {bronchi[2]} main bronchi ({area:.1f} cm² on the "
+             "top slice) followed over " if below_carina and bronchi is not None else
+             f"trachea found ({area:.1f} cm² on its top slice) and followed over ")
+            + f"{abs(kk - k) * spacing[0]:.0f} mm"
             + (" past the carina" if carina is not None else "")
             + f"; {ml:.1f} mL of trachea and main bronchi removed",
-            details={"ml": round(ml, 2), "carina_found": carina is not None},
+            details={"ml": round(ml, 2), "carina_found": carina is not None,
+                     "below_carina": below_carina},
         )
     )
     return airway
+
+
+def _bronchi_at_top(
+    be: Backend,
+    hu: Any,
+    cand: Any,
+    k: int,
+    affine: np.ndarray,
+    box: tuple[slice, ...],
+    body_cx: float,
+    pixel_cm2: float,
+    p: SegmentParams,
+) -> tuple[Any, float, int] | None:
+    """Airway seeds on the top slice ``k`` when the scan starts inside the lungs.
+
+    When the top slice holding lung candidates already cuts a lung wider than a trachea can
+    be, the scan started below the lung apices; the airways on that slice (the trachea, or
+    both main bronchi when the scan starts below the carina) are the small, dark (median HU
+    below ``airway_max_hu``) candidate components within ``bronchi_max_offset_mm`` of the
+    body's left-right centre. Returns ``(mask, total area cm², number of parts)`` or None
+    (the top of the lungs is in the scan: the usual trachea search applies).
+    """
+    xp = be.xp
+    lab2, n2 = be.label(cand[k : k + 1], 6)
+    if n2 == 0:
+        return None
+    sizes = component_sizes(be, lab2, n2)
+    if sizes[1:].max() * pixel_cm2 <= p.trachea_area_cm2[1]:
+        return None
+    seeds = xp.zeros(cand.shape[1:], dtype=bool)
+    parts, area = 0, 0.0
+    for i in range(1, n2 + 1):
+        a = sizes[i] * pixel_cm2
+        if not p.bronchus_min_cm2 <= a <= p.trachea_area_cm2[1]:
+            continue
+        comp = lab2[0] == i
+        if float(xp.median(hu[k][comp])) > p.airway_max_hu:
+            continue
+        cyx = _centroid(be, comp[None])
+        cx = _world_x(affine, box, np.array([k, cyx[1], cyx[2]]))
+        if abs(cx - body_cx) <= p.bronchi_max_offset_mm:
+            seeds |= comp
+            parts += 1
+            area += a
+    if parts == 0:
+        return None
+    return seeds, area, parts
 
 
 def _split(
