@@ -20,7 +20,7 @@ import pytest
 from medscan.backend import get_backend
 from medscan.batch import hash_inputs
 from medscan.ct.ops import block_factors, block_mean
-from medscan.dicom import SeriesError, discover, load
+from medscan.dicom import SeriesError, discover, load, load_path
 from medscan.volume import Volume
 
 sitk = pytest.importorskip("SimpleITK")
@@ -170,6 +170,14 @@ def test_localizer_is_a_non_volume_series(b40f: Path, tmp_path: Path) -> None:
     assert any(f.code == "non_volume" and "LOCALIZER" in f.message for f in scout.findings)
     vol = load(found.series[0])
     np.testing.assert_array_equal(hu_of(vol), gdcm_hu(originals_in_volume_order(vol, b40f)))
+
+
+def test_load_path_names_what_it_did_not_load(b40f: Path, tmp_path: Path) -> None:
+    """A folder holding only a localizer: the refusal says it is one (not "other modality")."""
+    gen.with_localizer(b40f, tmp_path, n=0)
+    with pytest.raises(SeriesError, match=r"1 other series not loaded: CT, 1 file\(s\): "
+                                          r"localizer image \(ImageType ORIGINAL\\PRIMARY"):
+        load_path(tmp_path)
 
 
 def test_stray_modality_file_does_not_hide_the_ct(b40f: Path, tmp_path: Path) -> None:

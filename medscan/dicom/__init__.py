@@ -77,11 +77,19 @@ def load_path(
     found = discover(path, salt=salt, workers=None, progress=progress)
     if not found.series:
         why = "; ".join(f"{s.path.name}: {s.reason}" for s in found.skipped[:5])
-        other = ", ".join(sorted({s.modality for s in found.other_series}))
+        other = "; ".join(_not_loaded(s) for s in found.other_series[:5])
         raise SeriesError(
             f"{path}: no CT image series found"
-            + (f" (other modalities: {other})" if other else "")
+            + (f"; {len(found.other_series)} other series not loaded: {other}" if other else "")
             + (f"; skipped {len(found.skipped)} file(s): {why}" if found.skipped else "")
         )
     return load(found.series[0], workers=workers, uniform=uniform, progress=progress,
                 contain=contain)
+
+
+def _not_loaded(series: SeriesInfo) -> str:
+    """``"<modality>, <n> file(s): <why>"`` for a series :func:`discover` did not make a case."""
+    why = next((f.message for f in series.findings
+                if f.code in ("non_volume", "stray_files", "no_pixel_data")),
+               f"modality {series.modality}")
+    return f"{series.modality}, {series.n_slices} file(s): {why}"
