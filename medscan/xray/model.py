@@ -280,12 +280,17 @@ def load_checkpoint(path: str | Path) -> tuple[XrayNet, dict]:
     """
     ckpt = read_checkpoint(path)
     cfg = dict(ckpt["config"])
-    model = build_model(
-        cfg["model_name"],
-        num_classes=len(cfg["classes"]),
-        mean=tuple(cfg["mean"]),
-        std=tuple(cfg["std"]),
-    )
+    if cfg.get("kind") == "probe":  # frozen backbones + logistic regression (probe.py)
+        from .probe import ProbeNet
+
+        model = ProbeNet(cfg["backbones"])
+    else:
+        model = build_model(
+            cfg["model_name"],
+            num_classes=len(cfg["classes"]),
+            mean=tuple(cfg["mean"]),
+            std=tuple(cfg["std"]),
+        )
     model.load_state_dict(ckpt["model_state"])
     model.eval()
     info = {

@@ -296,6 +296,8 @@ def _checkpoint_config(cfg: Any, classes: list[str], model: XrayNet) -> dict:
         "std": [float(v) for v in model.std.flatten()],
         "resize": str(d.get("resize", "squash")),
         "jpeg_draft": bool(d.get("jpeg_draft", True)),
+        "reencode_jpeg": d.get("reencode_jpeg"),
+        "clahe": bool(d.get("clahe", False)),
         "input": "grey float32 (B, 1, S, S) in [0, 1]; output logits (B, 2)",
     }
 
@@ -332,6 +334,10 @@ def train(cfg: Any) -> dict:
         (reason), ``threshold``, ``checkpoints``, ``history``.
     """
     cfg = _to_plain(cfg)
+    if (cfg["model"].get("kind") or "cnn") == "probe":  # frozen features + logistic regression
+        from .probe import train_probe
+
+        return train_probe(cfg)
     t_cfg = cfg["trainer"]
     device = pick_device(str(t_cfg.get("accelerator", "auto")))
     info = setup_distributed(device.type)
@@ -372,7 +378,8 @@ def train(cfg: Any) -> dict:
     size = int(d["image_size"])
     augment = xdata.make_augment(d.get("augment"))
     common = {"size": size, "resize": d.get("resize", "squash"),
-              "jpeg_draft": bool(d.get("jpeg_draft", True)), "cache": bool(d.get("cache", False))}
+              "jpeg_draft": bool(d.get("jpeg_draft", True)), "cache": bool(d.get("cache", False)),
+              "reencode_jpeg": d.get("reencode_jpeg"), "clahe": bool(d.get("clahe", False))}
     train_ds = xdata.XrayDataset(prepared["train"], augment=augment, **common)
     val_ds = xdata.XrayDataset(prepared["val"], **common)
     batch = int(d.get("batch_size", 32))
