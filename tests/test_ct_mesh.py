@@ -92,3 +92,28 @@ def test_export_round_trip(tmp_path, lung_mesh, fmt):
         extras = gltf["meshes"][0]["extras"]
         assert extras["coordinate_space"] == "LPS" and extras["units"] == "mm"
         assert extras["tissue"] == "lung_left"
+
+
+@pytest.mark.slow
+def test_bone_mesh_keeps_ribs_continuous_on_ricord(shared_ct):
+    """On the 1.25 mm RICORD series the rib cage is one piece, as in the voxel mask.
+
+    Reference: the 26-connected components of the bone label itself (cc3d). A mesh that
+    breaks thin ribs has more large pieces than the mask has components, and its largest piece
+    holds a far smaller share of the surface than the largest component's share of the bone.
+    """
+    import cc3d
+    from ct_reference import load_series
+
+    tissues = default_tissues()
+    volume = load_series(str(shared_ct / "ricord-1a-000082-jpegll"))
+    labels = segment(volume, tissues).labels
+    bone = labels == tissues["bone"].label
+    comps, _n = cc3d.connected_components(bone, connectivity=26, return_N=True)
+    ml = np.bincount(comps.ravel())[1:] * volume.voxel_volume_ml
+    largest_share = ml.max() / ml.sum()
+    mask_pieces = int(np.count_nonzero(ml >= 0.5))
+    mesh = label_surface(labels, tissues["bone"].label, volume.affine, MeshParams(), thin=True)
+    faces = sorted((len(p.faces) for p in mesh.split(only_watertight=False)), reverse=True)
+    assert faces[0] / len(mesh.faces) > 0.9 * largest_share, (faces[:5], largest_share)
+    assert sum(f >= 200 for f in faces) <= mask_pieces, (faces[:30], mask_pieces)

@@ -1,7 +1,8 @@
 """Surface meshes of labels in patient coordinates (LPS, mm) and their export.
 
 Per label: the mask's bounding box is block-averaged to about ``work_mm`` voxels (occupancy
-0..1), lightly Gaussian-smoothed, padded with one empty voxel (so surfaces are closed) and
+0..1; for thin labels such as bone the block maximum, so ribs thinner than a working voxel stay
+continuous), lightly Gaussian-smoothed, padded with one empty voxel (so surfaces are closed) and
 iso-surfaced at 0.5 by marching cubes (``be.marching_cubes``). Vertices go through the
 volume's full 4x4 affine (direction cosines included, not only the spacing) to LPS mm and
 faces are oriented outward. Then optional Taubin smoothing
@@ -48,6 +49,9 @@ class MeshParams:
         Taubin weights (nu < -lambda keeps the volume).
     max_faces : int
         Decimate to at most this many faces per label (0 = no decimation).
+    thin_labels : tuple of str
+        Tissue names meshed with the block maximum instead of the block mean (see
+        :func:`label_surface`'s ``thin``): bone, whose ribs are thinner than the working grid.
     """
 
     work_mm: float = 1.5
@@ -56,15 +60,21 @@ class MeshParams:
     smooth_lambda: float = 0.5
     smooth_nu: float = -0.53
     max_faces: int = 40000
+    thin_labels: tuple[str, ...] = ("bone",)
 
     @classmethod
     def from_config(cls, cfg: Any) -> MeshParams:
         """Build from a mapping (unknown keys raise ``TypeError``)."""
-        return cls(**dict(cfg or {}))
+        values = dict(cfg or {})
+        if "thin_labels" in values:
+            values["thin_labels"] = tuple(str(v) for v in values["thin_labels"])
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict."""
-        return asdict(self)
+        d = asdict(self)
+        d["thin_labels"] = list(self.thin_labels)
+        return d
 
 
 def label_surface(
@@ -73,6 +83,7 @@ def label_surface(
     affine: np.ndarray,
     params: MeshParams | None = None,
     be: Backend | None = None,
+    thin: bool = False,
 ) -> Any | None:
     """Closed surface of ``labels == label`` as a ``trimesh.Trimesh`` in LPS mm.
 
@@ -88,6 +99,12 @@ def label_surface(
         Smoothing and decimation.
     be : Backend, optional
         Array backend for marching cubes (default: CPU).
+    thin : bool
+        The label has parts thinner than the working grid (ribs: a cortical shell about 1 mm
+        thick around marrow below the bone band): a working voxel is occupied when *any* of
+        its voxels is (block maximum instead of block mean), so thin parts stay connected
+        instead of falling below the 0.5 iso-level in pieces (the surface lies up to half a
+        working voxel outside the mask).
 
     Returns
     -------
@@ -114,7 +131,10 @@ def label_surface(
         after = (-(n + before)) % k + (k if sl.stop == full else 0)
         pads.append((before, after))
     sub = xp.pad(sub, pads)
-    field = block_mean(be, sub.view(xp.uint8), f)
+    if thin and any(k > 1 for k in f):
+        field = _block_any(be, sub, f)
+    else:
+        field = block_mean(be, sub.view(xp.uint8), f)
     if params.presmooth_sigma > 0:
         field = be.ndi.gaussian_filter(field, params.presmooth_sigma)
     field = xp.pad(field, 1)
@@ -141,6 +161,15 @@ def label_surface(
         if _signed_volume(mesh) < 0:
             mesh.invert()
     return mesh
+
+
+def _block_any(be: Backend, mask: Any, factors: tuple[int, ...]) -> Any:
+    """float32 block maximum (1 where any voxel of the block is set) of a padded mask."""
+    xp = be.xp
+    fz, fy, fx = factors
+    nz, ny, nx = (n // k for n, k in zip(mask.shape, factors, strict=True))
+    blocks = mask[: nz * fz, : ny * fy, : nx * fx].reshape(nz, fz, ny, fy, nx, fx)
+    return blocks.any(axis=(1, 3, 5)).astype(xp.float32)
 
 
 def _signed_volume(mesh: Any) -> float:

@@ -134,7 +134,7 @@ def process_volume(
     else:
         for name in options.mesh_labels:
             surface = label_surface(seg.labels, tissues[name].label, volume.affine,
-                                    options.mesh, be)
+                                    options.mesh, be, thin=name in options.mesh.thin_labels)
             if surface is not None:
                 surfaces[name] = surface
         t = lap("mesh", t)
