@@ -147,17 +147,38 @@ def test_two_acquisitions_become_two_volumes(
     assert z2 - z1 == pytest.approx(offset_mm)
 
 
-def test_helical_acquisition_times_do_not_split(b40f: Path, tmp_path: Path) -> None:
-    """Per-slice AcquisitionTime (helical scans) is not an acquisition id: one volume."""
+@pytest.mark.parametrize("tag", ["AcquisitionTime", "AcquisitionNumber"])
+def test_per_slice_acquisition_ids_do_not_split(b40f: Path, tmp_path: Path, tag: str) -> None:
+    """Per-slice AcquisitionTime (helical scans) or AcquisitionNumber (sequential scanners) is
+    not a second acquisition: positions neither repeat nor interleave, one volume."""
     import pydicom
 
     for k, f in enumerate(gen.slices(b40f, 8)):
         ds = pydicom.dcmread(f)
-        ds.AcquisitionTime = f"1200{k:02d}.000000"
+        setattr(ds, tag, f"1200{k:02d}.000000" if tag == "AcquisitionTime" else k + 1)
         ds.save_as(tmp_path / f.name, enforce_file_format=True)
     found = discover(tmp_path)
     assert [s.n_slices for s in found.series] == [8]
     assert "acquisition_split" not in {f.code for f in found.series[0].findings}
+
+
+@pytest.mark.parametrize(
+    ("image_type", "volume"),
+    [(["DERIVED", "SECONDARY", "AXIAL"], True), (["DERIVED", "SECONDARY", "MPR"], False),
+     (["DERIVED", "SECONDARY", "MIP"], False), (["ORIGINAL", "PRIMARY", "LOCALIZER"], False)],
+    ids=["axial-reformat", "mpr", "mip", "localizer"],
+)
+def test_image_type_decides_volume_or_not(
+    b40f: Path, tmp_path: Path, image_type: list[str], volume: bool
+) -> None:
+    import pydicom
+
+    for f in gen.slices(b40f, 4):
+        ds = pydicom.dcmread(f)
+        ds.ImageType = image_type
+        ds.save_as(tmp_path / f.name, enforce_file_format=True)
+    found = discover(tmp_path)
+    assert (len(found.series), len(found.other_series)) == ((1, 0) if volume else (0, 1))
 
 
 def test_localizer_is_a_non_volume_series(b40f: Path, tmp_path: Path) -> None:

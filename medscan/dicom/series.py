@@ -142,13 +142,16 @@ def non_volume_reason(h: SliceHeader) -> str | None:
     r"""Why the image in ``h`` is not part of a CT volume (a localizer, ...), or None.
 
     Localizers (ImageType LOCALIZER, SCOUT, TOPOGRAM, ...), derived secondary images
-    (ImageType ``DERIVED\SECONDARY``: MIPs, screen saves, reformats) and Secondary Capture
-    objects are reported as non-volume series, never loaded as cases (PS3.3 C.7.6.1.1.2).
+    (ImageType ``DERIVED\SECONDARY`` other than axial stacks: MPRs, MIPs, screen saves) and
+    Secondary Capture objects are reported as non-volume series, never loaded as cases
+    (PS3.3 C.7.6.1.1.2).
     """
     image_type = "\\".join(h.image_type)
     if LOCALIZER_TYPES.intersection(h.image_type):
         return f"localizer image (ImageType {image_type})"
-    if h.image_type[:2] == ("DERIVED", "SECONDARY"):
+    # An axial DERIVED\SECONDARY stack (a thick axial reformat) is still a volume; MPRs, MIPs,
+    # projections and screen saves are not.
+    if h.image_type[:2] == ("DERIVED", "SECONDARY") and "AXIAL" not in h.image_type[2:]:
         return f"derived secondary image (ImageType {image_type})"
     if h.sop_class in SECONDARY_CAPTURE_CLASSES:
         return "secondary capture image (SOPClassUID Secondary Capture)"
