@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -224,14 +225,31 @@ def _private(data: dict[str, Any], root: Any, free_text: bool) -> dict[str, Any]
     def rel(path: Any) -> str:
         return relative_to_root(path, root)
 
+    base = Path(root) if Path(root).is_dir() else Path(root).parent
+    prefixes = sorted({f"{base}{os.sep}", f"{base.resolve()}{os.sep}"}, key=len, reverse=True)
+
+    def inside(value: Any) -> Any:  # paths inside messages and details, made relative
+        if isinstance(value, str):
+            for prefix in prefixes:
+                value = value.replace(prefix, "")
+            return value
+        if isinstance(value, dict):
+            return {k: inside(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [inside(v) for v in value]
+        return value
+
     for s in data["series"] + data["other_series"]:
         s["metadata"] = series_metadata(s.get("metadata", {}), free_text)
         if "files" in s:
             s["files"] = [rel(f) for f in s["files"]]
         for f in s.get("findings", []):
             f["files"] = [rel(x) for x in f.get("files", [])]
+            f["message"] = inside(f.get("message", ""))
+            f["details"] = inside(f.get("details", {}))
     for k in data["skipped"]:
         k["path"] = rel(k["path"])
+        k["reason"] = inside(k.get("reason", ""))
     return data
 
 
