@@ -18,6 +18,8 @@ skipped with a reason), and the bugs: ``escaped`` (any other exception), ``non-f
 
     .venv/bin/python benchmarks/fuzz_dicom.py --n 100000 --jobs 2 --out fuzz.json
     .venv/bin/python benchmarks/fuzz_dicom.py --decoders --n 5000   # JPEG Lossless decoders
+    MEDSCAN_JPEG_LOSSLESS_DECODER=liblj92 .venv/bin/python benchmarks/fuzz_dicom.py --only ricord \
+        --n 2000   # containment under a decoder that crashes
 
 ``--decoders`` compares the JPEG Lossless decoders on mutated RICORD codestreams, each decode in
 a forked child: ok (same pixels as the intact slice / different), refused, crashed (signal).
@@ -81,10 +83,15 @@ HOSTILE: dict[str, list[Any]] = {
 }
 
 
-def seed_series() -> list[tuple[str, list[bytes]]]:
-    """The seed series that exist here (the sample always; the shared ones when present)."""
+def seed_series(only: str | None = None) -> list[tuple[str, list[bytes]]]:
+    """The seed series that exist here (the sample always; the shared ones when present).
+
+    ``only``: keep the seeds whose name contains it (e.g. ``"ricord"``).
+    """
     out = []
     for name, folder, start in SEEDS:
+        if only and only not in name:
+            continue
         files = sorted(Path(folder).glob("*.dcm"))[start:start + 3]
         if len(files) == 3:
             out.append((name, [f.read_bytes() for f in files]))
@@ -226,7 +233,7 @@ def check_input(folder: Path, uniform: bool) -> list[str]:
 
 
 def run(n: int, seed: int, start: int, hang_s: float, save: Path | None,
-        progress_file: Path | None) -> dict[str, Any]:
+        progress_file: Path | None, only: str | None = None) -> dict[str, Any]:
     """Fuzz inputs ``start .. start + n - 1`` in this process; a summary dict."""
     import logging
     import warnings
@@ -237,7 +244,7 @@ def run(n: int, seed: int, start: int, hang_s: float, save: Path | None,
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     contain.TIMEOUT_BASE_S = min(contain.TIMEOUT_BASE_S, hang_s / 2)
     contain.TIMEOUT_PER_SLICE_S = min(contain.TIMEOUT_PER_SLICE_S, 1.0)
-    seeds = seed_series()
+    seeds = seed_series(only)
     signal.signal(signal.SIGALRM, _on_alarm)
     outcomes: Counter[str] = Counter()
     by_kind: dict[str, Counter[str]] = {}
@@ -308,7 +315,7 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_workers(n: int, seed: int, jobs: int, hang_s: float, save: Path | None,
-                chunk: int) -> dict[str, Any]:
+                chunk: int, only: str | None = None) -> dict[str, Any]:
     """Fuzz ``n`` inputs in ``jobs`` child processes, chunk by chunk; a dead child is a death."""
     parts: list[dict[str, Any]] = []
     pending = list(range(0, n, chunk))
@@ -324,6 +331,8 @@ def run_workers(n: int, seed: int, jobs: int, hang_s: float, save: Path | None,
                        "--out", str(out), "--progress-file", str(prog)]
                 if save is not None:
                     cmd += ["--save", str(save)]
+                if only:
+                    cmd += ["--only", only]
                 running.append((subprocess.Popen(cmd), start, out, prog))
             time.sleep(0.2)
             for item in list(running):
@@ -393,6 +402,7 @@ def compare_decoders(n: int, seed: int, hang_s: float) -> dict[str, Any]:
     decoders = _decoders()
     table = {name: Counter() for name in decoders}
     crashes: dict[str, list[int]] = {name: [] for name in decoders}
+    joint: Counter[str] = Counter()  # per input: which decoders accepted it
     t0 = time.perf_counter()
     for i in range(n):
         rng = random.Random(f"dec:{seed}:{i}")
@@ -402,13 +412,18 @@ def compare_decoders(n: int, seed: int, hang_s: float) -> dict[str, Any]:
             pos = rng.randrange(0, 700) if rng.random() < 0.8 else rng.randrange(len(buf))
             buf[pos] ^= 1 << rng.randrange(8) if rng.random() < 0.5 else rng.randrange(1, 256)
         data = bytes(buf)
+        accepted = []
         for name, fn in decoders.items():
             outcome = _forked(fn, data, ref.view(np.uint16), hang_s)
             table[name][outcome] += 1
-            if outcome.startswith("crashed") and len(crashes[name]) < 20:
+            if outcome.startswith("ok"):
+                accepted.append(name.split(" ")[0])
+            if not outcome.startswith(("ok", "refused")) and len(crashes[name]) < 20:
                 crashes[name].append(i)
+        joint["accepted by " + (" + ".join(accepted) or "none")] += 1
     return {"inputs": n, "seed": seed, "seconds": time.perf_counter() - t0,
-            "table": {k: dict(v) for k, v in table.items()}, "crash_examples": crashes}
+            "table": {k: dict(v) for k, v in table.items()}, "joint": dict(sorted(joint.items())),
+            "crash_or_hang_examples": crashes}
 
 
 def main() -> int:
@@ -421,6 +436,7 @@ def main() -> int:
     p.add_argument("--hang-s", type=float, default=10.0, help="an input over this is a hang")
     p.add_argument("--out", type=Path, help="write the summary JSON here")
     p.add_argument("--save", type=Path, help="copy bug inputs here")
+    p.add_argument("--only", help="use only the seed series whose name contains this")
     p.add_argument("--decoders", action="store_true", help="compare JPEG Lossless decoders")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--progress-file", type=Path, help=argparse.SUPPRESS)
@@ -428,10 +444,10 @@ def main() -> int:
     if a.decoders:
         summary = compare_decoders(a.n, a.seed, a.hang_s)
     elif a.worker:
-        summary = run(a.n, a.seed, a.start, a.hang_s, a.save, a.progress_file)
+        summary = run(a.n, a.seed, a.start, a.hang_s, a.save, a.progress_file, a.only)
     else:
         t0 = time.perf_counter()
-        summary = run_workers(a.n, a.seed, a.jobs, a.hang_s, a.save, a.chunk)
+        summary = run_workers(a.n, a.seed, a.jobs, a.hang_s, a.save, a.chunk, a.only)
         summary["seconds"] = round(time.perf_counter() - t0, 1)
         summary["inputs_per_s"] = round(summary["inputs"] / summary["seconds"], 1)
     text = json.dumps(summary, indent=1, default=str)

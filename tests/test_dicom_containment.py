@@ -15,11 +15,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from dicom_faults import copy_slices, ricord_crash_series
+from pydicom.encaps import encapsulate, generate_frames
+from pydicom.uid import JPEG2000Lossless
 
 from medscan.dicom import SeriesError, discover, load
-from medscan.dicom.pixels import DECODER_ENV, decode_file
+from medscan.dicom.pixels import DECODER_ENV, decode_file, pydicom_plugin
 from medscan.io import iter_case_dirs, read_case, read_index
 
 MEDSCAN = [sys.executable, "-m", "medscan.cli"]
@@ -58,6 +61,22 @@ def test_default_decoders_refuse_the_corrupt_slice_by_name(crash_series, monkeyp
     monkeypatch.setenv(DECODER_ENV, decoder)
     with pytest.raises(SeriesError, match=f"(?s)1 of 6 slice.*{victim.name}.*Huffman"):
         load(discover(folder).series[0])
+
+
+def test_pydicom_decodes_with_one_pinned_plugin(sample_ct: Path, tmp_path: Path):
+    """pydicom would try every installed plugin until one accepts a stream (pylibjpeg, then
+    Pillow for JPEG 2000: the most lenient decides); medscan pins one, so only it is asked."""
+    ds = pydicom.dcmread(sorted(sample_ct.glob("*.dcm"))[10])
+    ds.compress(JPEG2000Lossless)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = encapsulate([frame[:120] + b"\xff\xd9"])  # cut, end marker kept
+    path = tmp_path / "cut-j2k.dcm"
+    ds.save_as(path)
+    assert pydicom_plugin(JPEG2000Lossless) == "pylibjpeg"
+    with pytest.raises(Exception) as info:
+        decode_file(path)
+    assert "pylibjpeg" in str(info.value)
+    assert "pillow" not in str(info.value).lower()
 
 
 def test_crashing_decoder_fails_the_series_and_names_the_slice(crash_series, monkeypatch):

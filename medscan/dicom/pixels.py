@@ -31,7 +31,8 @@ import numpy as np
 import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import generate_frames
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.pixels import get_decoder
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medscan.dicom.contain import DONE, STARTED, ContainedError, run_contained
 from medscan.dicom.headers import SliceHeader
@@ -111,6 +112,9 @@ UNCOMPRESSED = NATIVE_LITTLE_ENDIAN | {"1.2.840.10008.1.2.2", "1.2.840.10008.1.2
 #: ``liblj92`` is lenient and crashes on corrupt streams: for decoder comparisons only.
 JPEG_LOSSLESS_DECODERS = ("libjpeg-turbo", "pylibjpeg-libjpeg", "liblj92")
 DECODER_ENV = "MEDSCAN_JPEG_LOSSLESS_DECODER"
+#: pydicom decoding plugins in order of preference (conformant reference codecs first); only the
+#: first installed one is used for a transfer syntax (:func:`pydicom_plugin`).
+PYDICOM_PLUGINS = ("pylibjpeg", "gdcm", "pyjpegls", "pydicom", "pillow")
 #: ``$MEDSCAN_DECODE_CONTAINED=0`` decodes compressed data in-process (trusted input only).
 CONTAIN_ENV = "MEDSCAN_DECODE_CONTAINED"
 
@@ -259,7 +263,9 @@ def decode_file(
     if frame is not None and int(ds.get("NumberOfFrames", 1) or 1) > 1:
         from pydicom.pixels import pixel_array
 
-        return _normalise_ds(pixel_array(ds, index=frame), ds)  # decodes that frame only
+        return _normalise_ds(  # decodes that frame only
+            pixel_array(ds, index=frame, decoding_plugin=pydicom_plugin(ts)), ds
+        )
     stream = None
     if ts in JPEG_FAMILY and int(ds.get("NumberOfFrames", 1) or 1) == 1:
         stream = _check_end_marker(ds, Path(path))
@@ -279,7 +285,36 @@ def decode_file(
                 f"{ds.Rows}x{ds.Columns} with {ds.BitsStored} bits stored"
             )
         return _normalise_ds(arr, ds)
+    plugin = pydicom_plugin(ts)
+    if plugin:  # only this plugin: pydicom would otherwise try the next one when it refuses
+        ds.pixel_array_options(decoding_plugin=plugin)
     return _normalise_ds(ds.pixel_array, ds)
+
+
+def pydicom_plugin(transfer_syntax: str) -> str:
+    """The one pydicom decoding plugin used for ``transfer_syntax`` ("" when none is needed).
+
+    pydicom tries every installed plugin in turn until one accepts the data (e.g. pylibjpeg,
+    then Pillow for JPEG baseline and JPEG 2000, or pylibjpeg-rle, then its own decoder for RLE),
+    which makes the most lenient installed decoder decide. medscan pins the first available in
+    :data:`PYDICOM_PLUGINS`, so a stream that decoder refuses fails the slice.
+
+    Parameters
+    ----------
+    transfer_syntax : str
+        Transfer syntax UID.
+
+    Returns
+    -------
+    str
+        Plugin name for ``decoding_plugin=``, or ``""`` (uncompressed syntaxes, unknown ones:
+        pydicom then raises its own "no decoder" error).
+    """
+    try:
+        available = get_decoder(UID(transfer_syntax)).available_plugins
+    except Exception:  # no decoder for this syntax at all: pydicom names it when decoding
+        return ""
+    return next((name for name in PYDICOM_PLUGINS if name in available), "")
 
 
 def jpeg_lossless_decoder() -> str:
