@@ -190,8 +190,11 @@ class OutputCheck(Callback):
     def _check(config: Any) -> None:
         try:
             output = Path(str(config.output))
+            source = config.input
         except Exception:  # no usable output key: run_segment reports it
             return
+        if source and not Path(str(source)).exists():  # nothing is created for a bad input
+            raise SystemExit(_error(f"input {source} does not exist"))
         try:
             check_output(output)
         except JobError as exc:
