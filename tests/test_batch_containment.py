@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pydicom
 import pytest
 from batch_inputs import (
     ARCHIVE_DESCRIPTION,
@@ -329,16 +330,21 @@ def _texts_in(out: Path) -> Iterator[tuple[str, str]]:
 
 
 @pytest.mark.slow
-def test_no_identity_in_outputs_or_logs(sample_ct: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("source", ["sample", "lungdx-a0001-chest-5mm"])
+def test_no_identity_in_outputs_or_logs(source: str, sample_ct: Path, tmp_path: Path,
+                                        request: pytest.FixtureRequest) -> None:
     """A real series under an archive-like tree (patient ID and name in folder names, a name
-    in SeriesDescription, PatientName/ID in headers): nothing of it in the output folder."""
+    in SeriesDescription, PatientName/ID in headers): nothing of it in the output folder.
+    Run on the embedded sample and on a shared series of another patient and scanner."""
+    src = sample_ct if source == "sample" else request.getfixturevalue("shared_ct") / source
+    original = str(pydicom.dcmread(next(src.glob("*.dcm")), stop_before_pixels=True).PatientID)
     archive = tmp_path / "archive"
-    series_dir = archive_tree(sample_ct, archive)
+    series_dir = archive_tree(src, archive)
     out = tmp_path / "out"
     r = segment(f"input={archive}", f"output={out}", "progress=false")
     assert r.returncode == 0, r.stderr
     secrets_ = [ARCHIVE_PATIENT_ID, "MUSTERFRAU", "Musterfrau", "ERIKA", "Erika",
-                "Lung_Dx", "A0002", ARCHIVE_DESCRIPTION, str(archive), str(tmp_path)]
+                "Lung_Dx", original, ARCHIVE_DESCRIPTION, str(archive), str(tmp_path)]
     hits = [(where, s) for where, text in _texts_in(out) for s in secrets_ if s in text]
     assert hits == []
     (case,) = iter_case_dirs(out)
@@ -357,7 +363,7 @@ def test_no_identity_in_outputs_or_logs(sample_ct: Path, tmp_path: Path) -> None
     header = ["MUSTERFRAU", "Musterfrau", "ERIKA", "Erika", "Lung_Dx", ARCHIVE_DESCRIPTION]
     assert [s for s in above + header if s in body] == []
     assert "MRN-4711-0815-copy.dcm" in body  # the duplicate is reported, relative to the root
-    assert data["series"][0]["n_slices"] == 30
+    assert data["series"][0]["n_slices"] == len(list(src.glob("*.dcm")))
 
 
 # ------------------------------------------------- input vanishes mid-run (fault 4, 5) -------
