@@ -125,3 +125,16 @@ def test_batch_with_crashing_slice_goes_on(crash_series, sample_ct, tmp_path, de
     statuses = sorted(read_case(c)["status"] for c in iter_case_dirs(out))
     assert statuses == ["failed", "ok"]
     assert not [p.name for p in out.iterdir() if p.name.startswith((".tmp-", ".old-"))]
+
+
+def test_worker_time_limit_and_replacement() -> None:
+    """A worker past its time limit is killed (DecoderTimeout naming the slices in flight) and
+    the next request gets a fresh worker that hands data back."""
+    from medscan.dicom.contain import DecoderTimeout, probe, run_contained
+
+    files = [Path(f"slice-{k}.dcm") for k in range(3)]
+    with pytest.raises(DecoderTimeout, match="timed out after 1 s") as info:
+        run_contained(probe, (3, 4, 4), np.int16, files, 30.0, timeout_s=1.0)
+    assert info.value.files == []  # it hung before starting a slice
+    out, pid = run_contained(probe, (3, 4, 4), np.int16, files, 0.0, 7)
+    assert pid != os.getpid() and out.shape == (3, 4, 4) and np.all(out == 7)

@@ -178,6 +178,20 @@ def serve(request_fd: int, reply_fd: int) -> None:
             replies.send(("error", RuntimeError(text)))
 
 
+def probe(out: np.ndarray, state: np.ndarray, seconds: float = 0.0, value: int = 0) -> int:
+    """Worker health check: fill ``out`` with ``value`` after ``seconds``; returns its pid.
+
+    ``run_contained(probe, shape, dtype, files, 0.0, 7)`` checks that workers start and hand
+    data back; a large ``seconds`` exercises the time limit.
+    """
+    time.sleep(seconds)
+    for k in range(out.shape[0]):
+        state[k] = STARTED
+        out[k] = value
+        state[k] = DONE
+    return os.getpid()
+
+
 def _signal_name(exitcode: int | None) -> str:
     if exitcode is None:
         return "unknown status"
@@ -276,7 +290,10 @@ def run_contained(
                     f"decoder timed out after {timeout_s:.0f} s and was killed",
                     _in_flight(state_buf, files),
                 )
-            raise DecoderCrashed(f"decoder crashed ({status})", _in_flight(state_buf, files))
+            hint = "" if status.startswith("signal") else "; the worker's error is on stderr"
+            raise DecoderCrashed(
+                f"decoder crashed ({status}{hint})", _in_flight(state_buf, files)
+            )
         _give_back(worker)
         worker = None
         kind, value = message
