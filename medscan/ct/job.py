@@ -204,7 +204,9 @@ class OutputCheck(Callback):
 def _job_level(exc: BaseException, output: Path) -> OSError | None:
     """The OSError in ``exc``'s chain that stops the whole job (disk full, output read-only)."""
     seen: BaseException | None = exc
-    while seen is not None:
+    visited: set[int] = set()
+    while seen is not None and id(seen) not in visited:
+        visited.add(id(seen))
         if isinstance(seen, OSError):
             if seen.errno in OUTPUT_ERRNOS:
                 return seen
@@ -245,37 +247,50 @@ def _case(job: _Job, series: Any, blocking: bool) -> bool:
     job-level errors (:func:`_job_level`) propagate, as :class:`JobError`.
     """
     case_id = series.case_id
-    with case_lock(job.output, case_id, blocking=blocking) as mine:
-        if not mine:
-            return False
-        t0 = time.perf_counter()
-        refs = FileRefs(series.files, job.source)
+    try:
+        with case_lock(job.output, case_id, blocking=blocking) as mine:
+            if not mine:
+                return False
+            _locked_case(job, series)
+    except OSError as exc:  # the lock file itself cannot be made: the output folder broke
+        if (stop := _job_level(exc, job.output)) is not None:
+            raise JobError(f"output folder {job.output}: {stop.strerror or stop} "
+                           f"(stopped at case {case_id}; a rerun resumes)") from exc
+        raise JobError(f"output folder {job.output}: cannot lock case {case_id}: "
+                       f"{exc.strerror or exc}") from exc
+    return True
+
+
+def _locked_case(job: _Job, series: Any) -> None:
+    """Body of :func:`_case`, run while the case lock is held."""
+    case_id = series.case_id
+    t0 = time.perf_counter()
+    refs = FileRefs(series.files, job.source)
+    try:
+        remove_stale(job.output, case_id, float(job.cfg.get("lease_s") or LEASE_S))
         try:
-            remove_stale(job.output, case_id, float(job.cfg.get("lease_s") or LEASE_S))
-            try:
-                inputs, input_hash = hash_series(series.files)
-            except OSError as exc:  # unreadable input: the load below fails with the reason
-                log.warning("case %s: cannot hash its inputs: %s", case_id,
-                            refs.text(f"{exc.strerror or exc}"))
-                inputs, input_hash = [], ""
-            for f, item in zip(series.files, inputs, strict=False):
-                refs.hashes[str(f)] = item["sha256"]
-            if input_hash and not job.cfg.get("overwrite") and case_is_current(
-                    job.output / case_id, input_hash, job.cfg_hash):
-                job.rows.append((case_id, "skipped", "unchanged inputs and config", 0.0))
-                return True
-            status, reason = _write_case(job, series, refs, inputs, input_hash, t0)
-        except Exception as exc:  # one bad case must not stop the batch
-            if (stop := _job_level(exc, job.output)) is not None:
-                raise JobError(f"output folder {job.output}: {stop.strerror or stop} "
-                               f"(stopped at case {case_id}; a rerun resumes)") from exc
-            status, reason = "failed", refs.text(f"{type(exc).__name__}: {exc}")
-            log.error("case %s failed:\n%s", case_id, _traceback(exc, refs))
-        seconds = round(time.perf_counter() - t0, 3)
-        job.rows.append((case_id, status, reason, seconds))
-        if status != "ok":
-            log.warning("case %s failed: %s", case_id, reason)
-        return True
+            inputs, input_hash = hash_series(series.files)
+        except OSError as exc:  # unreadable input: the load below fails with the reason
+            log.warning("case %s: cannot hash its inputs: %s", case_id,
+                        refs.text(f"{exc.strerror or exc}"))
+            inputs, input_hash = [], ""
+        for f, item in zip(series.files, inputs, strict=False):
+            refs.hashes[str(f)] = item["sha256"]
+        if input_hash and not job.cfg.get("overwrite") and case_is_current(
+                job.output / case_id, input_hash, job.cfg_hash):
+            job.rows.append((case_id, "skipped", "unchanged inputs and config", 0.0))
+            return
+        status, reason = _write_case(job, series, refs, inputs, input_hash, t0)
+    except Exception as exc:  # one bad case must not stop the batch
+        if (stop := _job_level(exc, job.output)) is not None:
+            raise JobError(f"output folder {job.output}: {stop.strerror or stop} "
+                           f"(stopped at case {case_id}; a rerun resumes)") from exc
+        status, reason = "failed", refs.text(f"{type(exc).__name__}: {exc}")
+        log.error("case %s failed:\n%s", case_id, _traceback(exc, refs))
+    seconds = round(time.perf_counter() - t0, 3)
+    job.rows.append((case_id, status, reason, seconds))
+    if status != "ok":
+        log.warning("case %s failed: %s", case_id, reason)
 
 
 def _write_case(job: _Job, series: Any, refs: FileRefs, inputs: list[dict[str, Any]],
@@ -412,7 +427,11 @@ def _run_segment(cfg: dict[str, Any]) -> int:
             _case(job, by_id[case_id], blocking=True)
             progress.advance(task)
 
-    rebuild_index(output)
+    try:
+        rebuild_index(output)
+    except OSError as exc:
+        raise JobError(f"output folder {output}: cannot write index.csv: "
+                       f"{exc.strerror or exc}") from exc
     _summary(job.rows, found.skipped, output, source)
     return 1 if any(r[1] == "failed" for r in job.rows) else 0
 
