@@ -118,8 +118,8 @@ def discover(
     modalities : iterable of str
         Modalities loaded as image series (default CT); others go to ``other_series``.
     salt : str, optional
-        Salt of the pseudonymous case and patient ids (default: ``$MEDSCAN_ID_SALT`` or the
-        project constant).
+        Secret key of the pseudonymous case and patient ids (default: ``$MEDSCAN_ID_SECRET`` or
+        the per-installation secret file, see :mod:`medscan.dicom.identity`).
     workers : int, optional
         Processes reading headers (header parsing is pure Python and holds the GIL, so
         threads do not help). Default: 1 below 1000 files, else up to 8 (CPU count).
