@@ -1,0 +1,159 @@
+"""Benchmark: ``medscan segment`` as a whole process vs SimpleITK+VTK and plain scikit-image.
+
+What a user waits for is the command, not the stages inside one warm process
+(``benchmarks/ct_pipeline.py``). This script runs, as separate processes, alternating, for
+``--rounds`` rounds on each series:
+
+* ``medscan``: ``medscan segment input=SERIES output=TMP progress=false`` with every default
+  output (volume and labels NIfTI, meshes of both lungs and bone in the default formats,
+  metrics, QC, manifest, preview);
+* ``sitk``: ``benchmarks/ref_sitk_vtk.py`` (GDCM load, SimpleITK thresholds and components,
+  VTK discrete flying edges for both lungs and bone, PLY, NIfTI via ITK);
+* ``skimage``: ``benchmarks/ref_skimage.py`` (pydicom, ``skimage.measure.label``,
+  ``marching_cubes`` at full resolution, trimesh PLY, nibabel), written as a practitioner would;
+* with ``--startup``: ``medscan segment --help`` and a no-op rerun of ``medscan segment`` on the
+  output of a finished run (every case skipped: process start, discovery and hashing).
+
+For each it prints the median wall time, the median CPU time (user + system of the child
+process) and the largest peak RSS, then the ratios of the medians. The reference scripts do
+less than medscan (no airway removal, left/right split, smoothing, decimation or preview).
+
+**Read the ratios, not the seconds.** The development machine is shared (2 cores, several
+engineers' jobs): absolute times swing by 2-4x with the load, so the pipelines run alternately
+within each round and only ratios of medians from one run of this script are comparable.
+
+    .venv/bin/python benchmarks/end_to_end.py [--rounds 3] [--series PATH ...]
+        [--only medscan,sitk,skimage] [--startup] [-- extra medscan overrides]
+
+Goals (issue 15): medscan <= 0.5x the SimpleITK+VTK time and >= 8x faster than plain
+scikit-image on RICORD and lungdx-a0001; ``--help`` and a no-op rerun under 0.5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "ct"
+DEFAULT_SERIES = ("ricord-1a-000082-jpegll", "lungdx-a0001-chest-5mm")
+
+
+def medscan_exe() -> list[str]:
+    """The ``medscan`` console script next to this interpreter (else ``python -m``)."""
+    exe = Path(sys.executable).parent / "medscan"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "medscan.cli"]
+
+
+def run(cmd: Sequence[str], env: dict[str, str]) -> tuple[float, float, float]:
+    """Run ``cmd``; return wall seconds, CPU seconds (user + sys) and peak RSS (MiB).
+
+    Raises
+    ------
+    RuntimeError
+        When the command exits non-zero (its stderr tail in the message).
+    """
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} ... exited {proc.returncode}:\n"
+                           f"{err.decode(errors='replace')[-2000:]}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0
+
+
+def commands(series: Path, out: Path, extra: list[str]) -> dict[str, list[str]]:
+    """The command line of each pipeline for ``series`` writing into ``out``."""
+    py = sys.executable
+    return {
+        "medscan": [*medscan_exe(), "segment", f"input={series}", f"output={out}",
+                    "progress=false", *extra],
+        "sitk": [py, str(REPO / "benchmarks" / "ref_sitk_vtk.py"), str(series), str(out)],
+        "skimage": [py, str(REPO / "benchmarks" / "ref_skimage.py"), str(series), str(out)],
+    }
+
+
+def bench_series(series: Path, which: list[str], rounds: int, startup: bool,
+                 extra: list[str], env: dict[str, str]) -> dict[str, list[tuple[float, ...]]]:
+    """All rounds on one series: {pipeline: [(wall, cpu, rss), ...]}."""
+    results: dict[str, list[tuple[float, ...]]] = {k: [] for k in which}
+    if startup:
+        results.update({"help": [], "rerun": []})
+    for r in range(rounds):
+        for name in which:
+            out = Path(tempfile.mkdtemp(prefix=f"e2e-{name}-"))
+            try:
+                results[name].append(run(commands(series, out, extra)[name], env))
+                if startup and name == "medscan":
+                    results["rerun"].append(run(commands(series, out, extra)[name], env))
+                    results["help"].append(run([*medscan_exe(), "segment", "--help"], env))
+            finally:
+                shutil.rmtree(out, ignore_errors=True)
+        print(f"  round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
+    return results
+
+
+def report(series: Path, results: dict[str, list[tuple[float, ...]]]) -> None:
+    """Print medians and ratios for one series."""
+    print(f"\nseries: {series.name}   rounds: {len(next(iter(results.values())))}")
+    print(f"{'pipeline':<10}{'wall s':>9}{'cpu s':>9}{'peak RSS MiB':>14}   wall per round")
+    wall: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    for name, runs in results.items():
+        if not runs:
+            continue
+        wall[name] = statistics.median(r[0] for r in runs)
+        cpu[name] = statistics.median(r[1] for r in runs)
+        rss = max(r[2] for r in runs)
+        rounds = " ".join(f"{r[0]:.2f}" for r in runs)
+        print(f"{name:<10}{wall[name]:>9.2f}{cpu[name]:>9.2f}{rss:>14.0f}   {rounds}")
+    if "medscan" in wall and "sitk" in wall:
+        print(f"medscan / SimpleITK+VTK:  wall {wall['medscan'] / wall['sitk']:.2f}x  "
+              f"cpu {cpu['medscan'] / cpu['sitk']:.2f}x   (goal <= 0.5x)")
+    if "medscan" in wall and "skimage" in wall:
+        print(f"scikit-image / medscan:   wall {wall['skimage'] / wall['medscan']:.2f}x  "
+              f"cpu {cpu['skimage'] / cpu['medscan']:.2f}x faster   (goal >= 8x)")
+    for name in ("help", "rerun"):
+        if name in wall:
+            print(f"medscan segment {name}: wall {wall[name]:.2f} s  cpu {cpu[name]:.2f} s  "
+                  "(goal < 0.5 s)")
+
+
+def main() -> None:
+    """Parse arguments, run every series, print the tables."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--series", type=Path, nargs="*",
+                    default=[DATA / name for name in DEFAULT_SERIES])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", default="medscan,sitk,skimage")
+    ap.add_argument("--startup", action="store_true",
+                    help="also time `medscan segment --help` and a no-op rerun")
+    ap.add_argument("extra", nargs="*", help="extra medscan overrides (after --)")
+    args = ap.parse_args()
+    env = dict(os.environ)
+    env.setdefault("MEDSCAN_ID_SECRET", "end-to-end-benchmark")  # no secret file needed
+    which = [w for w in args.only.split(",") if w]
+    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
+          "(shared machine: compare ratios, not seconds)")
+    for series in args.series:
+        if not series.exists():
+            print(f"skipped {series}: not found", file=sys.stderr)
+            continue
+        report(series, bench_series(series, which, args.rounds, args.startup, args.extra, env))
+    print(f"load average at end: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
