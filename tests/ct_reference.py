@@ -357,3 +357,18 @@ def reference_airway(volume: Volume, body: np.ndarray, bronchi_mm: float = 20.0)
         sizes[0] = 0
         kept[k] = (sizes >= 0.5)[lab]
     return kept, carina, kept_t
+
+
+@lru_cache(maxsize=8)
+def segment_series(folder: str):
+    """medscan's :func:`~medscan.ct.segment.segment` of a series with the default tissues.
+
+    Cached for the session (several test files check the same segmentations); do not modify
+    the returned object or its label map.
+    """
+    from medscan.ct.segment import segment
+    from medscan.ct.tissues import default_tissues
+
+    seg = segment(load_series(folder), default_tissues())
+    seg.labels.setflags(write=False)
+    return seg

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ct_reference import load_series
+from ct_reference import load_series, segment_series
 from scipy import ndimage as ndi
 
 from medscan.ct.measure import measure
@@ -45,7 +45,7 @@ def near(mask: np.ndarray, volume: Volume, mm: float) -> np.ndarray:
 ])
 def test_table_is_not_body(series, shared_ct, tissues):
     volume = load_series(str(shared_ct / series))
-    seg = segment(volume, tissues)
+    seg = segment_series(str(shared_ct / series))
     body = seg.labels > 0
     core_zone = near(dense_core(volume), volume, 4.0)
     ml = volume.voxel_volume_ml
@@ -60,7 +60,7 @@ def test_table_is_not_body(series, shared_ct, tissues):
 def test_blanket_over_the_chest_is_not_body(shared_ct, tissues):
     """A 2.5 mm sheet (-100 HU) 3 mm above the anterior skin, attached at the flanks."""
     volume = load_series(str(shared_ct / "lungdx-a0001-chest-5mm"))
-    body = segment(volume, tissues).labels > 0
+    body = segment_series(str(shared_ct / "lungdx-a0001-chest-5mm")).labels > 0
     shell = {mm: near(body, volume, mm) for mm in (3.0, 5.5)}  # in-plane, box-shaped
     yy = np.arange(volume.shape[1])[None, :, None]
     y_mid = np.argwhere(body[::4, ::8, ::8])[:, 1].mean() * 8
@@ -79,7 +79,7 @@ def test_blanket_over_the_chest_is_not_body(shared_ct, tissues):
 
 def test_metal_is_a_band_and_a_finding_not_bone(shared_ct, tissues):
     volume = load_series(str(shared_ct / "lungdx-a0001-chest-5mm"))
-    base = segment(volume, tissues)
+    base = segment_series(str(shared_ct / "lungdx-a0001-chest-5mm"))
     bone_id, metal_id = tissues["bone"].label, tissues["metal"].label
     assert not (base.labels == metal_id).any()
     # two 3 mm rods of 8000 HU either side of the spine over 20 slices (spinal fixation)

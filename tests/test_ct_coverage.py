@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ct_reference import cropped, load_series, lung_z_range
+from ct_reference import cropped, load_series, lung_z_range, segment_series
 
 from medscan.ct.job import write_volume_case
 from medscan.ct.measure import add_coverage, lung_coverage, measure
@@ -24,8 +24,8 @@ def tissues():
     return default_tissues()
 
 
-def coverage_of(volume, tissues):
-    seg = segment(volume, tissues)
+def coverage_of(volume, tissues, folder=None):
+    seg = segment_series(str(folder)) if folder is not None else segment(volume, tissues)
     assert seg.lungs_found, seg.reason
     return seg, *lung_coverage(volume.hu, seg.labels, volume.affine, tissues)
 
@@ -40,7 +40,7 @@ def lung_ids(tissues):
 ])
 def test_range_stopping_mid_lung_is_incomplete(series, shared_ct, tissues):
     volume = load_series(str(shared_ct / series))
-    seg, coverage, findings = coverage_of(volume, tissues)
+    seg, coverage, findings = coverage_of(volume, tissues, shared_ct / series)
     # the full series holds both lungs with room above and below
     assert coverage[LUNG_LEFT]["complete"] and coverage[LUNG_RIGHT]["complete"], coverage
     assert not [f for f in findings if f.code == "lung_truncated"]
@@ -66,7 +66,7 @@ def test_field_of_view_cutting_a_lung_is_incomplete(shared_ct, tissues):
     under test is that lung voxels along the circle's edge make the lung incomplete.
     """
     volume = load_series(str(shared_ct / "lungdx-a0001-chest-5mm"))
-    seg, coverage, _ = coverage_of(volume, tissues)
+    seg, coverage, _ = coverage_of(volume, tissues, shared_ct / "lungdx-a0001-chest-5mm")
     right = seg.labels == tissues[LUNG_RIGHT].label
     xs = np.flatnonzero(right.any(axis=(0, 1)))
     _nz, ny, nx = volume.shape
@@ -90,7 +90,7 @@ def test_field_of_view_cutting_a_lung_is_incomplete(shared_ct, tissues):
 def test_incomplete_lungs_marked_in_metrics_and_index(shared_ct, tissues, tmp_path):
     """metrics.json and index.csv say lung_complete false for the cropped series only."""
     full = load_series(str(shared_ct / "lungdx-a0001-chest-5mm"))
-    seg = segment(full, tissues)
+    seg = segment_series(str(shared_ct / "lungdx-a0001-chest-5mm"))
     lo, hi = lung_z_range(seg.labels, lung_ids(tissues))
     part = cropped(full, z=slice(0, (lo + hi) // 2), case_id="cropped-mid-lung")
     whole = cropped(full, case_id="full-range")
@@ -116,3 +116,15 @@ def test_no_lungs_leaves_completeness_unknown(tissues):
     coverage, findings = lung_coverage(hu, labels, np.eye(4), tissues)
     assert coverage == {} and findings == []
     assert add_coverage(metrics, coverage)["lung_complete"] is None
+
+
+def test_air_clipped_to_padding_is_not_a_field_of_view_edge(shared_ct, tissues):
+    """Scanners that store all air outside the body at the padding value: no false edge."""
+    volume = load_series(str(shared_ct / "lungdx-a0001-chest-5mm"))
+    seg, _coverage, _ = coverage_of(volume, tissues, shared_ct / "lungdx-a0001-chest-5mm")
+    outside = ~(seg.labels > 0).any(axis=0)  # never body on any slice
+    hu = volume.hu.copy()
+    hu[:, outside] = AIR_HU
+    _cov, found = lung_coverage(hu, seg.labels, volume.affine, tissues)
+    for f in found:
+        assert "field_of_view" not in f.details.get("contact_cm2", {}), f.message

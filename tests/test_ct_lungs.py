@@ -15,6 +15,7 @@ from ct_reference import (
     cropped,
     load_series,
     reference_airway,
+    segment_series,
     sitk_lung_ml,
 )
 from scipy import ndimage as ndi
@@ -31,17 +32,11 @@ SERIES = [
 ]
 TISSUES = default_tissues()
 LUNG_IDS = (TISSUES[LUNG_LEFT].label, TISSUES[LUNG_RIGHT].label)
-_SEGMENTATIONS: dict[str, np.ndarray] = {}
-
-
 def labels_of(folder) -> np.ndarray:
     """medscan's label map of a series (computed once per session)."""
-    key = str(folder)
-    if key not in _SEGMENTATIONS:
-        seg = segment(load_series(key), TISSUES)
-        assert seg.lungs_found, seg.reason
-        _SEGMENTATIONS[key] = seg.labels
-    return _SEGMENTATIONS[key]
+    seg = segment_series(str(folder))
+    assert seg.lungs_found, seg.reason
+    return seg.labels
 
 
 def independent_body(volume: Volume) -> np.ndarray:

@@ -103,11 +103,11 @@ def test_bone_mesh_keeps_ribs_continuous_on_ricord(shared_ct):
     holds a far smaller share of the surface than the largest component's share of the bone.
     """
     import cc3d
-    from ct_reference import load_series
+    from ct_reference import load_series, segment_series
 
     tissues = default_tissues()
     volume = load_series(str(shared_ct / "ricord-1a-000082-jpegll"))
-    labels = segment(volume, tissues).labels
+    labels = segment_series(str(shared_ct / "ricord-1a-000082-jpegll")).labels
     bone = labels == tissues["bone"].label
     comps, _n = cc3d.connected_components(bone, connectivity=26, return_N=True)
     ml = np.bincount(comps.ravel())[1:] * volume.voxel_volume_ml

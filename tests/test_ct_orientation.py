@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ct_reference import labels_on_grid, load_series, reoriented, write_resliced_dicom
+from ct_reference import (
+    labels_on_grid,
+    load_series,
+    reoriented,
+    segment_series,
+    write_resliced_dicom,
+)
 
 from medscan.ct.orient import canonical_reorientation
 from medscan.ct.segment import segment
@@ -66,7 +72,7 @@ def test_canonical_reorientation_is_lossless_and_keeps_world_positions(sample_ct
 def test_six_storage_orientations_give_identical_labels(series, sample_ct, shared_ct, tissues):
     folder = sample_ct if series == "sample" else shared_ct / series
     volume = load_series(str(folder))
-    base = segment(volume, tissues)
+    base = segment_series(str(folder))
     assert base.lungs_found
     base_ml = lung_ml(base.labels, volume.voxel_volume_ml, tissues)
     for perm, flips in VARIANTS:
@@ -84,7 +90,7 @@ def test_six_storage_orientations_give_identical_labels(series, sample_ct, share
 def test_resliced_dicom_series_gives_identical_labels(plane, sample_ct, tissues, tmp_path):
     """Real DICOM files storing the sample as coronal/sagittal slices, read by the loader."""
     volume = load_series(str(sample_ct))
-    base = segment(volume, tissues)
+    base = segment_series(str(sample_ct))
     folder = write_resliced_dicom(sample_ct, tmp_path / plane, plane)
     other = load_path(folder)
     assert other.shape != volume.shape  # really stored another way

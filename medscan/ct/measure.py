@@ -147,10 +147,10 @@ def lung_coverage(
     A lung is incomplete when more than ``min_contact_cm2`` of it lies on a face of the
     volume (the first or last slice of the scan range, or the image edge in-plane) or along
     the edge of the reconstructed field of view (pixels that hold the padding value on every
-    slice, e.g. outside the scan circle). Faces are named anatomically (superior, inferior,
-    left, right, anterior, posterior) whatever the stored orientation (the check runs on the
-    canonical view of :mod:`medscan.ct.orient`). This is the truncation check TotalSegmentator
-    applies to its organ statistics, here per lung.
+    slice, when they surround a disk: the scan circle). Faces are named anatomically
+    (superior, inferior, left, right, anterior, posterior) whatever the stored orientation
+    (the check runs on the canonical view of :mod:`medscan.ct.orient`). This is the
+    truncation check TotalSegmentator applies to its organ statistics, here per lung.
 
     Parameters
     ----------
@@ -182,7 +182,7 @@ def lung_coverage(
     # in-plane pixels never reconstructed: the padding value on every slice (scan circle)
     outside_fov = np.all(reo.to_canonical(hu) == padding_hu, axis=0)
     fov_edge = None
-    if outside_fov.any():
+    if _is_scan_circle(~outside_fov):
         from scipy import ndimage
 
         fov_edge = ndimage.binary_dilation(outside_fov, np.ones((3, 3), bool)) & ~outside_fov
@@ -231,6 +231,24 @@ def lung_coverage(
             details={"contact_cm2": body},
         ))
     return coverage, findings
+
+
+def _is_scan_circle(inside: np.ndarray, tolerance: float = 0.03) -> bool:
+    """True when the reconstructed in-plane region is a disk (a scan circle).
+
+    Only then is its edge the field of view's: a scanner that clips air outside the body to
+    the padding value on every slice also leaves padding-only pixels, but around the body's
+    outline, which is no disk (area within ``tolerance`` of the inscribed ellipse's, and a
+    round bounding box, are required).
+    """
+    if inside.all() or not inside.any():
+        return False
+    rows = np.flatnonzero(inside.any(axis=1))
+    cols = np.flatnonzero(inside.any(axis=0))
+    h, w = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+    ellipse = np.pi * h * w / 4.0
+    return abs(int(np.count_nonzero(inside)) - ellipse) <= tolerance * ellipse and (
+        abs(h - w) <= tolerance * max(h, w))
 
 
 def add_coverage(metrics: dict[str, Any], coverage: dict[str, Any]) -> dict[str, Any]:
