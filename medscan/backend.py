@@ -38,6 +38,20 @@ class _LazySkimage:
         return importlib.import_module(f"{self._root}.{name}")
 
 
+class _LazyModule:
+    """A module imported on first attribute access (``be.ndi.label`` imports scipy.ndimage).
+
+    SciPy's import costs about a third of a second: commands that end before any image work
+    (a rerun whose cases are all current, ``--help``) should not pay it (issue 15).
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+
 @dataclass(frozen=True)
 class Backend:
     """A set of array libraries that implement the same API.
@@ -146,9 +160,8 @@ def gpu_available() -> tuple[bool, str]:
 
 def cpu_backend() -> Backend:
     """Return the NumPy / SciPy / scikit-image / cc3d backend."""
-    import scipy.ndimage as ndi
-
-    return Backend(name="cpu", xp=np, ndi=ndi, ski=_LazySkimage("skimage"))
+    return Backend(name="cpu", xp=np, ndi=_LazyModule("scipy.ndimage"),
+                   ski=_LazySkimage("skimage"))
 
 
 def gpu_backend() -> Backend:

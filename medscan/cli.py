@@ -136,6 +136,8 @@ def check_inputs(command: str, overrides: list[str], multirun: bool) -> None:
     compose are left to Hydra, which reports them itself (before it creates anything).
     """
     keys = INPUT_KEYS.get(command, ())
+    if not multirun and _check_given_inputs(command, keys, overrides):
+        return
     if multirun:
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -175,6 +177,66 @@ def check_inputs(command: str, overrides: list[str], multirun: bool) -> None:
             _check_path(command, key, item)
 
 
+def _conf_text(name: str) -> str | None:
+    """Raw text of ``conf/<name>.yaml`` (the ``medscan_conf`` package), None when absent."""
+    from importlib.resources import files
+
+    try:
+        return (files("medscan_conf") / f"{name}.yaml").read_text(encoding="utf-8")
+    except (OSError, ModuleNotFoundError):
+        return None
+
+
+def _check_given_inputs(command: str, keys: tuple[str, ...], overrides: list[str]) -> bool:
+    """Check the input keys given as plain ``key=value`` overrides without composing.
+
+    Composing the config with Hydra costs about a third of a second of process start (issue
+    15); it is only needed when the job has mandatory (``???``) keys or an input key comes from
+    the config. Returns True when this check was enough (raises :class:`UsageError` like
+    :func:`check_inputs`), False when the config must be composed.
+    """
+    text = _conf_text(command)
+    if text is None or "???" in text:
+        return False
+    given: dict[str, str] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or key.startswith(("+", "~")):
+            continue
+        given[key] = value
+    if not all(key in given for key in keys):
+        return False
+    for key in keys:
+        value = given[key]
+        if value.startswith(("[", "'", '"')) or "${" in value or "," in value:
+            return False  # lists, quoting, interpolation: Hydra's parser decides
+        if value.lower() not in ("null", "none", ""):
+            _check_path(command, key, value)
+    return True
+
+
+def static_help(command: str) -> str | None:
+    """``command``'s help text when it is static, else None (then Hydra prints it).
+
+    The Hydra jobs select their own help template (``conf/hydra/help/<command>.yaml``); one
+    without ``$`` placeholders (``$CONFIG``, ``$APP_CONFIG_GROUPS``, ...) is printed as Hydra
+    would print it, without importing Hydra and composing the config (issue 15: ``--help``
+    under half a second).
+    """
+    job = _conf_text(command)
+    if job is None or f"override hydra/help: {command}" not in job:
+        return None
+    text = _conf_text(f"hydra/help/{command}")
+    if text is None:
+        return None
+    import yaml
+
+    template = (yaml.safe_load(text) or {}).get("template")
+    if not isinstance(template, str) or "$" in template:
+        return None
+    return template
+
+
 def _check_path(command: str, key: str, value: Any) -> None:
     if value is None or value == "" or (isinstance(value, str) and "${" in value):
         return
@@ -208,6 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     if command not in PLAIN_COMMANDS and command not in HYDRA_JOBS:
         print(f"medscan: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    if command in HYDRA_JOBS and rest in (["--help"], ["-h"]):
+        text = static_help(command)
+        if text is not None:
+            print(text)
+            return 0
     try:
         _preflight(command, rest)
         return _run(command, rest)
