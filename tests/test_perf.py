@@ -84,3 +84,47 @@ def test_inputs_hydra_must_parse_are_still_composed(value, tmp_path, capsys, mon
         assert called == []  # null: the embedded sample, nothing to check
     else:
         assert called  # composed and checked
+
+
+@pytest.mark.parametrize("level", [None, 1, 6])
+def test_nifti_gzip_is_valid_for_independent_readers(tmp_path, level):
+    """ISA-L (default) and zlib members: one gzip stream for stdlib gzip, nibabel and ITK."""
+    import gzip
+
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    from medscan.io.nifti import _VOX_OFFSET, write_nifti
+
+    rng = np.random.default_rng(15)
+    # > 8 MiB: several gzip members; smooth + noisy so it compresses like CT
+    data = (np.cumsum(rng.integers(-3, 4, size=(40, 256, 512)), axis=2) - 1000).astype(np.int16)
+    affine = np.diag([-0.7, -0.7, 1.25, 1.0])
+    path = write_nifti(tmp_path / "v.nii.gz", data, affine, level=level)
+    raw = gzip.decompress(path.read_bytes())
+    assert raw[_VOX_OFFSET:] == data.tobytes()
+    img = nib.load(str(path))
+    assert np.array_equal(np.asarray(img.dataobj), data.transpose(2, 1, 0))
+    np.testing.assert_allclose(img.affine, affine)
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))), data)
+
+
+def test_preview_mesh_decimation_is_deterministic(sample_ct):
+    """The preview decimates each mesh once for its three views instead of once per view: the
+    same picture only if decimating the same mesh twice gives the same mesh."""
+    from medscan.ct.mesh import MeshParams, label_surface
+    from medscan.ct.render import preview_mesh
+    from medscan.ct.segment import segment
+    from medscan.ct.tissues import default_tissues
+    from medscan.dicom import load_path
+
+    volume = load_path(sample_ct)
+    tissues = default_tissues()
+    seg = segment(volume, tissues)
+    mesh = label_surface(seg.labels, tissues["bone"].label, volume.affine,
+                         MeshParams(max_faces=0))
+    assert mesh is not None and len(mesh.faces) > 2000
+    a, b = preview_mesh(mesh, 2000), preview_mesh(mesh, 2000)
+    assert len(a.faces) < len(mesh.faces)
+    assert np.array_equal(a.vertices, b.vertices) and np.array_equal(a.faces, b.faces)
+    assert preview_mesh(a, len(a.faces)) is a  # small meshes are drawn as they are

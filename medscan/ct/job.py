@@ -57,7 +57,7 @@ OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 PROBE_BYTES = 1 << 20
 SAMPLE = "ct-lungdx-a0002-b40f"
 _PACKAGES = ("medscan", "numpy", "scipy", "scikit-image", "connected-components-3d", "trimesh",
-             "fast-simplification", "nibabel", "pydicom", "matplotlib")
+             "fast-simplification", "nibabel", "isal", "pydicom", "matplotlib")
 
 
 def sample_path() -> Path:

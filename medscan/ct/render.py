@@ -98,8 +98,19 @@ def screen_coordinates(points_lps: np.ndarray, view: str) -> np.ndarray:
     return np.asarray(points_lps, dtype=np.float64) @ view_matrix(view).T
 
 
+#: Faces per mesh drawn in the 3-D views (a polygon collection of more is slow to draw).
+PREVIEW_FACES = 20000
+
+
+def preview_mesh(mesh: Any, max_faces: int = PREVIEW_FACES) -> Any:
+    """``mesh`` quadric-decimated to at most ``max_faces`` faces for drawing (else itself)."""
+    if len(mesh.faces) > max_faces:
+        return mesh.simplify_quadric_decimation(face_count=max_faces)
+    return mesh
+
+
 def _shaded_projection(ax: Any, meshes: list[tuple[Any, tuple[int, int, int]]],
-                       view: str, max_faces: int = 20000) -> None:
+                       view: str, max_faces: int = PREVIEW_FACES) -> None:
     """Draw meshes (LPS mm) projected along a view axis onto ``ax`` (see :data:`VIEWS`)."""
     from matplotlib.collections import PolyCollection
 
@@ -107,9 +118,7 @@ def _shaded_projection(ax: Any, meshes: list[tuple[Any, tuple[int, int, int]]],
     light /= np.linalg.norm(light)
     polys, shades, depths = [], [], []
     for mesh, color in meshes:
-        m = mesh
-        if len(m.faces) > max_faces:
-            m = m.simplify_quadric_decimation(face_count=max_faces)
+        m = preview_mesh(mesh, max_faces)
         tri = screen_coordinates(m.vertices[m.faces], view)  # (n, 3, 3): right, up, depth
         n_view = screen_coordinates(m.face_normals, view)
         lam = np.clip(n_view @ light, 0.0, 1.0)
@@ -218,7 +227,9 @@ def render_preview(
         ax.set_title(name, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    mesh_list = [(m, tissues[name].color) for name, m in meshes.items() if m is not None]
+    # decimated once for the three views (not once per view: issue 15)
+    mesh_list = [(preview_mesh(m), tissues[name].color) for name, m in meshes.items()
+                 if m is not None]
     for ax, view in zip(axes[1], ("front", "top", "side"), strict=True):
         _shaded_projection(ax, mesh_list, view)
     sample_lab, sample_hu = labels[::2, ::4, ::4], hu[::2, ::4, ::4]

@@ -6,6 +6,10 @@ fields: RAS qform/sform, mm), the (z, y, x) C-ordered bytes are written as they 
 NIfTI's x-fastest order -- and the stream is compressed in 8 MiB pieces by a thread pool (zlib
 releases the GIL), each piece a gzip member. Concatenated gzip members form one valid gzip file
 (RFC 1952, section 2.2): nibabel, ITK, FSL and dcm2niix's readers all accept it.
+
+Compression uses ISA-L (``isal``, in the ``ct`` extra) when it is installed: its level 2 gives
+files the size of zlib's level 1 at about a quarter of the CPU time (issue 15: 1.7 -> 0.4 s for
+the 255-slice RICORD volume); the output is ordinary deflate in gzip members either way.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import os
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,8 +28,19 @@ _PIECE = 8 << 20
 _VOX_OFFSET = 352
 
 
-def _gzip_member(data: memoryview, level: int) -> bytes:
-    comp = zlib.compressobj(level, zlib.DEFLATED, 31)  # wbits 31: gzip container
+def _compressor(level: int | None) -> tuple[Any, int]:
+    """The deflate module and level: ISA-L level 2 by default, zlib for an explicit level."""
+    if level is None:
+        try:
+            from isal import isal_zlib
+        except ImportError:
+            return zlib, 1
+        return isal_zlib, 2
+    return zlib, level
+
+
+def _gzip_member(data: memoryview, lib: Any, level: int) -> bytes:
+    comp = lib.compressobj(level, lib.DEFLATED, 31)  # wbits 31: gzip container
     return comp.compress(data) + comp.flush()
 
 
@@ -50,7 +66,7 @@ def write_nifti(
     path: str | Path,
     data_zyx: np.ndarray,
     ras_affine: np.ndarray,
-    level: int = 1,
+    level: int | None = None,
     threads: int | None = None,
 ) -> Path:
     """Atomically write ``data_zyx`` as NIfTI-1 with the given RAS affine.
@@ -63,8 +79,9 @@ def write_nifti(
         Array indexed ``(z, y, x)`` (any memory order; made C-contiguous if needed).
     ras_affine : numpy.ndarray
         4x4 index ``(i, j, k)`` -> RAS mm (``Volume.nifti_affine()``).
-    level : int
-        zlib level (1: fastest, as nibabel's default).
+    level : int, optional
+        zlib level. Default: ISA-L's level 2 when ``isal`` is installed (same size as zlib's
+        level 1, about 4x faster), else zlib's level 1 (the fastest).
     threads : int, optional
         Compression threads (default: CPU count, at most 8).
 
@@ -81,6 +98,7 @@ def write_nifti(
     workers = threads or min(os.cpu_count() or 1, 8)
 
     compress = str(path).endswith(".gz")
+    lib, lib_level = _compressor(level)
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
@@ -89,7 +107,7 @@ def write_nifti(
                     fh.write(piece)
                 return
             with ThreadPoolExecutor(workers) as pool:
-                for member in pool.map(lambda p: _gzip_member(p, level), pieces):
+                for member in pool.map(lambda p: _gzip_member(p, lib, lib_level), pieces):
                     fh.write(member)
 
     return atomic_write(path, write)
