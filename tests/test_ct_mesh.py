@@ -100,7 +100,9 @@ def test_bone_mesh_keeps_ribs_continuous_on_ricord(shared_ct):
 
     Reference: the 26-connected components of the bone label itself (cc3d). A mesh that
     breaks thin ribs has more large pieces than the mask has components, and its largest piece
-    holds a far smaller share of the surface than the largest component's share of the bone.
+    holds a far smaller share of the surface than the largest component's share of the bone
+    (block mean only: 27 pieces of >= 200 faces, the largest 28% of the faces; the mask's
+    largest component is 68% of the bone, 23 components of >= 0.5 mL).
     """
     import cc3d
     from ct_reference import load_series, segment_series
@@ -115,5 +117,5 @@ def test_bone_mesh_keeps_ribs_continuous_on_ricord(shared_ct):
     mask_pieces = int(np.count_nonzero(ml >= 0.5))
     mesh = label_surface(labels, tissues["bone"].label, volume.affine, MeshParams(), thin=True)
     faces = sorted((len(p.faces) for p in mesh.split(only_watertight=False)), reverse=True)
-    assert faces[0] / len(mesh.faces) > 0.9 * largest_share, (faces[:5], largest_share)
+    assert faces[0] / len(mesh.faces) > 0.8 * largest_share, (faces[:5], largest_share)
     assert sum(f >= 200 for f in faces) <= mask_pieces, (faces[:30], mask_pieces)
