@@ -11,6 +11,9 @@ What a user waits for is the command, not the stages inside one warm process
   VTK discrete flying edges for both lungs and bone, PLY, NIfTI via ITK);
 * ``skimage``: ``benchmarks/ref_skimage.py`` (pydicom, ``skimage.measure.label``,
   ``marching_cubes`` at full resolution, trimesh PLY, nibabel), written as a practitioner would;
+* with ``--before DIR``: ``medscan_before``, the same command from another checkout (an import
+  path holding ``medscan``, ``medscan_jobs`` and ``medscan_conf``, e.g. links to an older
+  commit's ``medscan/``, ``jobs/`` and ``conf/``), for before/after ratios in one run;
 * with ``--startup``: ``medscan segment --help`` and a no-op rerun of ``medscan segment`` on the
   output of a finished run (every case skipped: process start, discovery and hashing).
 
@@ -23,7 +26,7 @@ engineers' jobs): absolute times swing by 2-4x with the load, so the pipelines r
 within each round and only ratios of medians from one run of this script are comparable.
 
     .venv/bin/python benchmarks/end_to_end.py [--rounds 3] [--series PATH ...]
-        [--only medscan,sitk,skimage] [--startup] [-- extra medscan overrides]
+        [--only medscan,sitk,skimage] [--startup] [--before DIR] [-- medscan overrides]
 
 Goals (issue 15): medscan <= 0.5x the SimpleITK+VTK time and >= 8x faster than plain
 scikit-image on RICORD and lungdx-a0001; ``--help`` and a no-op rerun under 0.5 s.
@@ -53,7 +56,8 @@ def medscan_exe() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "medscan.cli"]
 
 
-def run(cmd: Sequence[str], env: dict[str, str]) -> tuple[float, float, float]:
+def run(cmd: Sequence[str], env: dict[str, str], cwd: Path | None = None
+        ) -> tuple[float, float, float]:
     """Run ``cmd``; return wall seconds, CPU seconds (user + sys) and peak RSS (MiB).
 
     Raises
@@ -62,7 +66,8 @@ def run(cmd: Sequence[str], env: dict[str, str]) -> tuple[float, float, float]:
         When the command exits non-zero (its stderr tail in the message).
     """
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
     assert proc.stderr is not None
     err = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -80,25 +85,41 @@ def commands(series: Path, out: Path, extra: list[str]) -> dict[str, list[str]]:
     return {
         "medscan": [*medscan_exe(), "segment", f"input={series}", f"output={out}",
                     "progress=false", *extra],
+        "medscan_before": [py, "-m", "medscan.cli", "segment", f"input={series}",
+                           f"output={out}", "progress=false", *extra],
         "sitk": [py, str(REPO / "benchmarks" / "ref_sitk_vtk.py"), str(series), str(out)],
         "skimage": [py, str(REPO / "benchmarks" / "ref_skimage.py"), str(series), str(out)],
     }
 
 
 def bench_series(series: Path, which: list[str], rounds: int, startup: bool,
-                 extra: list[str], env: dict[str, str]) -> dict[str, list[tuple[float, ...]]]:
+                 extra: list[str], env: dict[str, str], before: Path | None = None,
+                 ) -> dict[str, list[tuple[float, ...]]]:
     """All rounds on one series: {pipeline: [(wall, cpu, rss), ...]}."""
+    if before is not None:
+        which = [*which, "medscan_before"]
+    # medscan_before: its checkout first on the import path, run outside this repository
+    envs = {name: env for name in which}
+    envs["medscan_before"] = {**env, "PYTHONPATH": str(before)}
+    cwds = {"medscan_before": Path(tempfile.gettempdir())}
     results: dict[str, list[tuple[float, ...]]] = {k: [] for k in which}
     if startup:
-        results.update({"help": [], "rerun": []})
+        for name in ("medscan", "medscan_before"):
+            if name in which:
+                tail = name.removeprefix("medscan")
+                results.update({f"help{tail}": [], f"rerun{tail}": []})
     for r in range(rounds):
         for name in which:
             out = Path(tempfile.mkdtemp(prefix=f"e2e-{name}-"))
             try:
-                results[name].append(run(commands(series, out, extra)[name], env))
-                if startup and name == "medscan":
-                    results["rerun"].append(run(commands(series, out, extra)[name], env))
-                    results["help"].append(run([*medscan_exe(), "segment", "--help"], env))
+                results[name].append(run(commands(series, out, extra)[name], envs[name],
+                                         cwds.get(name)))
+                if startup and name in ("medscan", "medscan_before"):
+                    tail = name.removeprefix("medscan")
+                    cmd = commands(series, out, extra)[name]
+                    results[f"rerun{tail}"].append(run(cmd, envs[name], cwds.get(name)))
+                    help_cmd = [*cmd[: cmd.index("segment") + 1], "--help"]
+                    results[f"help{tail}"].append(run(help_cmd, envs[name], cwds.get(name)))
             finally:
                 shutil.rmtree(out, ignore_errors=True)
         print(f"  round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
@@ -108,7 +129,7 @@ def bench_series(series: Path, which: list[str], rounds: int, startup: bool,
 def report(series: Path, results: dict[str, list[tuple[float, ...]]]) -> None:
     """Print medians and ratios for one series."""
     print(f"\nseries: {series.name}   rounds: {len(next(iter(results.values())))}")
-    print(f"{'pipeline':<10}{'wall s':>9}{'cpu s':>9}{'peak RSS MiB':>14}   wall per round")
+    print(f"{'pipeline':<16}{'wall s':>9}{'cpu s':>9}{'peak RSS MiB':>14}   wall per round")
     wall: dict[str, float] = {}
     cpu: dict[str, float] = {}
     for name, runs in results.items():
@@ -118,14 +139,17 @@ def report(series: Path, results: dict[str, list[tuple[float, ...]]]) -> None:
         cpu[name] = statistics.median(r[1] for r in runs)
         rss = max(r[2] for r in runs)
         rounds = " ".join(f"{r[0]:.2f}" for r in runs)
-        print(f"{name:<10}{wall[name]:>9.2f}{cpu[name]:>9.2f}{rss:>14.0f}   {rounds}")
+        print(f"{name:<16}{wall[name]:>9.2f}{cpu[name]:>9.2f}{rss:>14.0f}   {rounds}")
     if "medscan" in wall and "sitk" in wall:
         print(f"medscan / SimpleITK+VTK:  wall {wall['medscan'] / wall['sitk']:.2f}x  "
               f"cpu {cpu['medscan'] / cpu['sitk']:.2f}x   (goal <= 0.5x)")
+    if "medscan" in wall and "medscan_before" in wall:
+        print(f"medscan / medscan_before: wall {wall['medscan'] / wall['medscan_before']:.2f}x  "
+              f"cpu {cpu['medscan'] / cpu['medscan_before']:.2f}x")
     if "medscan" in wall and "skimage" in wall:
         print(f"scikit-image / medscan:   wall {wall['skimage'] / wall['medscan']:.2f}x  "
               f"cpu {cpu['skimage'] / cpu['medscan']:.2f}x faster   (goal >= 8x)")
-    for name in ("help", "rerun"):
+    for name in ("help", "rerun", "help_before", "rerun_before"):
         if name in wall:
             print(f"medscan segment {name}: wall {wall[name]:.2f} s  cpu {cpu[name]:.2f} s  "
                   "(goal < 0.5 s)")
@@ -140,6 +164,8 @@ def main() -> None:
     ap.add_argument("--only", default="medscan,sitk,skimage")
     ap.add_argument("--startup", action="store_true",
                     help="also time `medscan segment --help` and a no-op rerun")
+    ap.add_argument("--before", type=Path, default=None,
+                    help="import path of another medscan checkout, run as medscan_before")
     ap.add_argument("extra", nargs="*", help="extra medscan overrides (after --)")
     args = ap.parse_args()
     env = dict(os.environ)
@@ -151,7 +177,8 @@ def main() -> None:
         if not series.exists():
             print(f"skipped {series}: not found", file=sys.stderr)
             continue
-        report(series, bench_series(series, which, args.rounds, args.startup, args.extra, env))
+        report(series, bench_series(series, which, args.rounds, args.startup, args.extra, env,
+                                    args.before))
     print(f"load average at end: {os.getloadavg()[0]:.1f}")
 
 
