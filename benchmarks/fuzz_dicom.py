@@ -195,7 +195,8 @@ def classify_refusal(message: str) -> str:
     """A short class of a SeriesError message (finding code, decoder crash, decode error)."""
     for code in ("position_outlier", "implausible_position", "implausible_extent", "bad_rescale",
                  "bad_pixel_spacing", "bad_orientation", "bad_image_size", "bad_pixel_module",
-                 "degenerate_affine", "no_geometry", "unsupported_layout", "mixed_patients"):
+                 "degenerate_affine", "no_geometry", "unsupported_layout", "mixed_patients",
+                 "unsupported_transfer_syntax", "allocation cap"):
         if code in message:
             return code
     for key in ("decoder crashed", "decoder timed out", "failed to decode", "cannot resample",
