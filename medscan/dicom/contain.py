@@ -7,7 +7,7 @@ with one flipped Huffman-table byte). :func:`run_contained` therefore runs the d
 a separate worker process:
 
 * the worker writes the decoded slices into a shared memory-mapped buffer, so nothing large is
-  pickled (the copy-free hand-over keeps the overhead small; see ``docs/reliability.md``); the
+  pickled (about 5% of a RICORD load, mostly shared-page faults; ``docs/reliability.md``); the
   buffer's file (in /dev/shm when it fits) is unlinked as soon as both processes have mapped it,
   so a killed batch leaves nothing behind;
 * the worker marks each slice as started / done in a small shared state array, so when it dies the
