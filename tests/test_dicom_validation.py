@@ -6,6 +6,7 @@ Inputs are the embedded real sample with one header value damaged (``tests/dicom
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -163,3 +164,33 @@ def test_segment_batch_refuses_bad_geometry_by_name(sample_ct: Path, tmp_path: P
     reasons = " ".join(row["reason"] for row in rows)
     for code in ("position_outlier", "bad_rescale", "bad_pixel_spacing", "bad_orientation"):
         assert code in reasons, reasons
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads folders without read permission; "
+                    "needs an unprivileged user to make a folder unreadable")
+def test_unreadable_folder_is_reported(sample_ct: Path, tmp_path: Path) -> None:
+    """Issue 19 fault 6: a folder without read permission is listed with its reason."""
+    shutil.copytree(sample_ct, tmp_path / "good")
+    locked = tmp_path / "locked"
+    shutil.copytree(sample_ct, locked)
+    locked.chmod(0)
+    try:
+        found = discover(tmp_path)
+    finally:
+        locked.chmod(0o755)
+    reasons = {s.path.name: s.reason for s in found.skipped}
+    assert "unreadable folder" in reasons["locked"], reasons
+    assert len(found.series) == 1
+
+
+def test_vanished_root_folder_is_reported(tmp_path: Path) -> None:
+    """The walk's error handler also reports a folder that cannot be listed for another reason
+    (here: the root is a symlink to a folder that no longer exists)."""
+    from medscan.dicom import iter_files
+    from medscan.dicom.headers import SkippedFile
+
+    link = tmp_path / "scans"
+    link.symlink_to(tmp_path / "gone", target_is_directory=True)
+    errors: list[SkippedFile] = []
+    assert list(iter_files(link, errors)) == []
+    assert [e.reason.split(":")[0] for e in errors] == ["unreadable folder"]

@@ -51,17 +51,33 @@ class Discovery:
         }
 
 
-def iter_files(root: str | os.PathLike[str]) -> Iterator[Path]:
+def iter_files(
+    root: str | os.PathLike[str], errors: list[SkippedFile] | None = None
+) -> Iterator[Path]:
     """Yield every regular file under ``root`` (or ``root`` itself), in sorted order.
 
     Hidden files and folders (name starting with ``.``) are skipped; symlinked folders are not
     followed (no cycles).
+
+    Parameters
+    ----------
+    root : str or PathLike
+        Folder or file.
+    errors : list of SkippedFile, optional
+        Receives every folder that could not be listed (no permission, vanished, I/O error)
+        with the reason, so that an unreadable folder is reported, never silently skipped.
     """
     root = Path(root)
     if root.is_file():
         yield root
         return
-    for dirpath, dirnames, filenames in os.walk(root):
+
+    def on_error(exc: OSError) -> None:
+        if errors is not None:
+            where = Path(exc.filename) if exc.filename else root
+            errors.append(SkippedFile(where, f"unreadable folder: {exc.strerror or exc}"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if not name.startswith("."):
@@ -139,14 +155,17 @@ def discover(
     if not root.exists():
         raise FileNotFoundError(f"{root}: no such file or folder")
     wanted = {m.upper() for m in modalities}
-    paths = list(iter_files(root))
+    walk_errors: list[SkippedFile] = []
+    paths = list(iter_files(root, walk_errors))
     results = _read_all(paths, salt, workers, progress)
     headers: list[SliceHeader] = []
     for r in results:
         if isinstance(r, SliceHeader):
             # an enhanced multi-frame file counts as its frames (each placed by its groups)
             headers.extend(r.frame_headers or [r])
-    found = Discovery(root=root, skipped=[r for r in results if isinstance(r, SkippedFile)])
+    found = Discovery(
+        root=root, skipped=walk_errors + [r for r in results if isinstance(r, SkippedFile)]
+    )
     for info in group_series(headers, salt):
         # Decided per part (group_series splits a SeriesInstanceUID by per-file modality,
         # pixel presence and image kind): a stray file cannot hide the series it sits in.
