@@ -357,9 +357,15 @@ def _keeps_existing(final: Path, new_manifest: Path) -> bool:
 
 
 @contextlib.contextmanager
-def case_writer(output: str | Path, case_id: str,
-                lease_s: float = LEASE_S) -> Iterator[CaseWrite]:
+def case_writer(output: str | Path, case_id: str, lease_s: float = LEASE_S,
+                scratch: str | Path | None = None) -> Iterator[CaseWrite]:
     """Yield a :class:`CaseWrite` whose temporary folder becomes ``output/case_id`` on exit.
+
+    With ``scratch`` (node-local disk, e.g. ``$TMPDIR`` on a cluster node) the case is built in
+    ``scratch/.tmp-<case_id>-<token>/`` and, when complete, copied into
+    ``DIR/.tmp-<case_id>-<token>/`` and renamed as without it: the many small writes of a
+    case stay off the shared parallel file system, the commit stays one rename, and the lease
+    in ``DIR`` covers the copy. The scratch folder is removed in every case.
 
     The folder is ``DIR/.tmp-<case_id>-<token>/`` with a :class:`Lease` renewed while the block
     runs. On normal exit the folder replaces the case (an old folder is renamed aside, then
@@ -376,19 +382,29 @@ def case_writer(output: str | Path, case_id: str,
                        "start_ticks": _start_ticks(os.getpid()), "lease_s": lease_s})
     renewer = _Renewer(lease, max(lease_s / 6, 0.05))
     tmp = root / f"{TMP_PREFIX}{case_id}-{token}"
-    result = CaseWrite(tmp)
+    build = Path(scratch) / tmp.name if scratch else tmp
+    result = CaseWrite(build)
     try:
         try:
-            tmp.mkdir()
+            build.parent.mkdir(parents=True, exist_ok=True)
+            build.mkdir()
             yield result
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(build, ignore_errors=True)
             raise
         final = root / case_id
-        if final.exists() and _keeps_existing(final, tmp / "manifest.json"):
-            shutil.rmtree(tmp, ignore_errors=True)
+        if final.exists() and _keeps_existing(final, build / "manifest.json"):
+            shutil.rmtree(build, ignore_errors=True)
             result.kept = True
             return
+        if build != tmp:  # node-local build: copy next to the case, then commit by rename
+            try:
+                shutil.copytree(build, tmp)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            finally:
+                shutil.rmtree(build, ignore_errors=True)
         old = None
         if final.exists():
             old = root / f"{OLD_PREFIX}{case_id}-{token}"

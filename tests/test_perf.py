@@ -128,3 +128,66 @@ def test_preview_mesh_decimation_is_deterministic(sample_ct):
     assert len(a.faces) < len(mesh.faces)
     assert np.array_equal(a.vertices, b.vertices) and np.array_equal(a.faces, b.faces)
     assert preview_mesh(a, len(a.faces)) is a  # small meshes are drawn as they are
+
+
+# ------------------------------------------------------------- scratch= (node-local build) --
+
+def _entries(folder):
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_scratch_build_commits_into_output_and_leaves_nothing(tmp_path):
+    from medscan.batch import case_writer
+
+    out, scratch = tmp_path / "out", tmp_path / "node" / "tmp"
+    with case_writer(out, "ct-x", scratch=scratch) as write:
+        assert write.path.parent == scratch  # built on the node-local disk
+        assert [p for p in _entries(out) if p.startswith(".tmp-")] == []
+        (write.path / "meshes").mkdir()
+        (write.path / "meshes" / "a.ply").write_bytes(b"ply")
+        (write.path / "manifest.json").write_text('{"status": "ok", "input_hash": "i"}')
+    assert write.committed
+    assert _entries(out / "ct-x") == ["manifest.json", "meshes"]
+    assert (out / "ct-x" / "meshes" / "a.ply").read_bytes() == b"ply"
+    assert _entries(scratch) == []
+    assert [p for p in _entries(out) if p.startswith(".")] == []  # no temp folder, no lease
+
+
+def test_scratch_failure_leaves_old_case_and_no_leftovers(tmp_path):
+    from medscan.batch import case_writer
+
+    out, scratch = tmp_path / "out", tmp_path / "scratch"
+    with case_writer(out, "ct-x", scratch=scratch) as write:
+        (write.path / "manifest.json").write_text('{"status": "ok", "input_hash": "i"}')
+    with pytest.raises(RuntimeError), case_writer(out, "ct-x", scratch=scratch) as write:
+        (write.path / "half.nii.gz").write_bytes(b"x")
+        raise RuntimeError("killed mid-case")
+    # a failed result of the same inputs does not replace the ok case either
+    with case_writer(out, "ct-x", scratch=scratch) as write:
+        (write.path / "manifest.json").write_text('{"status": "failed", "input_hash": "i"}')
+    assert write.kept and not write.committed
+    assert _entries(out / "ct-x") == ["manifest.json"]
+    assert '"ok"' in (out / "ct-x" / "manifest.json").read_text()
+    assert _entries(scratch) == []
+    assert [p for p in _entries(out) if p.startswith(".")] == []
+
+
+def test_segment_with_scratch_writes_the_same_case(sample_ct, tmp_path, monkeypatch):
+    """The job with ``scratch=`` (given as ``$VAR``) writes the same files and labels."""
+    import nibabel as nib
+
+    monkeypatch.setenv("MEDSCAN_ID_SECRET", "perf-test")
+    monkeypatch.setenv("NODE_TMP", str(tmp_path / "node"))
+    monkeypatch.chdir(tmp_path)
+    fast = ["progress=false", "preview=false", "mesh_labels=[lung_left]", "mesh_formats=[ply]"]
+    assert cli_main(["segment", f"input={sample_ct}", "output=plain", *fast]) == 0
+    assert cli_main(["segment", f"input={sample_ct}", "output=scratched", "scratch=$NODE_TMP",
+                     *fast]) == 0
+    (case,) = [p.name for p in (tmp_path / "plain").iterdir() if p.name.startswith("ct-")]
+    a, b = tmp_path / "plain" / case, tmp_path / "scratched" / case
+    assert _entries(a) == _entries(b) and _entries(a / "meshes") == _entries(b / "meshes")
+    assert np.array_equal(np.asarray(nib.load(a / "labels.nii.gz").dataobj),
+                          np.asarray(nib.load(b / "labels.nii.gz").dataobj))
+    assert (a / "meshes" / "lung_left.ply").read_bytes() == (
+        b / "meshes" / "lung_left.ply").read_bytes()
+    assert (tmp_path / "node").is_dir() and _entries(tmp_path / "node") == []  # used, emptied

@@ -48,7 +48,7 @@ log = logging.getLogger("medscan.segment")
 
 #: Config keys that do not change a case's outputs (left out of the config hash).
 RUNTIME_KEYS = ("input", "output", "overwrite", "shard", "num_shards", "salt", "workers",
-                "progress", "backend", "lease_s")
+                "progress", "backend", "lease_s", "scratch")
 #: Config keys never written into an output folder (archive paths, the id secret).
 PRIVATE_KEYS = ("input", "output", "salt")
 #: Errors writing into the output folder that stop the job (exit 2) instead of failing a case.
@@ -316,8 +316,8 @@ def _write_case(job: _Job, series: Any, refs: FileRefs, inputs: list[dict[str, A
         "labels": job.options.tissues.labels_dict(),
         "meshes": [],
     }
-    with case_writer(job.output, series.case_id,
-                     float(job.cfg.get("lease_s") or LEASE_S)) as write:
+    with case_writer(job.output, series.case_id, float(job.cfg.get("lease_s") or LEASE_S),
+                     scratch=_scratch(job.cfg)) as write:
         tmp = write.path
         timings: dict[str, float] = {}
         try:
@@ -350,6 +350,14 @@ def _write_case(job: _Job, series: Any, refs: FileRefs, inputs: list[dict[str, A
         return "failed", (f"{manifest['reason']} (not written: the existing ok case of the "
                           "same inputs was kept)")
     return manifest["status"], manifest["reason"]
+
+
+def _scratch(cfg: dict[str, Any]) -> Path | None:
+    """The ``scratch`` folder (``$VAR`` expanded, e.g. ``scratch=$TMPDIR``), None when unset."""
+    value = cfg.get("scratch")
+    if not value:
+        return None
+    return Path(os.path.expandvars(str(value))).expanduser()
 
 
 def run_segment(cfg: dict[str, Any]) -> int:
