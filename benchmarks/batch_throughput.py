@@ -1,0 +1,115 @@
+"""Benchmark: cases per hour of one ``medscan segment`` job over N copies of a real series.
+
+Writes ``--cases`` copies of a series with pydicom, each under new deterministic Study, Series,
+Frame of Reference and SOP Instance UIDs (2.25 root, derived from the copy number: no real
+identifiers), into a temporary tree; runs ``medscan segment`` on the single series and then on
+the whole tree (one process, every default output) and prints wall and CPU time, cases per hour,
+the median per-case time from the manifests (``seconds``) against the single case, and the
+job's peak RSS.
+
+    .venv/bin/python benchmarks/batch_throughput.py [--series PATH] [--cases 20] [--keep DIR]
+
+On the shared development machine (2 cores, other jobs running) absolute figures move with the
+load; the per-case/single-case ratio comes from the same run. Cases run one after another:
+decoding of the next case is not overlapped with the current one's compute (issue 15, open).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pydicom
+from pydicom.uid import UID
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SERIES = REPO.parent / "shared" / "data" / "ct" / "lungdx-a0001-chest-5mm"
+
+
+def derived_uid(*parts: str) -> UID:
+    """A deterministic UID under 2.25 (UUID-derived root) from ``parts``; never a real one."""
+    digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()
+    return UID("2.25." + str(int(digest[:30], 16)))
+
+
+def copy_series(src: Path, dst: Path, copy: int) -> None:
+    """Copy every DICOM file of ``src`` to ``dst`` with UIDs of copy number ``copy``."""
+    dst.mkdir(parents=True)
+    for f in sorted(src.iterdir()):
+        try:
+            ds = pydicom.dcmread(f)
+        except pydicom.errors.InvalidDicomError:
+            continue
+        for key in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+            if key in ds:
+                setattr(ds, key, derived_uid(key, str(ds.get(key)), str(copy)))
+        sop = derived_uid("SOPInstanceUID", str(ds.SOPInstanceUID), str(copy))
+        ds.SOPInstanceUID = sop
+        ds.file_meta.MediaStorageSOPInstanceUID = sop
+        ds.save_as(dst / f.name)
+
+
+def run_job(tree: Path, out: Path, env: dict[str, str]) -> tuple[float, float, float]:
+    """``medscan segment`` on ``tree``: wall s, CPU s (user + sys), peak RSS MiB."""
+    exe = Path(sys.executable).parent / "medscan"
+    cmd = [str(exe), "segment", f"input={tree}", f"output={out}", "progress=false"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(err.decode(errors="replace")[-2000:])
+    return time.perf_counter() - t0, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+def case_seconds(out: Path) -> list[float]:
+    """``seconds`` of every case manifest under ``out``."""
+    return [json.loads(m.read_text())["seconds"] for m in sorted(out.glob("*/manifest.json"))]
+
+
+def main() -> None:
+    """Build the copies, run single and batch jobs, print the figures."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--series", type=Path, default=DEFAULT_SERIES)
+    ap.add_argument("--cases", type=int, default=20)
+    ap.add_argument("--keep", type=Path, default=None, help="keep the tree and outputs here")
+    args = ap.parse_args()
+    env = dict(os.environ)
+    env.setdefault("MEDSCAN_ID_SECRET", "batch-throughput-benchmark")
+    work = args.keep or Path(tempfile.mkdtemp(prefix="batch-throughput-"))
+    try:
+        tree = work / "tree"
+        for i in range(args.cases):
+            copy_series(args.series, tree / f"copy{i:03d}", i)
+        wall1, cpu1, rss1 = run_job(tree / "copy000", work / "single", env)
+        single = case_seconds(work / "single")[0]
+        wall, cpu, rss = run_job(tree, work / "batch", env)
+        per_case = case_seconds(work / "batch")
+        assert len(per_case) == args.cases, f"{len(per_case)} cases written"
+        print(f"series: {args.series.name} x {args.cases} copies; load average "
+              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        print(f"single job:  wall {wall1:.1f} s  cpu {cpu1:.1f} s  case {single:.1f} s  "
+              f"peak RSS {rss1:.0f} MiB")
+        print(f"batch job:   wall {wall:.1f} s  cpu {cpu:.1f} s  peak RSS {rss:.0f} MiB")
+        print(f"throughput:  {3600 * args.cases / wall:.0f} cases/hour (wall), "
+              f"{3600 * args.cases / cpu:.0f} cases per CPU-hour")
+        med = statistics.median(per_case)
+        print(f"per case in the batch: median {med:.1f} s (min {min(per_case):.1f}, max "
+              f"{max(per_case):.1f}) = {med / single:.2f}x the single case (goal <= 1x)")
+    finally:
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
