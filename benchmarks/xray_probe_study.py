@@ -147,9 +147,10 @@ def report(args) -> None:
     cache = Path(args.cache)
     names = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
     avail = [b for b in names if (cache / f"train224-plain-{b}.npz").exists()]
-    combos = [c for k in range(1, len(avail) + 1) for c in itertools.combinations(avail, k)]
+    combos = [c for k in range(1, len(avail) + 1) for c in itertools.combinations(avail, k)
+              if not args.require or args.require in c]
     results = []
-    for combo, feat_kind, c in itertools.product(combos, ("multi", "head"), args.C):
+    for combo, feat_kind, c in itertools.product(combos, args.features, args.C):
         x, y, g, _ = load_feats(cache, "train224", "plain", combo)
         n_per = [np.load(cache / f"train224-plain-{b}.npz")["feats"].shape[1] for b in combo]
         if feat_kind == "head":
@@ -211,10 +212,14 @@ def to_cache(args) -> None:
                 "taps": list(ext.taps)}
         root = SHARED / "xray-224" / "train"
         hashes = [xd.content_hash(root / f) for f in npz["files"]]
-        out = Path(args.job_cache) / f"{cache_key(spec, data_opts, False)}.npz"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(out, hashes=np.array(hashes), feats=npz["feats"])
-        print(out, len(hashes))
+        # the 224 x 224 copies are not re-encoded (reencode_jpeg only acts on other sizes), so
+        # the same features serve both settings
+        for reencode in (None, 75):
+            key = cache_key(spec, {**data_opts, "reencode_jpeg": reencode}, False)
+            out = Path(args.job_cache) / f"{key}.npz"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(out, hashes=np.array(hashes), feats=npz["feats"])
+            print(out, len(hashes))
 
 
 def main() -> None:
@@ -235,6 +240,8 @@ def main() -> None:
     r.add_argument("--C", type=float, nargs="+", default=[0.1])
     r.add_argument("--orig-variants", nargs="+", default=["plain", "full", "match"])
     r.add_argument("--out", default=None)
+    r.add_argument("--require", default=None, help="only combinations with this backbone")
+    r.add_argument("--features", nargs="+", default=["multi", "head"])
     c = sub.add_parser("to-cache")
     c.add_argument("--cache", default=str(CACHE))
     c.add_argument("--job-cache", default=str(CACHE / "job"))
