@@ -211,7 +211,7 @@ def test_predict_with_bad_file_and_gradcam(trained, split_root, sample_ct, tmp_p
         h, w = film.shape
         assert fig.shape == (h + caption_height(w), w, 3)
         strip = fig[h:]
-        assert strip.max() == 255 and (strip == 255).mean() > 0.005  # printed text
+        assert strip.max() > 200 and (strip > 128).mean() > 0.005  # printed (antialiased) text
         # the film is under the heat map: its structure survives the overlay
         grey = fig[:h].astype(float).mean(axis=2)
         assert np.corrcoef(grey.ravel(), film.ravel())[0, 1] > 0.5
