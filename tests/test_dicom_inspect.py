@@ -136,3 +136,16 @@ def test_volume_metadata_and_findings_carry_no_identity(shared_ct: Path) -> None
     )
     for value in secrets:
         assert value not in blob
+
+
+def test_hidden_folders_and_files_are_walked(sample_ct: Path, tmp_path: Path) -> None:
+    """A series under a hidden folder, and a hidden slice file, are loaded like any other."""
+    shutil.copytree(sample_ct, tmp_path / "in" / ".archive" / "series")
+    one = tmp_path / "one"
+    shutil.copytree(sample_ct, one)
+    first = sorted(one.glob("*.dcm"))[0]
+    first.rename(one / ("." + first.name))
+    for root in (tmp_path / "in", one):
+        found = discover(root)
+        assert [s.n_slices for s in found.series] == [30], root.name
+        assert found.skipped == []

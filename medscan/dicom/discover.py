@@ -56,8 +56,10 @@ def iter_files(
 ) -> Iterator[Path]:
     """Yield every regular file under ``root`` (or ``root`` itself), in sorted order.
 
-    Hidden files and folders (name starting with ``.``) are skipped; symlinked folders are not
-    followed (no cycles).
+    Hidden files and folders (name starting with ``.``) are walked like any other: DICOM archives
+    give dot-names no meaning, and skipping them silently dropped whole series (a file that is
+    not DICOM is listed as skipped with its reason anyway). Symlinked folders are not followed
+    (no cycles).
 
     Parameters
     ----------
@@ -78,10 +80,9 @@ def iter_files(
             errors.append(SkippedFile(where, f"unreadable folder: {exc.strerror or exc}"))
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames.sort()
         for name in sorted(filenames):
-            if not name.startswith("."):
-                yield Path(dirpath) / name
+            yield Path(dirpath) / name
 
 
 def _read_all(
