@@ -128,3 +128,38 @@ def test_air_clipped_to_padding_is_not_a_field_of_view_edge(shared_ct, tissues):
     _cov, found = lung_coverage(hu, seg.labels, volume.affine, tissues)
     for f in found:
         assert "field_of_view" not in f.details.get("contact_cm2", {}), f.message
+
+
+@pytest.mark.parametrize("x, cut_side", [(slice(120, None), "right"), (slice(None, 392), "left")])
+def test_lung_cut_open_by_the_image_edge_never_vanishes(sample_ct, tissues, tmp_path, x, cut_side):
+    """The sample cropped in-plane so that one lung runs into the side edge of the image.
+
+    A lung cut open by the edge joins the outside air and is not segmented (or only in part);
+    it must be reported incomplete with a field-of-view finding, never as a whole-organ value
+    nor as "absent or not aerated" (the full sample has no such finding).
+    """
+    full = load_series(str(sample_ct))
+    seg_full = segment(full, tissues)
+    _cov, found_full = lung_coverage(full.hu, seg_full.labels, full.affine, tissues)
+    assert not [f for f in found_full if f.details.get("reason") == "field_of_view"]
+
+    part = cropped(full, x=x, case_id=f"fov-{cut_side}")
+    options = CaseOptions(tissues=tissues, mesh_labels=[], mesh_formats=["ply"], preview=False)
+    write_volume_case(part, tmp_path, options)
+    case = read_case(tmp_path / f"fov-{cut_side}")
+    metrics = case["metrics"]
+    assert metrics["lung_complete"] is False
+    lost = [f for f in case["qc"]["segmentation_findings"]
+            if f["code"] == "lung_truncated" and f["details"].get("reason") == "field_of_view"]
+    assert len(lost) == 1, case["qc"]
+    assert cut_side in lost[0]["details"]["contact_cm2"]
+    assert metrics["coverage"][lost[0]["details"]["structure"]]["complete"] is False
+    assert "field of view" in lost[0]["message"]
+    for f in case["qc"]["segmentation_findings"]:
+        assert "absent or not aerated" not in f["message"], f
+    # the total really is partial: well below the full sample's
+    full_ml = float(np.count_nonzero(np.isin(seg_full.labels, lung_ids(tissues)))) * (
+        full.voxel_volume_ml)
+    assert metrics["lung_volume_ml"] < 0.8 * full_ml
+    rows = {r["case_id"]: r for r in read_index(tmp_path)}
+    assert rows[f"fov-{cut_side}"]["lung_complete"] == "False"

@@ -230,7 +230,51 @@ def lung_coverage(
             "by the field of view cannot be told from the outside air)",
             details={"contact_cm2": body},
         ))
+        _lung_lost_to_edge(lab, tissues, coverage, findings, cut)
     return coverage, findings
+
+
+#: A lung smaller than this share of the other, with the body cut by the image edge or the
+#: field of view, is taken as cut open there (normal left/right ratios are about 0.8-1.2).
+SMALL_LUNG_FRACTION = 0.5
+
+
+def _lung_lost_to_edge(
+    lab: np.ndarray, tissues: TissueTable, coverage: dict[str, Any], findings: list[Finding],
+    cut: dict[str, float],
+) -> None:
+    """Mark a missing or much smaller lung incomplete when the body is cut in-plane.
+
+    A lung cut open by the image edge or the reconstructed field of view is joined to the
+    outside air: the segmentation cannot tell it from air and drops it (or keeps only a part
+    closed off inside the body). Its absence is then no evidence of an absent or collapsed
+    lung, so the lung is reported incomplete with a ``lung_truncated`` finding that names the
+    field-of-view truncation (``details.reason = "field_of_view"``).
+    """
+    ml = {name: float(np.count_nonzero(lab == tissues[name].label)) for name in
+          (LUNG_RIGHT, LUNG_LEFT)}
+    big = max(ml, key=ml.get)
+    small = LUNG_LEFT if big == LUNG_RIGHT else LUNG_RIGHT
+    if ml[big] == 0 or ml[small] >= SMALL_LUNG_FRACTION * ml[big]:
+        return
+    entry = coverage.setdefault(small, {"complete": False, "contact_cm2": {}})
+    entry["complete"] = False
+    entry["field_of_view_suspected"] = True
+    state = (f"is much smaller than {big} ({ml[small] / ml[big]:.0%} of its voxels)"
+             if ml[small] else "was not found")
+    where = ", ".join(f"{face} ({a:g} cm²)" for face, a in cut.items())
+    # one finding per lung: this one says more than a plain face contact
+    findings[:] = [f for f in findings if not (
+        f.code == "lung_truncated" and f.details.get("structure") == small)]
+    findings.append(Finding(
+        "lung_truncated", "warning",
+        f"{small} {state} while the body is cut by the edge of the image or of the "
+        f"reconstructed field of view ({where}): the lung is probably cut open there and "
+        "read as outside air, not absent; its volume and the lung totals are partial "
+        "(lung_complete: false)",
+        details={"structure": small, "reason": "field_of_view", "contact_cm2": cut,
+                 "voxel_ratio": round(ml[small] / ml[big], 3)},
+    ))
 
 
 def _is_scan_circle(inside: np.ndarray, tolerance: float = 0.03) -> bool:

@@ -122,6 +122,12 @@ def process_volume(
 
     status, reason = "ok", ""
     findings = list(seg.findings) + coverage_findings
+    if any(f.details.get("reason") == "field_of_view" for f in coverage_findings):
+        for f in findings:
+            if f.code == "one_lung":  # not "absent": the field of view cuts the body
+                f.message = (f"{f.message.split(';')[0]}; the body is cut by the edge of the "
+                             "image or field of view, so the other may be cut open there "
+                             "(see lung_truncated)")
     if not seg.lungs_found:
         status, reason = "failed", seg.reason
     surfaces: dict[str, Any] = {}
