@@ -252,3 +252,45 @@ def test_write_volume_case_for_in_memory_volumes(sample_ct, tmp_path):
                                                   / "meshes" / "lung_left.ply"}}
     (row,) = read_index(tmp_path)
     assert row["case_id"] == volume.case_id and float(row["lung_left_ml"]) > 800
+
+
+def _lying_copy(sample: Path, dst: Path, lying: slice, tag: str) -> Path:
+    """The sample series under a new SeriesInstanceUID, files in ``lying`` with Rows = Columns =
+    65535 while PixelData keeps 512 x 512 (header sizes that lie: refused at discovery)."""
+    from pydicom.uid import generate_uid
+
+    from dicom_faults import set_header
+
+    copy_series(sample, dst)
+    uid = generate_uid(entropy_srcs=[tag])
+    files = sorted(dst.glob("*.dcm"))
+    for f in files:
+        set_header(f, SeriesInstanceUID=uid)
+    for f in files[lying]:
+        set_header(f, Rows=65535, Columns=65535)
+    return dst
+
+
+def test_skipped_files_are_not_dropped_silently(sample_ct, tmp_path):
+    """A series whose files were all refused is a failed case (exit 1); a series that lost
+    slices says so in its qc.json; neither names a path."""
+    tree = tmp_path / "in"
+    _lying_copy(sample_ct, tree / "all", slice(None), "all")
+    _lying_copy(sample_ct, tree / "some", slice(10, 12), "some")
+    out = tmp_path / "out"
+    code = run_segment(config(input=str(tree), output=str(out), progress="false",
+                              preview="false", **{"mesh_labels": "[lung_left]",
+                                                  "mesh_formats": "[ply]"}))
+    assert code == 1
+    rows = {r["case_id"]: r for r in read_index(out)}
+    assert len(rows) == 2
+    failed = [r for r in rows.values() if r["status"] == "failed"]
+    assert len(failed) == 1 and "30 file(s) skipped" in failed[0]["reason"]
+    assert "65535" in failed[0]["reason"]
+    partial = case_for(out, tree / "some")
+    findings = read_case(partial)["qc"]["loader_findings"]
+    skipped = [f for f in findings if f["code"] == "skipped_slices"]
+    assert len(skipped) == 1 and skipped[0]["message"].startswith("2 file(s) skipped")
+    for case in iter_case_dirs(out):
+        for f in case.rglob("*.json"):
+            assert str(tmp_path) not in f.read_text()

@@ -40,9 +40,11 @@ from medscan.ct.mesh import SPACE, MeshParams
 from medscan.ct.pipeline import CaseOptions, process_volume
 from medscan.ct.segment import SegmentParams
 from medscan.ct.tissues import TissueTable
+from medscan.dicom.discover import LostSeries
 from medscan.dicom.identity import SecretError, secret_fingerprint
 from medscan.io import MANIFEST, QC, write_json
 from medscan.io.redact import FileRefs, relative_to_root, safe_text, series_metadata
+from medscan.volume import Finding
 
 log = logging.getLogger("medscan.segment")
 
@@ -251,7 +253,10 @@ def _case(job: _Job, series: Any, blocking: bool) -> bool:
         with case_lock(job.output, case_id, blocking=blocking) as mine:
             if not mine:
                 return False
-            _locked_case(job, series)
+            if isinstance(series, LostSeries):
+                _lost_case(job, series)
+            else:
+                _locked_case(job, series)
     except OSError as exc:  # the lock file itself cannot be made: the output folder broke
         if (stop := _job_level(exc, job.output)) is not None:
             raise JobError(f"output folder {job.output}: {stop.strerror or stop} "
@@ -291,6 +296,42 @@ def _locked_case(job: _Job, series: Any) -> None:
     job.rows.append((case_id, status, reason, seconds))
     if status != "ok":
         log.warning("case %s failed: %s", case_id, reason)
+
+
+def _lost_case(job: _Job, lost: LostSeries) -> None:
+    """Record a series whose files were all refused at discovery as a ``failed`` case.
+
+    It gets a case folder (manifest + qc.json, no paths: the reason quotes header values), so
+    ``index.csv`` lists it and the job exits 1 instead of reporting 0 cases with exit 0.
+    """
+    t0 = time.perf_counter()
+    try:
+        manifest: dict[str, Any] = {
+            "case_id": lost.case_id, "status": "failed", "reason": safe_text(lost.reason),
+            "config": manifest_config(job.cfg), "config_hash": job.cfg_hash, "inputs": [],
+            "input_hash": "", "id_secret_fingerprint": job.fingerprint, "versions": versions(),
+            "backend": job.be.name,
+            "series": {"modality": lost.modality, "n_files_refused": lost.n_files},
+            **SPACE, "labels": job.options.tissues.labels_dict(), "meshes": [],
+        }
+        finding = Finding("all_files_skipped", "error", manifest["reason"],
+                          details={"n_skipped": lost.n_files})
+        with case_writer(job.output, lost.case_id, float(job.cfg.get("lease_s") or LEASE_S),
+                         scratch=_scratch(job.cfg)) as write:
+            write_json(write.path / QC, {"case_id": lost.case_id,
+                                         "loader_findings": [finding.to_dict()],
+                                         "segmentation_findings": []})
+            manifest["seconds"] = round(time.perf_counter() - t0, 3)
+            manifest["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            write_json(write.path / MANIFEST, manifest)
+    except Exception as exc:
+        if (stop := _job_level(exc, job.output)) is not None:
+            raise JobError(f"output folder {job.output}: {stop.strerror or stop} "
+                           f"(stopped at case {lost.case_id}; a rerun resumes)") from exc
+        raise
+    job.rows.append((lost.case_id, "failed", manifest["reason"],
+                     round(time.perf_counter() - t0, 3)))
+    log.warning("case %s failed: %s", lost.case_id, manifest["reason"])
 
 
 def _write_case(job: _Job, series: Any, refs: FileRefs, inputs: list[dict[str, Any]],
@@ -411,7 +452,9 @@ def _run_segment(cfg: dict[str, Any]) -> int:
                    f"modality {other.modality} is not loaded by segment")
         log.warning("series %s (%s, %d file(s)) not loaded: %s", other.case_id, other.modality,
                     other.n_slices, why)
-    by_id = {s.case_id: s for s in found.series}
+    by_id: dict[str, Any] = {s.case_id: s for s in found.series}
+    for lost in found.lost_series:  # all files refused: a failed case, never silently dropped
+        by_id.setdefault(lost.case_id, lost)
     try:
         mine = select_shard(list(by_id), int(cfg.get("shard", 0)), int(cfg.get("num_shards", 1)))
     except ValueError as exc:

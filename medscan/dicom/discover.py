@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from medscan.dicom.headers import SkippedFile, SliceHeader, printable_path, read_header
+from medscan.dicom.identity import case_pseudonym
 from medscan.dicom.series import SeriesInfo, group_series
+from medscan.volume import Finding
 
 #: From this many files on, headers are read by a process pool unless ``workers`` says otherwise.
 PARALLEL_MIN_FILES = 1000
@@ -34,12 +36,16 @@ class Discovery:
         derived secondary images, secondary captures): reported, not loaded.
     skipped : list of SkippedFile
         Files that are not part of any series, with the reason.
+    lost_series : list of LostSeries
+        Series of the wanted modalities whose every image file was refused at discovery
+        (truncated, header sizes that lie): no case can be built, and the job must say so.
     """
 
     root: Path
     series: list[SeriesInfo] = field(default_factory=list)
     other_series: list[SeriesInfo] = field(default_factory=list)
     skipped: list[SkippedFile] = field(default_factory=list)
+    lost_series: list[LostSeries] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary (no patient identity)."""
@@ -48,7 +54,43 @@ class Discovery:
             "series": [s.to_dict() for s in self.series],
             "other_series": [s.to_dict() for s in self.other_series],
             "skipped": [s.to_dict() for s in self.skipped],
+            "lost_series": [vars(s) for s in self.lost_series],
         }
+
+
+@dataclass
+class LostSeries:
+    """A series whose image files were all refused at discovery.
+
+    Attributes
+    ----------
+    case_id : str
+        The case id the series would have had (pseudonymous).
+    modality : str
+        Its Modality.
+    n_files : int
+        How many of its files were refused.
+    reason : str
+        Path-free summary of why (see :func:`skipped_summary`).
+    """
+
+    case_id: str
+    modality: str
+    n_files: int
+    reason: str
+
+
+def skipped_summary(files: list[SkippedFile]) -> str:
+    """Path-free text: how many files were refused and why, e.g. ``12 file(s) skipped: ...``.
+
+    The per-file reasons name no path (they quote header values and byte counts), so they may
+    be written into the output folder; counts are grouped by the reason's text before ``:``.
+    """
+    kinds: dict[str, int] = {}
+    for f in files:
+        kinds[f.reason] = kinds.get(f.reason, 0) + 1
+    parts = [f"{n} x {why}" if n > 1 else why for why, n in sorted(kinds.items())]
+    return f"{len(files)} file(s) skipped at discovery: " + "; ".join(parts)
 
 
 def iter_files(
@@ -176,4 +218,36 @@ def discover(
             found.series.append(info)
         else:
             found.other_series.append(info)
+    _account_refused(found, wanted, salt)
     return found
+
+
+def _account_refused(found: Discovery, wanted: set[str], salt: str | None) -> None:
+    """Tie refused image files to their series.
+
+    A series that lost slices gets a ``skipped_slices`` finding; a wanted series that lost all
+    of them becomes a :class:`LostSeries` (never 0 cases with exit 0).
+    """
+    refused: dict[str, list[SkippedFile]] = {}
+    for f in found.skipped:
+        if f.series_uid:
+            refused.setdefault(f.series_uid, []).append(f)
+    if not refused:
+        return
+    seen = {s.slices[0].series_uid for s in found.other_series if s.slices}
+    for info in found.series:
+        uid = info.slices[0].series_uid if info.slices else ""
+        seen.add(uid)
+        if uid in refused:
+            files = refused[uid]
+            info.findings.append(Finding(
+                "skipped_slices", "warning",
+                f"{skipped_summary(files)}; the volume is built without them (a gap where "
+                "they lay)", [], {"n_skipped": len(files)}))
+    for uid, files in refused.items():
+        modality = files[0].modality
+        if uid not in seen and modality in wanted:
+            found.lost_series.append(LostSeries(
+                case_pseudonym(modality, uid, 0, salt), modality, len(files),
+                f"no file of this series could be loaded: {skipped_summary(files)}"))
+    found.lost_series.sort(key=lambda s: s.case_id)

@@ -60,10 +60,18 @@ class SkippedFile:
         The file.
     reason : str
         Why it was skipped (human readable).
+    series_uid : str
+        SeriesInstanceUID when the header was read but the file was refused (truncated pixel
+        data, header sizes that lie), else empty: such a file is a lost slice of that series,
+        not just a stray file (:func:`medscan.dicom.discover` reports the series).
+    modality : str
+        Its Modality, when ``series_uid`` is set.
     """
 
     path: Path
     reason: str
+    series_uid: str = ""
+    modality: str = ""
 
     def to_dict(self) -> dict[str, str]:
         """Return a JSON-serialisable dict."""
@@ -444,11 +452,10 @@ def _read_header(path: Path, salt: str | None) -> SliceHeader | SkippedFile:
         return SkippedFile(path, NOT_DICOM)
     except Exception as exc:
         return SkippedFile(path, f"unreadable DICOM header: {type(exc).__name__}: {exc}")
-    if pixels.problem:
-        return SkippedFile(path, pixels.problem)
-    size_problem = _size_problem(ds, pixels)
-    if size_problem:
-        return SkippedFile(path, size_problem)
+    refused = pixels.problem or _size_problem(ds, pixels)
+    if refused:
+        return SkippedFile(path, refused, str(ds.get("SeriesInstanceUID", "") or ""),
+                           str(ds.get("Modality", "") or "OT").upper())
     native = None
     if pixels.offset is not None and pixels.length is not None and pixels.keyword == "PixelData":
         native = (pixels.offset, pixels.length)
