@@ -257,9 +257,8 @@ def test_write_volume_case_for_in_memory_volumes(sample_ct, tmp_path):
 def _lying_copy(sample: Path, dst: Path, lying: slice, tag: str) -> Path:
     """The sample series under a new SeriesInstanceUID, files in ``lying`` with Rows = Columns =
     65535 while PixelData keeps 512 x 512 (header sizes that lie: refused at discovery)."""
-    from pydicom.uid import generate_uid
-
     from dicom_faults import set_header
+    from pydicom.uid import generate_uid
 
     copy_series(sample, dst)
     uid = generate_uid(entropy_srcs=[tag])
