@@ -22,6 +22,14 @@ RICORD = "ricord-1a-000082-jpegll"
 CRASH_OFFSET = 43
 
 
+#: Offset and XOR mask, inside the JPEG Lossless codestream of RICORD slice 1-102, of the byte
+#: changed by the lenient-decode input (0x84 -> 0x71; found by /tmp/breaker's 3-byte mutation
+#: fuzzer, reduced to the one byte that matters): pylibjpeg-libjpeg refuses the stream ("invalid
+#: huffman code"); libjpeg-turbo (imagecodecs) decodes it without an error into pixels up to
+#: 23,676 off.
+LENIENT_OFFSET, LENIENT_MASK = 104872, 0x84 ^ 0x71
+
+
 def copy_slices(src: Path, dst: Path, start: int, stop: int) -> list[Path]:
     """Copy the sorted ``*.dcm`` files ``[start:stop]`` of ``src`` into ``dst``."""
     dst.mkdir(parents=True, exist_ok=True)
@@ -190,3 +198,13 @@ def keep_ends(folder: Path, n_each: int) -> None:
     files = sorted_slices(folder)
     for f in files[n_each:-n_each]:
         f.unlink()
+
+
+def ricord_lenient_series(shared_ct: Path, dst: Path) -> Path:
+    """RICORD slices 1-101..1-103 with the lenient-decode byte changed in 1-102.
+
+    Returns the damaged file.
+    """
+    files = copy_slices(shared_ct / RICORD, dst, 100, 103)
+    flip_codestream_byte(files[1], LENIENT_OFFSET, LENIENT_MASK)
+    return files[1]

@@ -17,12 +17,17 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dicom_faults import copy_slices, ricord_crash_series
+from dicom_faults import copy_slices, ricord_crash_series, ricord_lenient_series
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import JPEG2000Lossless
 
 from medscan.dicom import SeriesError, discover, load
-from medscan.dicom.pixels import DECODER_ENV, decode_file, pydicom_plugin
+from medscan.dicom.pixels import (
+    DECODER_ENV,
+    decode_file,
+    jpeg_lossless_decoder,
+    pydicom_plugin,
+)
 from medscan.io import iter_case_dirs, read_case, read_index
 
 MEDSCAN = [sys.executable, "-m", "medscan.cli"]
@@ -61,6 +66,24 @@ def test_default_decoders_refuse_the_corrupt_slice_by_name(crash_series, monkeyp
     monkeypatch.setenv(DECODER_ENV, decoder)
     with pytest.raises(SeriesError, match=f"(?s)1 of 6 slice.*{victim.name}.*Huffman"):
         load(discover(folder).series[0])
+
+
+def test_default_decoder_refuses_what_libjpeg_turbo_decodes_into_garbage(
+    shared_ct: Path, tmp_path: Path, monkeypatch
+):
+    """Breaker defect 6: a corrupt Huffman code that libjpeg-turbo (imagecodecs) decodes without
+    an error into wrong pixels; the default decoder must refuse it and name the slice."""
+    victim = ricord_lenient_series(shared_ct, tmp_path / "lenient")
+    intact = decode_file(shared_ct / "ricord-1a-000082-jpegll" / victim.name, "libjpeg-turbo")
+    # the input is what it claims: libjpeg-turbo accepts it and its pixels are wrong
+    garbage = decode_file(victim, "libjpeg-turbo")
+    assert np.abs(garbage.astype(np.int32) - intact).max() > 1000
+    with pytest.raises(Exception, match=r"(?i)huffman"):
+        decode_file(victim, "pylibjpeg-libjpeg")
+    monkeypatch.delenv(DECODER_ENV, raising=False)
+    assert jpeg_lossless_decoder() == "pylibjpeg-libjpeg"
+    with pytest.raises(SeriesError, match=f"(?s)1 of 3 slice.*{victim.name}"):
+        load(discover(victim.parent).series[0])
 
 
 def test_pydicom_decodes_with_one_pinned_plugin(sample_ct: Path, tmp_path: Path):

@@ -2,8 +2,10 @@
 
 * Pixel data go through pydicom 3 (``Dataset.pixel_array``) with its pylibjpeg / GDCM plugins for
   every transfer syntax. JPEG Lossless (Process 14, the common CT compression) is decoded with
-  imagecodecs' libjpeg-turbo 3 when it is installed: 4-6x faster than pylibjpeg-libjpeg on
-  RICORD, and it releases the GIL, so a thread pool decodes slices in parallel.
+  pylibjpeg-libjpeg by default: it refuses corrupt entropy-coded data ("invalid huffman code")
+  that imagecodecs' libjpeg-turbo 3 decodes into garbage with only a libjpeg warning, which
+  imagecodecs does not report (``docs/reliability.md``). libjpeg-turbo is 4-5x faster and
+  releases the GIL; ``MEDSCAN_JPEG_LOSSLESS_DECODER=libjpeg-turbo`` selects it for trusted data.
 * One decoder per transfer syntax, no fallback: a stream the chosen (conformant) decoder refuses
   fails its slice. imagecodecs' liblj92 (``ljpeg_decode``) is never used by default: it decodes
   corrupt streams that libjpeg-turbo and libjpeg refuse into garbage, and it segfaults on some
@@ -108,7 +110,8 @@ def _check_allocation(series: SeriesInfo, dtype: np.dtype, cap: int) -> None:
 #: decoder involved, so they need no containment (implicit/explicit LE, explicit BE, deflated).
 UNCOMPRESSED = NATIVE_LITTLE_ENDIAN | {"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
 #: Decoders for JPEG Lossless, chosen by ``$MEDSCAN_JPEG_LOSSLESS_DECODER``. The default is
-#: ``libjpeg-turbo`` (imagecodecs) when installed, else ``pylibjpeg-libjpeg`` (through pydicom).
+#: ``pylibjpeg-libjpeg`` (through pydicom): the strict one; ``libjpeg-turbo`` (imagecodecs) is
+#: faster but accepts corrupt Huffman codes silently (imagecodecs drops libjpeg's warnings).
 #: ``liblj92`` is lenient and crashes on corrupt streams: for decoder comparisons only.
 JPEG_LOSSLESS_DECODERS = ("libjpeg-turbo", "pylibjpeg-libjpeg", "liblj92")
 DECODER_ENV = "MEDSCAN_JPEG_LOSSLESS_DECODER"
@@ -323,8 +326,8 @@ def jpeg_lossless_decoder() -> str:
     Returns
     -------
     str
-        ``$MEDSCAN_JPEG_LOSSLESS_DECODER`` when set, else ``"libjpeg-turbo"`` when imagecodecs is
-        installed, else ``"pylibjpeg-libjpeg"``.
+        ``$MEDSCAN_JPEG_LOSSLESS_DECODER`` when set, else ``"pylibjpeg-libjpeg"`` (the decoder
+        that refuses corrupt Huffman codes; see :data:`JPEG_LOSSLESS_DECODERS`).
 
     Raises
     ------
@@ -333,7 +336,7 @@ def jpeg_lossless_decoder() -> str:
     """
     name = os.environ.get(DECODER_ENV, "").strip()
     if not name:
-        return "libjpeg-turbo" if _jpeg8_decode is not None else "pylibjpeg-libjpeg"
+        return "pylibjpeg-libjpeg"
     if name not in JPEG_LOSSLESS_DECODERS:
         raise ValueError(f"{DECODER_ENV}={name!r}: choose one of {JPEG_LOSSLESS_DECODERS}")
     return name
