@@ -208,3 +208,21 @@ def ricord_lenient_series(shared_ct: Path, dst: Path) -> Path:
     files = copy_slices(shared_ct / RICORD, dst, 100, 103)
     flip_codestream_byte(files[1], LENIENT_OFFSET, LENIENT_MASK)
     return files[1]
+
+
+def inplane_shift(folder: Path, index: int = 12, dx_mm: float = 40.0, dy_mm: float = 0.0) -> Path:
+    """Move one slice's ImagePositionPatient sideways (x/y, in the image plane of an axial
+    series): the breaker's one_shift40 (+40 mm) and slice20m_x (+20 m)."""
+    victim = sorted_slices(folder)[index]
+    ds = pydicom.dcmread(victim, stop_before_pixels=True)
+    x, y, z = (float(v) for v in ds.ImagePositionPatient)
+    set_header(victim, ImagePositionPatient=[f"{x + dx_mm:g}", f"{y + dy_mm:g}", f"{z:g}"])
+    return victim
+
+
+def same_position(folder: Path) -> None:
+    """Every slice at the first slice's ImagePositionPatient (30 instances, one position)."""
+    files = sorted_slices(folder)
+    ipp = pydicom.dcmread(files[0], stop_before_pixels=True).ImagePositionPatient
+    for f in files[1:]:
+        set_header(f, ImagePositionPatient=[f"{float(v):g}" for v in ipp])

@@ -268,3 +268,71 @@ def one_thin_slice(src: Path, dst: Path, index: int = 15, thickness_mm: float = 
     ds = pydicom.dcmread(f)
     ds.SliceThickness = thickness_mm
     return _save(ds, dst / f.name)
+
+
+def _shuffled_name(seed: str) -> str:
+    """A file name that sorts by a hash of ``seed``: name order says nothing about the content."""
+    return _uid(seed).rsplit(".", 1)[-1][-12:] + ".dcm"
+
+
+def two_reconstructions(
+    src: Path,
+    dst: Path,
+    n: int = 8,
+    kernels: tuple[str, str] = ("B40f", "B70f"),
+    thickness: tuple[str, str] | None = None,
+    phases: int = 1,
+) -> None:
+    """One acquisition reconstructed twice under one SeriesInstanceUID (issue 11, defect 1).
+
+    The second reconstruction (``kernels[1]``, optionally SliceThickness ``thickness[1]``) is
+    the same slices +200 stored units (clipped at 4095), as new instances at the same positions
+    with the same AcquisitionNumber/Time; ``phases=2`` repeats everything as AcquisitionNumber 2
+    (+50 units). File names are hashes, so name order mixes the reconstructions. Each file's
+    ``ImageComments`` holds ``r<recon>a<phase>-<original name>`` for the tests.
+    """
+    dst.mkdir(parents=True, exist_ok=True)
+    for phase in range(1, phases + 1):
+        for recon in (0, 1):
+            for f in slices(src, n):
+                ds = pydicom.dcmread(f)
+                ds.ConvolutionKernel = kernels[recon]
+                if thickness is not None:
+                    ds.SliceThickness = thickness[recon]
+                ds.AcquisitionNumber = phase
+                tag = f"r{recon}a{phase}-{f.name}"
+                ds.ImageComments = tag
+                if recon or phase > 1:
+                    _as_new_instance(ds, f"recon-{tag}")
+                    add = 200 * recon + 50 * (phase - 1)
+                    arr = ds.pixel_array.astype(np.uint16) + np.uint16(add)
+                    ds.PixelData = np.minimum(arr, 4095).astype(np.uint16).tobytes()
+                _save(ds, dst / _shuffled_name(tag))
+
+
+def two_timed_acquisitions(
+    src: Path, dst: Path, n: int = 8, offset_mm: float = 4.0, delay_s: float = 100.0
+) -> None:
+    """Two helical acquisitions under one SeriesInstanceUID and AcquisitionNumber, told apart
+    only by AcquisitionTime (issue 11, defect 2): per-slice times 0.2 s apart, the second
+    acquisition ``delay_s`` later, ``offset_mm`` along z and +100 stored units. Names are
+    hashes; ``ImageComments`` holds ``a<acq>-<original name>``.
+    """
+    dst.mkdir(parents=True, exist_ok=True)
+    for acq in (1, 2):
+        for k, f in enumerate(slices(src, n)):
+            ds = pydicom.dcmread(f)
+            ds.AcquisitionNumber = 1
+            secs = 12 * 3600 + (acq - 1) * delay_s + 0.2 * k
+            hh, rem = divmod(secs, 3600)
+            mm, ss = divmod(rem, 60)
+            ds.AcquisitionTime = f"{int(hh):02d}{int(mm):02d}{ss:09.6f}"
+            tag = f"a{acq}-{f.name}"
+            ds.ImageComments = tag
+            if acq == 2:
+                _as_new_instance(ds, f"timed-{tag}")
+                arr = ds.pixel_array.astype(np.uint16) + np.uint16(100)
+                ds.PixelData = np.minimum(arr, 4095).astype(np.uint16).tobytes()
+                ipp = [float(v) for v in ds.ImagePositionPatient]
+                ds.ImagePositionPatient = [ipp[0], ipp[1], ipp[2] + offset_mm]
+            _save(ds, dst / _shuffled_name(tag))

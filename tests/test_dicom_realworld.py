@@ -162,6 +162,82 @@ def test_per_slice_acquisition_ids_do_not_split(b40f: Path, tmp_path: Path, tag:
     assert "acquisition_split" not in {f.code for f in found.series[0].findings}
 
 
+def _tags(series) -> list[str]:
+    """The generators' ImageComments (``r<recon>a<phase>-<name>``) of a series, in slice order."""
+    import pydicom
+
+    return [str(pydicom.dcmread(f, stop_before_pixels=True).ImageComments) for f in series.files]
+
+
+@pytest.mark.parametrize(
+    ("thickness", "phases"), [(None, 1), (("1", "3"), 1), (None, 2)],
+    ids=["kernel", "kernel-and-thickness", "two-phases-two-kernels"],
+)
+def test_reconstructions_under_one_uid_become_separate_volumes(
+    b40f: Path, tmp_path: Path, thickness, phases: int
+) -> None:
+    """Issue 11 defect 1: two kernels (same AcquisitionNumber and times, same positions, file
+    names shuffled) are two volumes, each one kernel, HU of that reconstruction only."""
+    gen.two_reconstructions(b40f, tmp_path, thickness=thickness, phases=phases)
+    found = discover(tmp_path)
+    assert len(found.series) == 2 * phases, [s.to_dict()["findings"] for s in found.series]
+    plain = gdcm_hu(gen.slices(b40f, 8))
+    names = [p.name for p in gen.slices(b40f, 8)]
+    seen = set()
+    for series in found.series:
+        codes = {f.code for f in series.findings}
+        assert "duplicate_position" not in codes and "acquisition_split" in codes
+        tags = _tags(series)
+        kinds = {t.split("-", 1)[0] for t in tags}
+        assert len(kinds) == 1, tags  # never one volume mixing reconstructions
+        kind = kinds.pop()
+        seen.add(kind)
+        (split,) = [f for f in series.findings if f.code == "acquisition_split"]
+        assert "ConvolutionKernel" in split.message
+        vol = load(series)
+        ref = plain[[names.index(t.split("-", 1)[1]) for t in tags]]
+        add = 200 * int(kind[1]) + 50 * (int(kind[3]) - 1)
+        expected = np.minimum(ref - plain.min() + add, 4095) + plain.min() if add else ref
+        np.testing.assert_allclose(hu_of(vol), expected, atol=1e-3)
+    assert seen == {f"r{r}a{a}" for r in (0, 1) for a in range(1, phases + 1)}
+
+
+def test_reconstruction_split_does_not_depend_on_file_names(b40f: Path, tmp_path: Path) -> None:
+    gen.two_reconstructions(b40f, tmp_path / "a")
+    (tmp_path / "b").mkdir()
+    for i, f in enumerate(sorted((tmp_path / "a").iterdir(), reverse=True)):
+        (tmp_path / "b" / f"{i:03d}.dcm").write_bytes(f.read_bytes())
+    a = sorted(sorted(_tags(s)) for s in discover(tmp_path / "a").series)
+    b = sorted(sorted(_tags(s)) for s in discover(tmp_path / "b").series)
+    assert a == b and len(a) == 2
+
+
+def test_acquisitions_told_apart_by_acquisition_time_clusters(b40f: Path, tmp_path: Path) -> None:
+    """Issue 11 defect 2: same AcquisitionNumber, per-slice helical times, the second
+    acquisition 100 s later and 4 mm offset: two volumes, not one 16-slice 4 mm stack."""
+    gen.two_timed_acquisitions(b40f, tmp_path)
+    found = discover(tmp_path)
+    assert sorted(s.n_slices for s in found.series) == [8, 8]
+    plain = gdcm_hu(gen.slices(b40f, 8))
+    names = [p.name for p in gen.slices(b40f, 8)]
+    for series in found.series:
+        tags = _tags(series)
+        assert len({t[:2] for t in tags}) == 1, tags
+        (split,) = [f for f in series.findings if f.code == "acquisition_split"]
+        assert "AcquisitionTime" in split.message
+        ref = plain[[names.index(t[3:]) for t in tags]]
+        add = 100 if tags[0].startswith("a2") else 0
+        expected = np.minimum(ref - plain.min() + add, 4095) + plain.min() if add else ref
+        np.testing.assert_allclose(hu_of(load(series)), expected, atol=1e-3)
+
+
+def test_one_helical_acquisition_is_not_split_by_time(b40f: Path, tmp_path: Path) -> None:
+    """The time clusters only split when the gap is >= 10 s: 0.2 s per slice is one scan."""
+    gen.two_timed_acquisitions(b40f, tmp_path, delay_s=0.2 * 8, offset_mm=8 * 8.0)
+    found = discover(tmp_path)
+    assert [s.n_slices for s in found.series] == [16]
+
+
 @pytest.mark.parametrize(
     ("image_type", "volume"),
     [(["DERIVED", "SECONDARY", "AXIAL"], True), (["DERIVED", "SECONDARY", "MPR"], False),

@@ -23,6 +23,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medscan.dicom.identity import patient_pseudonym
@@ -124,12 +125,49 @@ class SliceHeader:
     acquisition_number: int | None = None
     acquisition_time: str | None = None
     temporal_position: int | None = None
+    #: Reconstruction identity (series splitting): ``(keyword, value)`` of the attributes in
+    #: :data:`RECONSTRUCTION_KEYWORDS` that the file carries.
+    reconstruction: tuple[tuple[str, str], ...] = ()
     #: Frame index (0-based) of a multi-frame file that this record stands for, else None.
     frame: int | None = None
     #: A multi-frame file's per-frame records (see :func:`expand_frames`); empty otherwise.
     frame_headers: list[SliceHeader] = field(default_factory=list, repr=False)
     #: Why a multi-frame file's frames could not be placed (None when they could).
     frame_problem: str | None = None
+
+
+#: Attributes that differ between two reconstructions of one acquisition (CT Image module,
+#: PS3.3 C.8.2.1 and CT Reconstruction macro C.8.15.3.6): kernel, filter, reconstructed field of
+#: view and its centre, slice thickness, algorithm. Two files differing in one of them are two
+#: images of the patient that must never be interleaved into one volume.
+RECONSTRUCTION_KEYWORDS = (
+    "ConvolutionKernel",
+    "FilterType",
+    "ReconstructionDiameter",
+    "ReconstructionTargetCenterPatient",
+    "SliceThickness",
+    "ReconstructionAlgorithm",
+    "ReconstructionMethod",
+)
+
+
+def _reconstruction(ds: pydicom.Dataset) -> tuple[tuple[str, str], ...]:
+    """``(keyword, value)`` of the :data:`RECONSTRUCTION_KEYWORDS` present in ``ds``."""
+    out = []
+    for keyword in RECONSTRUCTION_KEYWORDS:
+        try:
+            value = ds.get(keyword, None)
+        except Exception:  # a malformed value is no identity, not a crash
+            continue
+        if value is None or value == "":
+            continue
+        if isinstance(value, (list, tuple, MultiValue)):
+            text = "\\".join(str(v).strip() for v in value)
+        else:
+            text = str(value).strip()
+        if text:
+            out.append((keyword, text))
+    return tuple(out)
 
 
 def _float(ds: pydicom.Dataset, keyword: str, default: float | None = None) -> float | None:
@@ -517,6 +555,7 @@ def _read_header(path: Path, salt: str | None) -> SliceHeader | SkippedFile:
         acquisition_number=_int(ds, "AcquisitionNumber"),
         acquisition_time=(str(ds.get("AcquisitionTime", "") or "").strip() or None),
         temporal_position=_int(ds, "TemporalPositionIdentifier"),
+        reconstruction=_reconstruction(ds),
     )
     if header.frames > 1 and header.has_pixels:
         header.frame_headers, header.frame_problem = expand_frames(ds, header)

@@ -233,13 +233,71 @@ def _partition_findings(part: list[SliceHeader], parts: list[list[SliceHeader]])
     ]
 
 
-def _acquisition_keys() -> list[tuple[str, Any]]:
-    """Header facts that tell acquisitions apart, in the order they are tried."""
+#: AcquisitionTime clusters further apart than this (s) are separate acquisitions. Helical scans
+#: stamp consecutive slices fractions of a second apart (a whole chest in 2-20 s); repeated
+#: acquisitions (contrast phases, inspiration/expiration, a re-scan) are separated by a
+#: breath-hold, injection delay or operator pause of tens of seconds. 10 s sits between the two.
+ACQUISITION_TIME_GAP_S = 10.0
+#: ... and also more than this many times the median time step inside the series.
+ACQUISITION_TIME_GAP_FACTOR = 10.0
+
+
+def _dicom_seconds(value: str | None) -> float | None:
+    """Seconds since midnight of a DICOM TM value (``HHMMSS.FFFFFF``, ``HH:MM:SS`` too)."""
+    if not value:
+        return None
+    text = value.replace(":", "").strip()
+    try:
+        hh = int(text[0:2])
+        mm = int(text[2:4]) if len(text) >= 4 else 0
+        ss = float(text[4:]) if len(text) > 4 else 0.0
+    except ValueError:
+        return None
+    return hh * 3600.0 + mm * 60.0 + ss
+
+
+def _time_clusters(group: list[SliceHeader]) -> list[str | None]:
+    """Label each slice with the start of its AcquisitionTime cluster (see the gap constants).
+
+    All None when any slice lacks a readable time or the times form one cluster.
+    """
+    secs = [_dicom_seconds(h.acquisition_time) for h in group]
+    if len(group) < 4 or any(t is None for t in secs):
+        return [None] * len(group)
+    t = np.array(secs, dtype=float)
+    order = np.argsort(t, kind="stable")
+    steps = np.diff(t[order])
+    positive = steps[steps > 0]
+    median = float(np.median(positive)) if positive.size else 0.0
+    cut = max(ACQUISITION_TIME_GAP_S, ACQUISITION_TIME_GAP_FACTOR * median)
+    labels: list[str | None] = [None] * len(group)
+    start = group[int(order[0])].acquisition_time
+    for rank, i in enumerate(order):
+        if rank and steps[rank - 1] > cut:
+            start = group[int(i)].acquisition_time
+        labels[int(i)] = f"AcquisitionTime from {start}"
+    return labels if len(set(labels)) > 1 else [None] * len(group)
+
+
+def _reconstruction_label(group: list[SliceHeader]) -> list[str | None]:
+    """Per slice: the reconstruction attributes that vary in ``group``, as ``key=value``."""
+    dicts = [dict(h.reconstruction) for h in group]
+    keys = sorted({k for d in dicts for k in d})
+    varying = [k for k in keys if len({d.get(k) for d in dicts}) > 1]
+    if not varying:
+        return [None] * len(group)
+    return [", ".join(f"{k}={d.get(k, '-')}" for k in varying) for d in dicts]
+
+
+def _acquisition_keys(group: list[SliceHeader]) -> list[tuple[str, list[Any]]]:
+    """Per-slice header facts that tell acquisitions or reconstructions apart, in trial order."""
     return [
-        ("AcquisitionNumber", lambda h: h.acquisition_number),
-        ("TemporalPositionIdentifier", lambda h: h.temporal_position),
-        ("ImageType", lambda h: "\\".join(h.image_type) or None),
-        ("AcquisitionTime", lambda h: h.acquisition_time),
+        ("AcquisitionNumber", [h.acquisition_number for h in group]),
+        ("TemporalPositionIdentifier", [h.temporal_position for h in group]),
+        ("reconstruction", _reconstruction_label(group)),
+        ("ImageType", ["\\".join(h.image_type) or None for h in group]),
+        ("AcquisitionTime", [h.acquisition_time for h in group]),
+        ("AcquisitionTime cluster", _time_clusters(group)),
     ]
 
 
@@ -273,9 +331,17 @@ def _interleave(parts: list[np.ndarray]) -> bool:
 
 
 def split_acquisitions(
-    group: list[SliceHeader],
+    group: list[SliceHeader], _depth: int = 0,
 ) -> tuple[str | None, list[tuple[Any, list[SliceHeader]]]]:
     """Split one geometry group into acquisitions when positions repeat or interleave.
+
+    Tried in turn: AcquisitionNumber, TemporalPositionIdentifier, the reconstruction
+    attributes (:data:`medscan.dicom.headers.RECONSTRUCTION_KEYWORDS`: ConvolutionKernel,
+    SliceThickness, ReconstructionDiameter, FilterType...), ImageType, AcquisitionTime, and
+    AcquisitionTime clusters (:data:`ACQUISITION_TIME_GAP_S`). The first attribute whose values
+    remove the repeats or whose parts interleave splits the group; each part is then split
+    again the same way (two contrast phases, each reconstructed with two kernels, give four
+    volumes). The result never depends on file names.
 
     Parameters
     ----------
@@ -285,19 +351,19 @@ def split_acquisitions(
     Returns
     -------
     key : str or None
-        The attribute that separated the acquisitions (e.g. ``"AcquisitionNumber"``), or None
-        when the group is one volume.
+        The attribute(s) that separated the parts (e.g. ``"AcquisitionNumber"``,
+        ``"AcquisitionNumber + reconstruction"``), or None when the group is one volume.
     parts : list of (value, list of SliceHeader)
-        One entry per acquisition (the whole group when ``key`` is None), sorted by value.
+        One entry per part (the whole group when ``key`` is None), sorted by value.
     """
     proj = _projections(group)
     if proj is None or len(group) < 2:
         return None, [(None, group)]
     repeats = _has_repeats(proj)
-    for name, get in _acquisition_keys():
+    for name, labels in _acquisition_keys(group):
         values: dict[Any, list[int]] = defaultdict(list)
-        for i, h in enumerate(group):
-            values[get(h)].append(i)
+        for i, label in enumerate(labels):
+            values[label].append(i)
         if len(values) < 2:
             continue
         parts = [proj[idx] for idx in values.values()]
@@ -306,7 +372,19 @@ def split_acquisitions(
         resolves = repeats and not any(_has_repeats(p) for p in parts)
         if resolves or _interleave(parts):
             ordered = sorted(values.items(), key=lambda kv: str(kv[0]))
-            return name, [(v, [group[i] for i in idx]) for v, idx in ordered]
+            out: list[tuple[Any, list[SliceHeader]]] = []
+            sub_keys: set[str] = set()
+            for v, idx in ordered:
+                sub = [group[i] for i in idx]
+                sub_key, sub_parts = split_acquisitions(sub, _depth + 1) if _depth < 3 else (
+                    None, [(None, sub)])
+                if sub_key is None:
+                    out.append((v, sub))
+                    continue
+                sub_keys.add(sub_key)
+                out += [(f"{v} / {sv}", sp) for sv, sp in sub_parts]
+            key = " + ".join([name, *sorted(sub_keys)])
+            return key, out
     return None, [(None, group)]
 
 
@@ -366,9 +444,9 @@ def _acquisition_finding(
     return Finding(
         "acquisition_split",
         "warning",
-        f"one SeriesInstanceUID holds {len(values)} acquisitions ({key} "
-        f"{', '.join(str(v) for v in values)}) whose slice positions repeat or interleave; "
-        f"split into {len(values)} volumes, this is {key} {value} ({len(group)} files)",
+        f"one SeriesInstanceUID holds {len(values)} acquisitions or reconstructions ({key}: "
+        f"{'; '.join(str(v) for v in values)}) whose slice positions repeat or interleave; "
+        f"split into {len(values)} volumes, this is {value} ({len(group)} files)",
         [str(h.path) for h in group],
         {"key": key, "value": None if value is None else str(value),
          "values": [None if v is None else str(v) for v in values]},
@@ -586,6 +664,8 @@ def build_series(
                 },
             )
         )
+    if dropped and len(dropped) >= len(keep):
+        findings.append(_duplicate_geometry(group, keep, len(dropped)))
     group = [group[i] for i in keep]
     proj = proj[keep]
     n = len(group)
@@ -620,6 +700,25 @@ def build_series(
     findings += validate.geometry_findings(group)
     findings += validate.stack_findings(group, proj, affine)
     return info
+
+
+def _duplicate_geometry(group: list[SliceHeader], keep: list[int], n_dropped: int) -> Finding:
+    """Refuse a stack where at least half the instances repeat a position.
+
+    E.g. 30 slices at one position, or two stacks that nothing in the header tells apart:
+    keeping "the first" of each would be an arbitrary choice between two images, not a
+    duplicate clean-up.
+    """
+    return Finding(
+        "duplicate_geometry",
+        "error",
+        f"{len(group)} instances lie at only {len(keep)} distinct position(s) along the slice "
+        f"normal ({n_dropped} repeat a position) and no acquisition or reconstruction attribute "
+        "tells them apart: duplicate geometry (same ImagePositionPatient); the series is not "
+        "loaded",
+        [str(h.path) for h in group[:20]],
+        {"n_instances": len(group), "n_positions": len(keep)},
+    )
 
 
 def _spacing_findings(

@@ -20,6 +20,11 @@ The limits are deliberately wide (they catch corruption, not unusual scanners):
 * ImagePositionPatient within ``MAX_ABS_POSITION_MM`` of the origin; the stack no longer than
   ``MAX_STACK_EXTENT_MM``; an end slice more than ``OUTLIER_STEP_FACTOR`` times the median step
   (and at least ``OUTLIER_MIN_MM``) away from its neighbour is a position outlier.
+* In the image plane: each slice's ImagePositionPatient projected on the row and on the column
+  direction must lie within ``INPLANE_TOL_PIXELS`` pixels + ``INPLANE_TOL_MM`` of a robust
+  (Theil-Sen) line through all slices as a function of the position along the normal; a
+  straight line allows a gantry-tilted (sheared) stack, a single slice shifted sideways is a
+  ``position_outlier``.
 * The affine: finite, and its three columns not (nearly) linearly dependent.
 """
 
@@ -48,6 +53,11 @@ MAX_ABS_POSITION_MM = 100_000.0
 MAX_STACK_EXTENT_MM = 4000.0
 OUTLIER_STEP_FACTOR = 10.0
 OUTLIER_MIN_MM = 50.0
+#: In-plane position tolerance: half a pixel (a misplacement any viewer would show) plus 0.1 mm
+#: for IPP strings written with few decimals. Table motion is along the slice normal (or, for a
+#: gantry tilt, a straight line in the row/column plane, which the robust line fit absorbs).
+INPLANE_TOL_PIXELS = 0.5
+INPLANE_TOL_MM = 0.1
 #: |det(A)| / (|a0| |a1| |a2|) below this is a singular affine (1 = orthogonal columns).
 MIN_AFFINE_VOLUME_RATIO = 1e-3
 
@@ -269,8 +279,68 @@ def stack_findings(
             f"{MAX_STACK_EXTENT_MM:g} mm): corrupt ImagePositionPatient values",
             _files([headers[0], headers[-1]]), {"extent_mm": extent},
         ))
+    findings += inplane_findings(headers, proj)
     findings += affine_findings(affine, headers)
     return findings
+
+
+def inplane_findings(
+    headers: Sequence[SliceHeader], proj: np.ndarray
+) -> list[Finding]:
+    """Refuse slices whose ImagePositionPatient is off the stack within the image plane.
+
+    The position of each slice projected on the row and on the column direction is compared
+    with a Theil-Sen line (:func:`scipy.stats.theilslopes`, robust to up to ~29 % outliers)
+    fitted against the position along the normal; a straight line is what an untilted stack
+    (constant) and a gantry-tilted one (sheared) give. A slice more than
+    ``INPLANE_TOL_PIXELS`` x pixel spacing + ``INPLANE_TOL_MM`` off that line is an outlier.
+
+    Parameters
+    ----------
+    headers : sequence of SliceHeader
+        Slices in stacking order, one geometry (orientation, pixel spacing).
+    proj : numpy.ndarray
+        ``(n,)`` their positions along the slice normal, mm.
+
+    Returns
+    -------
+    list of Finding
+        One ``position_outlier`` error naming the slices and their in-plane offsets, or nothing.
+    """
+    from scipy.stats import theilslopes
+
+    first = headers[0] if headers else None
+    if (first is None or len(headers) < 3 or first.orientation is None
+            or any(h.position is None for h in headers)):
+        return []
+    positions = np.array([h.position for h in headers], dtype=np.float64)
+    if not np.all(np.isfinite(positions)) or not np.all(np.isfinite(proj)):
+        return []
+    dy, dx = first.pixel_spacing if first.pixel_spacing is not None else (1.0, 1.0)
+    offsets = np.zeros(len(headers))
+    axes = []
+    for name, direction, pixel in (("row", first.orientation[:3], dx),
+                                   ("column", first.orientation[3:], dy)):
+        a = positions @ np.asarray(direction, dtype=np.float64)
+        slope, intercept = theilslopes(a, proj)[:2]
+        resid = a - (intercept + slope * proj)
+        tol = INPLANE_TOL_PIXELS * float(pixel if math.isfinite(pixel) else 1.0) + INPLANE_TOL_MM
+        bad = np.abs(resid) > tol
+        if bad.any():
+            axes.append(f"{name} direction (tolerance {tol:.2f} mm)")
+            offsets = np.where(bad & (np.abs(resid) > np.abs(offsets)), resid, offsets)
+    out_idx = [i for i in range(len(headers)) if offsets[i] != 0.0]
+    if not out_idx:
+        return []
+    out = [headers[i] for i in out_idx]
+    shifts = [round(float(offsets[i]), 2) for i in out_idx]
+    return [Finding(
+        "position_outlier", "error",
+        f"{len(out)} slice(s) lie off the rest of the stack within the image plane along the "
+        f"{' and '.join(axes)}: offsets {shifts[:5]} mm in {_listing(out)}; a corrupt "
+        "ImagePositionPatient is likely, so the series is not loaded (remove or fix those files)",
+        _files(out), {"inplane_offsets_mm": shifts, "n_outliers": len(out)},
+    )]
 
 
 def affine_findings(affine: np.ndarray, headers: Sequence[SliceHeader] = ()) -> list[Finding]:
