@@ -284,6 +284,13 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(exc, file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # an unusable pseudonym secret: one line, exit 2, any command
+        from medscan.dicom.identity import SecretError
+
+        if not isinstance(exc, SecretError):
+            raise
+        print(f"medscan {command}: {exc}", file=sys.stderr)
+        return 2
     except ModuleNotFoundError as exc:  # an extra's module the checks above did not list
         if not exc.name or exc.name.split(".")[0] not in {
                 m.split(".")[0] for m in EXTRA_OF_MODULE}:

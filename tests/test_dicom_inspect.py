@@ -103,9 +103,9 @@ def test_patient_identity_without_patient_id(sample_ct: Path, tmp_path: Path) ->
     assert by_dir["d"].patient_id != by_dir["a"].patient_id
     assert len({s.case_id for s in found.series}) == 5
     # Another salt gives other, equally stable ids.
-    salted = discover(tmp_path, salt="site-42")
+    salted = discover(tmp_path, salt="site-42-project-secret")
     assert {s.case_id for s in salted.series}.isdisjoint({s.case_id for s in found.series})
-    assert [s.case_id for s in discover(tmp_path, salt="site-42").series] == [
+    assert [s.case_id for s in discover(tmp_path, salt="site-42-project-secret").series] == [
         s.case_id for s in salted.series
     ]
 

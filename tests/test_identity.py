@@ -111,3 +111,58 @@ def test_patient_id_resists_enumeration(sample_ct: Path, fresh_secret: Path) -> 
                                             domain="patient")]
     for guess in guesses:
         assert _enumerate(target, guess) is None
+
+
+SHORT_SECRETS = {"empty file": ("file", ""), "3-byte file": ("file", "abc\n"),
+                 "short env": ("env", "15-bytes-secret"), "short salt": ("salt", "site-42")}
+
+
+@pytest.mark.parametrize("kind", list(SHORT_SECRETS))
+def test_short_or_empty_secret_is_one_line_exit_2(kind: str, sample_ct: Path, tmp_path: Path
+                                                   ) -> None:
+    """Every command refuses a secret under 16 bytes with one line and exit 2, before any
+    output exists (not a per-file "unreadable DICOM header" with exit 0)."""
+    where, value = SHORT_SECRETS[kind]
+    env = {k: v for k, v in os.environ.items()
+           if k not in (identity.SECRET_ENV, identity.LEGACY_SALT_ENV)}
+    secret = tmp_path / "id-secret"
+    secret.write_text("0" * 64 if where != "file" else value)
+    secret.chmod(0o600)
+    env[identity.SECRET_FILE_ENV] = str(secret)
+    if where == "env":
+        env[identity.SECRET_ENV] = value
+    salt = [f"--salt={value}"] if where == "salt" else []
+    out = tmp_path / "out"
+    runs = {"inspect": ["inspect", str(sample_ct), *salt],
+            "segment": ["segment", f"input={sample_ct}", f"output={out}", "progress=false",
+                        *([f"salt={value}"] if salt else [])]}
+    for name, args in runs.items():
+        r = subprocess.run([sys.executable, "-m", "medscan.cli", *args], capture_output=True,
+                           text=True, env=env, timeout=300)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2, (name, r.stderr)
+        assert len(lines) == 1 and "at least 16" in lines[0], (name, r.stderr)
+        assert "unreadable" not in r.stdout + r.stderr
+    assert not out.exists()
+
+
+def test_salt_of_16_bytes_is_the_key(sample_ct: Path, fresh_secret: Path) -> None:
+    salt = "a-project-secret-of-32-bytes-xyz"
+    ids = [s.case_id for s in discover(sample_ct, salt=salt).series]
+    assert ids == [identity.case_pseudonym("CT", s.slices[0].series_uid, 0, salt)
+                   for s in discover(sample_ct, salt=salt).series]
+    assert ids != [s.case_id for s in discover(sample_ct).series]
+    with pytest.raises(SecretError, match="salt= holds 7 bytes"):
+        resolve_secret("site-42")
+
+
+def test_loose_permissions_warned_once_per_process(sample_ct: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "id-secret"
+    secret.write_text("0" * 64)
+    secret.chmod(0o644)
+    env = {**os.environ, identity.SECRET_FILE_ENV: str(secret)}
+    env.pop(identity.SECRET_ENV, None)
+    r = subprocess.run([sys.executable, "-m", "medscan.cli", "inspect", str(sample_ct)],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("readable by others") == 1, r.stderr

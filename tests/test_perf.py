@@ -176,7 +176,7 @@ def test_segment_with_scratch_writes_the_same_case(sample_ct, tmp_path, monkeypa
     """The job with ``scratch=`` (given as ``$VAR``) writes the same files and labels."""
     import nibabel as nib
 
-    monkeypatch.setenv("MEDSCAN_ID_SECRET", "perf-test")
+    monkeypatch.setenv("MEDSCAN_ID_SECRET", "perf-test-secret-16b")
     monkeypatch.setenv("NODE_TMP", str(tmp_path / "node"))
     monkeypatch.chdir(tmp_path)
     fast = ["progress=false", "preview=false", "mesh_labels=[lung_left]", "mesh_formats=[ply]"]

@@ -225,11 +225,28 @@ def test_bad_file_in_tree_does_not_stop_the_batch(shared_ct, tmp_path):
             assert row["reason"], row
 
 
+@pytest.mark.parametrize(("args", "says"), [
+    (["mesh_formats=[xyz]"], "mesh format"), (["shard=3", "num_shards=2"], "shard"),
+    (["num_shards=0"], "num_shards"), (["min_slices=-5"], "min_slices"),
+    (["backend=gpu"], "backend=gpu"), (["salt=short"], "at least 16")])
+def test_bad_config_is_one_line_exit_2_before_any_output(sample_ct, tmp_path, args, says):
+    """Nothing is created in the output folder (no .hydra/run-*) for a config error."""
+    from medscan.backend import BackendUnavailable, get_backend
+
+    if args == ["backend=gpu"]:
+        try:
+            get_backend("gpu")
+            pytest.skip("a GPU is available here: backend=gpu is not an error")
+        except BackendUnavailable:
+            pass
+    out = tmp_path / "out"
+    r = cli(f"input={sample_ct}", f"output={out}", "progress=false", *args)
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and says in r.stderr, r.stderr
+    assert not out.exists()
+
+
 def test_bad_config_values(tmp_path):
-    r = cli(f"output={tmp_path}", "mesh_formats=[xyz]")
-    assert r.returncode == 2 and "mesh format" in r.stderr
-    r = cli(f"output={tmp_path}", "shard=3", "num_shards=2")
-    assert r.returncode == 2 and "shard" in r.stderr
     r = cli(f"input={tmp_path / 'missing'}", f"output={tmp_path}")
     assert r.returncode == 2 and "does not exist" in r.stderr
     assert os.path.isdir(tmp_path)

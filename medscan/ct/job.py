@@ -191,16 +191,57 @@ class OutputCheck(Callback):
     @staticmethod
     def _check(config: Any) -> None:
         try:
-            output = Path(str(config.output))
-            source = config.input
-        except Exception:  # no usable output key: run_segment reports it
+            from omegaconf import OmegaConf
+
+            cfg = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+                   for k, v in config.items() if k != "hydra"}
+        except Exception:  # an unusable config: run_segment reports it
             return
-        if source and not Path(str(source)).exists():  # nothing is created for a bad input
-            raise SystemExit(_error(f"input {source} does not exist"))
         try:
-            check_output(output)
+            check_job(cfg)
         except JobError as exc:
             raise SystemExit(_error(str(exc))) from None
+
+
+def check_job(cfg: dict[str, Any]) -> tuple[Any, CaseOptions, str]:
+    """Every job-level check, in order, before anything is written into ``output``.
+
+    Config values (backend, case options, shard), the input path, the pseudonym secret, then
+    the output folder (:func:`check_output`, which creates it). Run by :class:`OutputCheck`
+    before Hydra makes ``output/.hydra``, and again by :func:`run_segment` (API callers).
+
+    Returns
+    -------
+    tuple
+        The backend, the :class:`CaseOptions` and the secret's fingerprint.
+
+    Raises
+    ------
+    JobError
+        One line naming the key or path and the reason.
+    """
+    try:
+        be = get_backend(str(cfg["backend"]["name"]))
+    except BackendUnavailable as exc:
+        raise JobError(str(exc)) from None
+    except (KeyError, TypeError) as exc:
+        raise JobError(f"bad configuration: backend: {exc}") from None
+    try:
+        options = options_from_config(cfg)
+        select_shard([], int(cfg.get("shard", 0)), int(cfg.get("num_shards", 1)))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise JobError(f"bad configuration: {exc}") from None
+    source = Path(str(cfg["input"])) if cfg.get("input") else sample_path()
+    if not source.exists():  # nothing is created for a bad input
+        raise JobError(f"input {source} does not exist")
+    try:
+        fingerprint = secret_fingerprint(cfg.get("salt"))
+    except SecretError as exc:
+        raise JobError(str(exc)) from None
+    if not cfg.get("output"):
+        raise JobError("bad configuration: output is not set")
+    check_output(Path(str(cfg["output"])))
+    return be, options, fingerprint
 
 
 def _job_level(exc: BaseException, output: Path) -> OSError | None:
@@ -421,25 +462,11 @@ def _run_segment(cfg: dict[str, Any]) -> int:
     # A log handler that cannot write (disk full) must not print tracebacks between the
     # job's own messages; the job reports output errors itself (one line, exit 2).
     logging.raiseExceptions = False
-    try:
-        be = get_backend(str(cfg["backend"]["name"]))
-    except BackendUnavailable as exc:
-        return _error(str(exc))
-    try:
-        options = options_from_config(cfg)
-    except (KeyError, TypeError, ValueError) as exc:
-        return _error(f"bad configuration: {exc}")
     from medscan.dicom import discover
 
+    be, options, fingerprint = check_job(cfg)
     source = Path(cfg["input"]) if cfg.get("input") else sample_path()
-    if not source.exists():
-        return _error(f"input {source} does not exist")
     output = Path(cfg["output"])
-    check_output(output)
-    try:
-        fingerprint = secret_fingerprint(cfg.get("salt"))
-    except SecretError as exc:
-        return _error(str(exc))
     cfg_for_hash = {k: v for k, v in cfg.items() if k not in RUNTIME_KEYS}
     job = _Job(cfg, config_hash(cfg_for_hash), source, output, options, be, fingerprint)
 

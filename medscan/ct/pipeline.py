@@ -54,6 +54,8 @@ class CaseOptions:
         bad = [f for f in self.mesh_formats if f not in FORMATS]
         if bad:
             raise ValueError(f"unknown mesh format(s) {bad}: use {list(FORMATS)}")
+        if self.min_slices < 1:
+            raise ValueError(f"min_slices={self.min_slices}: need at least 1")
         for name in self.mesh_labels:
             self.tissues[name]  # raises KeyError with the known names
 

@@ -26,7 +26,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from medscan.dicom.identity import patient_pseudonym
+from medscan.dicom.identity import SecretError, patient_pseudonym
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 #: (7FE0,0010) Pixel Data, (7FE0,0008) Float Pixel Data, (7FE0,0009) Double Float Pixel Data.
@@ -447,6 +447,8 @@ def read_header(path: str | os.PathLike[str], salt: str | None = None) -> SliceH
     path = Path(path)
     try:
         return _read_header(path, salt)
+    except SecretError:  # not the file's fault: the whole job stops (one line, exit 2)
+        raise
     except Exception as exc:  # a malformed value deep in a header: skip the file, go on
         return SkippedFile(path, f"unreadable DICOM header: {type(exc).__name__}: {exc}")
 

@@ -9,17 +9,20 @@
 
 The key (see :func:`resolve_secret`) is, first found wins:
 
-1. the ``salt=`` argument (the jobs' ``salt=`` option, the ``--salt`` of ``inspect``);
+1. the ``salt=`` argument (the jobs' ``salt=`` option, the ``--salt`` of ``inspect``): it *is*
+   the key, not an addition to it, so it must be a secret of at least 16 bytes like the others;
 2. ``$MEDSCAN_ID_SECRET`` (a shared project secret: every shard and rerun gets the same ids);
    ``$MEDSCAN_ID_SALT`` is read as the same thing (its old name);
 3. the secret file ``$MEDSCAN_ID_SECRET_FILE``, else ``$XDG_CONFIG_HOME/medscan/id-secret``
    (``~/.config/medscan/id-secret``): 32 random bytes (hex) made on first use, mode 0600.
 
-There is no public default: with a fixed, published salt a structured PatientID (``Lung_Dx-A0001``,
-a hospital MRN) was recovered from its id by enumeration (about 80,000 guesses per second). With
-an unknown 256-bit key, an id tells nothing about the identifier without the key; HMAC (RFC 2104)
-rather than ``sha256(salt | value)`` because it is the standard keyed construction. What ids do
-not protect against is written in ``docs/reliability.md`` ("Pseudonymous ids").
+Every source must give at least :data:`MIN_SECRET_BYTES` (16) bytes, else
+:class:`SecretError` (one line, exit 2 in every command). There is no public default: with a
+fixed, published salt a structured PatientID (``Lung_Dx-A0001``, a hospital MRN) was
+recovered from its id by enumeration (about 80,000 guesses per second). With an unknown
+256-bit key, an id tells nothing about the identifier without the key; HMAC (RFC 2104) rather than
+``sha256(salt | value)`` because it is the standard keyed construction. What ids do not
+protect against is written in ``docs/reliability.md`` ("Pseudonymous ids").
 
 :func:`secret_fingerprint` is a one-way digest of the key, recorded in manifests so that two
 outputs can be checked for having been made with the same key; it never reveals the key.
@@ -48,9 +51,14 @@ LEGACY_SALT_ENV = "MEDSCAN_ID_SALT"
 SECRET_FILE_ENV = "MEDSCAN_ID_SECRET_FILE"
 #: Random bytes in a generated secret.
 SECRET_BYTES = 32
+#: Shortest secret accepted (bytes, from any source: ``salt=``, environment, file). 16 bytes is
+#: 128 bits if random (NIST SP 800-107 asks an HMAC key of at least the security strength); a
+#: short or guessable secret lets anyone with the output enumerate structured PatientIDs again.
+MIN_SECRET_BYTES = 16
 
 _SAFE = re.compile(r"[^a-z0-9]+")
 _FILE_KEYS: dict[str, bytes] = {}
+_WARNED: set[str] = set()  # secret files whose loose permissions were already reported
 
 
 class SecretError(RuntimeError):
@@ -103,13 +111,30 @@ def _read_secret_file(path: Path) -> bytes:
     if not path.exists():
         _create_secret(path)
     mode = path.stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if mode & (stat.S_IRWXG | stat.S_IRWXO) and str(path) not in _WARNED:
+        _WARNED.add(str(path))  # once per process, not once per file read
         log.warning("the pseudonym secret file is readable by others (mode %o); "
                     "chmod 600 it", stat.S_IMODE(mode))
     text = path.read_text(encoding="ascii").strip()
-    if not text:
-        raise SecretError(f"pseudonym secret file {path} is empty")
-    return text.encode("ascii")
+    return _checked(text.encode("ascii"), f"pseudonym secret file {path}")
+
+
+def mute_permission_warning() -> None:
+    """Report no loose secret-file permissions in this process.
+
+    Used in header-reading workers: the parent process has reported it once already.
+    """
+    _WARNED.add(str(secret_file()))
+
+
+def _checked(key: bytes, source: str) -> bytes:
+    """``key`` when at least :data:`MIN_SECRET_BYTES` long, else :class:`SecretError`."""
+    if len(key) < MIN_SECRET_BYTES:
+        what = "is empty" if not key else f"holds {len(key)} bytes"
+        raise SecretError(f"{source} {what}; a pseudonym secret needs at least "
+                          f"{MIN_SECRET_BYTES} (e.g. the output of `openssl rand -hex 32`), "
+                          "else the ids can be reversed by guessing it")
+    return key
 
 
 def resolve_secret(salt: str | None = None) -> bytes:
@@ -128,13 +153,16 @@ def resolve_secret(salt: str | None = None) -> bytes:
     Raises
     ------
     SecretError
-        When the secret file cannot be created or read.
+        When the secret file cannot be created or read, or the secret (from any source) is
+        shorter than :data:`MIN_SECRET_BYTES`: a short ``salt=`` never silently replaces a
+        strong secret with a guessable one.
     """
-    if salt:
-        return salt.encode("utf-8")
-    env = os.environ.get(SECRET_ENV) or os.environ.get(LEGACY_SALT_ENV)
-    if env:
-        return env.encode("utf-8")
+    if salt is not None and salt != "":
+        return _checked(salt.encode("utf-8"), "salt=")
+    for name in (SECRET_ENV, LEGACY_SALT_ENV):
+        env = os.environ.get(name)
+        if env is not None and env != "":
+            return _checked(env.encode("utf-8"), f"${name}")
     path = secret_file()
     key = str(path)
     if key not in _FILE_KEYS:

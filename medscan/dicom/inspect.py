@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from medscan.dicom.discover import Discovery, discover
 from medscan.dicom.headers import SkippedFile
+from medscan.dicom.identity import SecretError
 from medscan.dicom.series import SeriesInfo
 
 if TYPE_CHECKING:
@@ -254,7 +255,11 @@ def _private(data: dict[str, Any], root: Any, free_text: bool) -> dict[str, Any]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``medscan inspect``; return 0, or 2 when PATH does not exist."""
+    """Run ``medscan inspect``; return 0, or 2 (one line on stderr).
+
+    2 when PATH does not exist or the pseudonym secret is unusable (empty, shorter than 16
+    bytes, unreadable).
+    """
     args = _parser().parse_args(argv)
     try:
         found = discover(
@@ -263,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             salt=args.salt,
             progress=not args.json and sys.stderr.isatty(),
         )
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, SecretError) as exc:
         print(f"medscan inspect: {exc}", file=sys.stderr)
         return 2
     if args.json:
