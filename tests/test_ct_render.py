@@ -16,6 +16,7 @@ from ct_reference import reoriented
 from medscan.ct.render import (
     VIEWS,
     _shaded_projection,
+    preview_figure,
     render_preview,
     screen_coordinates,
     view_matrix,
@@ -123,3 +124,44 @@ def test_slice_views_radiological_whatever_the_storage(tmp_path, perm_flips):
     oy, ox = np.nonzero(orange)
     assert ox.mean() > gx.mean() + 5  # patient left on the image right
     assert oy.mean() < gy.mean() - 5  # anterior at the top
+
+
+def _overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_preview_titles_clear_of_every_panel(sample_ct):
+    """Breaker defect 13: the 3-D panels' titles ("3-D, anterior", "3-D, side") overlapped the
+    slice panels above them (tight_layout sized rows before the equal-aspect panels grew).
+    On the real sample with its lung and bone meshes, no title may overlap another panel,
+    another title or the figure legend, measured on the drawn figure."""
+    from ct_reference import load_series
+
+    from medscan.ct.mesh import label_surface
+    from medscan.ct.segment import segment
+
+    tissues = default_tissues()
+    volume = load_series(str(sample_ct))
+    seg = segment(volume, tissues)
+    meshes = {name: label_surface(seg.labels, tissues[name].label, volume.affine,
+                                  thin=name == "bone")
+              for name in ("lung_left", "lung_right", "bone")}
+    fig = preview_figure(volume.hu, seg.labels, volume.affine, tissues, meshes, "sample")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    axes = fig.axes
+    assert len(axes) == 6
+    boxes = [ax.get_window_extent(renderer) for ax in axes]
+    titles = [ax.title.get_window_extent(renderer) for ax in axes]
+    legend = fig.legends[0].get_window_extent(renderer)
+    for i, title in enumerate(titles):
+        assert axes[i].title.get_text()
+        assert title.y0 >= boxes[i].y1 - 1, (axes[i].title.get_text(), title, boxes[i])
+        assert not _overlap(title, legend)
+        for j, box in enumerate(boxes):
+            if j != i:
+                assert not _overlap(title, box), (axes[i].title.get_text(), j, title, box)
+                assert not _overlap(title, titles[j]), (i, j)

@@ -158,7 +158,34 @@ def render_preview(
     title: str = "",
     dpi: int = 80,
 ) -> Path:
-    """Write the preview PNG of one case.
+    """Write the preview PNG of one case (the figure of :func:`preview_figure`).
+
+    Parameters are those of :func:`preview_figure`, plus ``path`` (the output PNG).
+
+    Returns
+    -------
+    Path
+    """
+    fig = preview_figure(hu, labels, affine, tissues, meshes, title, dpi)
+    path = Path(path)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
+def preview_figure(
+    hu: np.ndarray,
+    labels: np.ndarray,
+    affine: np.ndarray,
+    tissues: TissueTable,
+    meshes: dict[str, Any],
+    title: str = "",
+    dpi: int = 80,
+) -> Any:
+    """The preview figure of one case: three slices over three 3-D views, and a legend.
+
+    The layout is matplotlib's constrained layout, which places every title from the drawn
+    (aspect-adjusted) axes; ``tight_layout`` sized the rows before the equal-aspect 3-D panels
+    grew to their cells' full height, so their titles overlapped the slices above.
 
     Parameters
     ----------
@@ -172,8 +199,6 @@ def render_preview(
         Colours and names.
     meshes : dict
         ``{tissue name: trimesh.Trimesh}`` in LPS mm (may be empty).
-    path : str or Path
-        Output PNG.
     title : str
         Figure title (case id, status).
     dpi : int
@@ -181,7 +206,7 @@ def render_preview(
 
     Returns
     -------
-    Path
+    matplotlib.figure.Figure
     """
     import matplotlib
 
@@ -215,7 +240,7 @@ def render_preview(
         ("coronal", hu[:, yy, :], labels[:, yy, :], sz / sx),
         ("sagittal", hu[:, :, xx], labels[:, :, xx], sz / sy),
     ]
-    fig = Figure(figsize=(15, 8.5), dpi=dpi)
+    fig = Figure(figsize=(15, 8.5), dpi=dpi, layout="constrained")
     axes = fig.subplots(2, 3)
     for ax, (name, img, lab, aspect) in zip(axes[0], views, strict=True):
         origin = "upper" if name == "axial" else "lower"
@@ -244,10 +269,7 @@ def render_preview(
               label=f"{t.label} {t.name}")
         for t in present
     ]
-    fig.legend(handles=handles, loc="lower center", ncol=max(len(present), 1), fontsize=8,
-               frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=max(len(present), 1),
+               fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0.04, 1, 0.96))
-    path = Path(path)
-    fig.savefig(path, dpi=dpi)
-    return path
+    return fig
