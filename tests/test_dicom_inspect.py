@@ -149,3 +149,26 @@ def test_hidden_folders_and_files_are_walked(sample_ct: Path, tmp_path: Path) ->
         found = discover(root)
         assert [s.n_slices for s in found.series] == [30], root.name
         assert found.skipped == []
+
+
+def test_inspect_says_refused_where_segment_refuses(
+    sample_ct: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Breaker defect 10: a series with a blocking error is not "loaded yes"."""
+    import dicom_faults as faults
+
+    from medscan.dicom import SeriesError, load
+
+    bad = tmp_path / "bad"
+    shutil.copytree(sample_ct, bad)
+    faults.inplane_shift(bad, 12, 40.0)
+    good = tmp_path / "good"
+    shutil.copytree(sample_ct, good)
+    rows = {}
+    for root in (bad, good):
+        _code, out = run_inspect(capsys, str(root), "--tsv")
+        header, row = out.strip().splitlines()[:2]
+        rows[root.name] = dict(zip(header.split("\t"), row.split("\t"), strict=True))["loaded"]
+    assert rows == {"bad": "refused (position_outlier)", "good": "yes"}
+    with pytest.raises(SeriesError, match="position_outlier"):
+        load(discover(bad).series[0])

@@ -187,6 +187,8 @@ def test_mixed_shapes_split_and_report(sample_ct: Path, tmp_path: Path) -> None:
     for s in found.series:
         (split,) = [f for f in s.findings if f.code == "geometry_split"]
         assert split.files and all(Path(p).name in {q.name for q in s.files} for p in split.files)
+        # the message says what differs, not only the sizes (breaker defect 12)
+        assert "256x256 px (vs 512x512)" in split.message and "PixelSpacing" in split.message
         assert load(s).shape[1:] in {(256, 256), (512, 512)}
 
 
@@ -329,3 +331,18 @@ def test_single_file_and_padding_range(sample_ct: Path, tmp_path: Path) -> None:
     assert np.all(vol.hu[0][padded] == AIR_HU)
     (pad,) = [f for f in vol.findings if f.code == "padding"]
     assert pad.details["voxels"] == int(padded.sum())
+
+
+def test_geometry_split_names_a_tilted_orientation(sample_ct: Path, tmp_path: Path) -> None:
+    """One slice tilted 10 degrees (same size and spacing): the split says the orientation
+    differs and by how much."""
+    files = copy_series(sample_ct, tmp_path / "t")
+    ds = pydicom.dcmread(files[7])
+    c, s_ = np.cos(np.radians(10.0)), np.sin(np.radians(10.0))
+    ds.ImageOrientationPatient = [1, 0, 0, 0, f"{c:.6f}", f"{s_:.6f}"]
+    ds.save_as(files[7])
+    found = discover(tmp_path / "t")
+    assert sorted(s.n_slices for s in found.series) == [1, 29]
+    for series in found.series:
+        (split,) = [f for f in series.findings if f.code == "geometry_split"]
+        assert "ImageOrientationPatient" in split.message and "10.0 deg" in split.message

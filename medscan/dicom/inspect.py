@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from medscan.dicom.discover import Discovery, discover
 from medscan.dicom.headers import SkippedFile
 from medscan.dicom.identity import SecretError
-from medscan.dicom.series import SeriesInfo
+from medscan.dicom.series import SeriesInfo, blocking_findings, loadable
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -91,6 +91,14 @@ def _series_row(s: SeriesInfo) -> list[str]:
     ]
 
 
+def _loaded(s: SeriesInfo) -> str:
+    """``yes``, or ``refused (codes)`` when ``load``/``segment`` would refuse the series."""
+    if loadable(s):
+        return "yes"
+    codes = ",".join(dict.fromkeys(f.code for f in blocking_findings(s))) or "no geometry"
+    return f"refused ({codes})"
+
+
 def _qc_counts(s: SeriesInfo) -> str:
     """``"1 error, 2 warning"``-style counts of a series' findings by severity, or ``"-"``."""
     counts = Counter(f.severity for f in s.findings)
@@ -153,6 +161,9 @@ def _print_table(found: Discovery, console: Console | None = None,
             colour = {"error": "red", "warning": "yellow"}.get(f.severity, "cyan")
             console.print(f"[{colour}]{s.case_id} {f.severity} {f.code}[/]: {f.message}",
                           highlight=False)
+        if not loadable(s):
+            console.print(f"[red]{s.case_id} is not loaded[/]: medscan segment / load refuse it "
+                          f"({_loaded(s)})", highlight=False)
     if found.other_series:
         other = Table(title="Other series (not loaded)", box=box.SIMPLE_HEAD, pad_edge=False,
                       title_justify="left", collapse_padding=True, show_edge=False)
@@ -184,7 +195,7 @@ def _print_tsv(found: Discovery, verbose: bool = False) -> None:
     out = sys.stdout
     out.write("\t".join(c.replace(" ", "_") for c in (*COLUMNS, "loaded")) + "\n")
     for s in found.series:
-        out.write("\t".join([*_series_row(s), "yes"]) + "\n")
+        out.write("\t".join([*_series_row(s), _loaded(s)]) + "\n")
     for s in found.other_series:
         out.write("\t".join([*_series_row(s), "no"]) + "\n")
     out.flush()

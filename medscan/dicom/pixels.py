@@ -39,7 +39,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from medscan.dicom.contain import DONE, STARTED, ContainedError, run_contained
 from medscan.dicom.headers import SliceHeader
 from medscan.dicom.resample import regularize_stack
-from medscan.dicom.series import SeriesInfo
+from medscan.dicom.series import SeriesInfo, blocking_findings, loadable
 from medscan.dicom.validate import affine_problem
 from medscan.volume import AIR_HU, Finding, Volume
 
@@ -591,8 +591,8 @@ def load(
         "decoder timed out"); the message names the files and the reasons. No other exception
         is expected from a bad file (``benchmarks/fuzz_dicom.py`` checks this).
     """
-    blocking = [f for f in series.findings if f.severity == "error" and f.code != "mixed_patients"]
-    if blocking or series.affine is None or not series.slices:
+    blocking = blocking_findings(series)
+    if not loadable(series):
         reasons = "; ".join(f"{f.code}: {f.message}" for f in blocking) or "no slice geometry"
         raise SeriesError(
             f"series {series.case_id} ({series.n_slices} files, first "

@@ -138,6 +138,32 @@ class SeriesInfo:
         }
 
 
+#: Error findings that still load (reported, not refused).
+NON_BLOCKING_ERRORS = {"mixed_patients"}
+
+
+def blocking_findings(series: SeriesInfo) -> list[Finding]:
+    """The error findings for which :func:`medscan.dicom.load` refuses ``series``.
+
+    Parameters
+    ----------
+    series : SeriesInfo
+
+    Returns
+    -------
+    list of Finding
+        Every ``error`` finding except :data:`NON_BLOCKING_ERRORS`; empty when it loads
+        (a series without an affine is refused too, see :func:`loadable`).
+    """
+    return [f for f in series.findings
+            if f.severity == "error" and f.code not in NON_BLOCKING_ERRORS]
+
+
+def loadable(series: SeriesInfo) -> bool:
+    """Whether :func:`medscan.dicom.load` (and so ``medscan segment``) accepts ``series``."""
+    return not blocking_findings(series) and series.affine is not None and bool(series.slices)
+
+
 def non_volume_reason(h: SliceHeader) -> str | None:
     r"""Why the image in ``h`` is not part of a CT volume (a localizer, ...), or None.
 
@@ -453,23 +479,53 @@ def _acquisition_finding(
     )
 
 
+def _geometry_text(h: SliceHeader, ref: SliceHeader) -> str:
+    """How the geometry of ``h`` differs from ``ref`` (rows/columns, spacing, orientation)."""
+    parts = []
+    if (h.rows, h.columns) != (ref.rows, ref.columns):
+        parts.append(f"{h.rows}x{h.columns} px (vs {ref.rows}x{ref.columns})")
+    if h.pixel_spacing != ref.pixel_spacing and not (
+        h.pixel_spacing is not None and ref.pixel_spacing is not None
+        and np.allclose(h.pixel_spacing, ref.pixel_spacing, rtol=1e-3, atol=1e-4)
+    ):
+        def fmt(ps: tuple[float, float] | None) -> str:
+            return "none" if ps is None else f"{ps[0]:.4g}x{ps[1]:.4g} mm"
+        parts.append(f"PixelSpacing {fmt(h.pixel_spacing)} (vs {fmt(ref.pixel_spacing)})")
+    if h.orientation is not None and ref.orientation is not None:
+        diff = float(np.max(np.abs(h.orientation - ref.orientation)))
+        if diff > ORIENT_TOL:
+            cos = float(np.clip(_normal(h.orientation) @ _normal(ref.orientation), -1, 1))
+            parts.append(f"ImageOrientationPatient {np.round(h.orientation, 4).tolist()} "
+                         f"(normal {np.degrees(np.arccos(cos)):.1f} deg from the main part's)")
+    elif (h.orientation is None) != (ref.orientation is None):
+        parts.append("ImageOrientationPatient " + ("missing" if h.orientation is None
+                                                   else "present where the main part has none"))
+    return ", ".join(parts) or "same geometry"
+
+
 def _geometry_finding(
     ordered: list[list[SliceHeader]], split: int, group: list[SliceHeader]
 ) -> Finding:
-    shapes = ", ".join(f"{len(g)} files {g[0].rows}x{g[0].columns} px" for g in ordered)
+    ref = ordered[0][0]
+    first = ordered[0]
+    spacing = (f", PixelSpacing {ref.pixel_spacing[0]:.4g}x{ref.pixel_spacing[1]:.4g} mm"
+               if ref.pixel_spacing is not None else "")
+    others = "; ".join(f"part {i}: {len(g)} file(s), {_geometry_text(g[0], ref)}"
+                       for i, g in enumerate(ordered) if i > 0)
     return Finding(
         "geometry_split",
         "warning",
-        f"one SeriesInstanceUID holds files of different geometry "
-        f"(orientation, rows/columns or pixel spacing): {shapes}; split into "
-        f"{len(ordered)} volumes, this is part {split} "
-        f"({group[0].rows}x{group[0].columns} px, {len(group)} files)",
+        f"one SeriesInstanceUID holds files of different geometry: part 0 (main): "
+        f"{len(first)} file(s) {ref.rows}x{ref.columns} px{spacing}; {others}; split into "
+        f"{len(ordered)} volumes, this is part {split} ({len(group)} files"
+        + (f": {_geometry_text(group[0], ref)})" if split else ")"),
         [str(h.path) for h in group],
         {
             "n_parts": len(ordered),
             "part": split,
             "rows": group[0].rows,
             "columns": group[0].columns,
+            "differs": [_geometry_text(g[0], ref) for g in ordered[1:]],
         },
     )
 
@@ -775,9 +831,12 @@ def _spacing_findings(
             Finding(
                 "nonuniform_spacing",
                 "warning",
-                f"slice steps along the normal vary: {uniq} mm (median {median:g} mm); the "
-                f"volume keeps the acquired slices and its affine uses the mean step, so "
-                f"slices are placed up to {error:.2f} mm from their true position",
+                f"slice steps along the normal vary: {uniq} mm (median {median:g} mm); by "
+                f"default (uniform=true, as in medscan segment) the stack is resampled to the "
+                f"median step by linear interpolation between neighbouring slices (a "
+                f"'resampled' finding follows); with uniform=false the acquired slices are "
+                f"kept and the mean-step affine places them up to {error:.2f} mm from their "
+                f"true position",
                 [],
                 {"steps_mm": steps.round(4).tolist(), "max_position_error_mm": error},
             )
