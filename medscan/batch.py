@@ -31,7 +31,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -291,22 +291,64 @@ def remove_stale(output: str | Path, case_id: str, lease_s: float = LEASE_S) -> 
     return removed
 
 
+def lock_holder(output: str | Path, case_id: str, lease_s: float = LEASE_S) -> str:
+    """Who holds the lock of ``case_id``, for a waiting run's message (no paths, no identity).
+
+    The holder's host and pid come from the lock file (written by :func:`case_lock` once the
+    lock is taken); the lease end is the newest ``.lease-<case_id>-*.json`` mtime plus
+    ``lease_s`` (renewed while the holder works, so a paused or hung holder's lease runs out).
+
+    Returns
+    -------
+    str
+        E.g. ``"host node12, pid 4242; its lease runs until 2026-11-29T16:40:05Z"``.
+    """
+    root = Path(output)
+    try:
+        data = json.loads((root / LOCK_DIR / f"{case_id}.lock").read_text() or "{}")
+        who = f"host {data['host']}, pid {data['pid']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        who = "holder not recorded yet"
+    mtimes = []
+    for lease_file in root.glob(f"{LEASE_PREFIX}{case_id}-*.json"):
+        with contextlib.suppress(OSError):
+            mtimes.append(lease_file.stat().st_mtime)
+    if not mtimes:
+        return f"{who}; no lease yet (it has not started writing)"
+    until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(max(mtimes) + lease_s))
+    expired = " (expired: the holder is paused or hung)" if max(mtimes) + lease_s < time.time() \
+        else ""
+    return f"{who}; its lease runs until {until}{expired}"
+
+
 @contextlib.contextmanager
-def case_lock(output: str | Path, case_id: str, blocking: bool = True) -> Iterator[bool]:
+def case_lock(output: str | Path, case_id: str, blocking: bool = True,
+              on_wait: Callable[[str], None] | None = None,
+              lease_s: float = LEASE_S) -> Iterator[bool]:
     """Hold an exclusive ``flock`` on ``DIR/.locks/<case_id>.lock`` while a case is written.
 
     Yields True when the lock is held, False (``blocking=False``) when another process holds
     it. The kernel releases the lock when its holder dies, so a crashed run never blocks others.
+    The holder writes its host and pid into the lock file; a blocking call that has to wait
+    calls ``on_wait`` once with :func:`lock_holder`'s text before it blocks (a paused holder
+    keeps the lock: the operator sees whom the run waits for instead of a silent hang).
     """
     folder = Path(output) / LOCK_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{case_id}.lock", "a") as fh:
+    with open(folder / f"{case_id}.lock", "a+") as fh:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            yield False
-            return
+            if not blocking:
+                yield False
+                return
+            if on_wait is not None:
+                on_wait(lock_holder(output, case_id, lease_s))
+            fcntl.flock(fh, fcntl.LOCK_EX)
         try:
+            fh.truncate(0)
+            fh.write(json.dumps({"host": _host(), "pid": os.getpid()}))
+            fh.flush()
             yield True
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from batch_inputs import (
 from medscan.batch import (
     LEASE_PREFIX,
     _start_ticks,
+    case_lock,
     case_writer,
     is_stale,
     remove_stale,
@@ -197,11 +199,17 @@ def test_paused_writer_keeps_its_case(four_series: Path, single_run: Path,
     finally:
         first.send_signal(signal.SIGCONT)
     _, err1 = first.communicate(timeout=600)
-    _, err2 = second.communicate(timeout=600)
+    out2, err2 = second.communicate(timeout=600)
     assert first.returncode == 0, err1
     assert second.returncode == 0, err2
     assert _outcome(out) == _outcome(single_run)
     assert leftovers(out) == []
+    if paused:  # the second run said once whom it waited for, and until when the lease runs
+        waits = [line for line in (out2 + err2).splitlines()
+                 if "being written by another run" in line]
+        assert len(waits) == 1, out2 + err2
+        assert f"host {socket.gethostname()}, pid {first.pid}" in waits[0], waits
+        assert "lease runs until" in waits[0], waits
 
 
 # ------------------------------------------------------------ job-level errors (fault 4) -----
@@ -418,3 +426,34 @@ def test_file_refs_name_files_without_paths(tmp_path: Path) -> None:
     assert "MRN" not in text and "DOE" not in text and str(tmp_path) not in text, text
     assert text.count("slice 0 sha256:") == 2 and "slice 1 sha256:" in text
     assert refs.ref(tmp_path / "elsewhere.dcm") == "file (unreadable)"
+
+
+def _hold_lock(out: str, case: str, ready: mp.Event, release: mp.Event) -> None:
+    with case_lock(out, case):
+        ready.set()
+        release.wait(60)
+
+
+def test_waiting_writer_names_the_holder_once(tmp_path: Path) -> None:
+    """A blocking case_lock behind a live holder reports host/pid and the lease end once."""
+    ctx = mp.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(str(tmp_path), "ct-1", ready, release))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        _lease(tmp_path, "ct-1", "t1", socket.gethostname(), holder.pid,
+               _start_ticks(holder.pid))
+        messages: list[str] = []
+        threading.Timer(1.0, release.set).start()  # the holder finishes a second later
+        with case_lock(tmp_path, "ct-1", on_wait=messages.append, lease_s=60) as mine:
+            assert mine
+        assert len(messages) == 1, messages
+        assert f"host {socket.gethostname()}, pid {holder.pid}" in messages[0]
+        assert "lease runs until" in messages[0]
+        with case_lock(tmp_path, "ct-1", on_wait=messages.append) as mine:  # free: no message
+            assert mine
+        assert len(messages) == 1
+    finally:
+        release.set()
+        holder.join(30)

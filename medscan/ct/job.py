@@ -291,7 +291,9 @@ def _case(job: _Job, series: Any, blocking: bool) -> bool:
     """
     case_id = series.case_id
     try:
-        with case_lock(job.output, case_id, blocking=blocking) as mine:
+        with case_lock(job.output, case_id, blocking=blocking, on_wait=lambda holder: log.warning(
+                "case %s is being written by another run (%s); waiting for it", case_id,
+                holder), lease_s=float(job.cfg.get("lease_s") or LEASE_S)) as mine:
             if not mine:
                 return False
             if isinstance(series, LostSeries):
