@@ -134,9 +134,9 @@ def test_air_clipped_to_padding_is_not_a_field_of_view_edge(shared_ct, tissues):
 def test_lung_cut_open_by_the_image_edge_never_vanishes(sample_ct, tissues, tmp_path, x, cut_side):
     """The sample cropped in-plane so that one lung runs into the side edge of the image.
 
-    A lung cut open by the edge joins the outside air and is not segmented (or only in part);
-    it must be reported incomplete with a field-of-view finding, never as a whole-organ value
-    nor as "absent or not aerated" (the full sample has no such finding).
+    A lung cut open by the edge joins the outside air. It must be kept (the part inside the
+    image, voxel for voxel as in the full series' segmentation) and reported incomplete with a
+    ``lung_truncated`` finding naming that edge, never dropped as "absent or not aerated".
     """
     full = load_series(str(sample_ct))
     seg_full = segment(full, tissues)
@@ -148,18 +148,40 @@ def test_lung_cut_open_by_the_image_edge_never_vanishes(sample_ct, tissues, tmp_
     write_volume_case(part, tmp_path, options)
     case = read_case(tmp_path / f"fov-{cut_side}")
     metrics = case["metrics"]
+    cut_lung = LUNG_RIGHT if cut_side == "right" else LUNG_LEFT
     assert metrics["lung_complete"] is False
-    lost = [f for f in case["qc"]["segmentation_findings"]
-            if f["code"] == "lung_truncated" and f["details"].get("reason") == "field_of_view"]
-    assert len(lost) == 1, case["qc"]
-    assert cut_side in lost[0]["details"]["contact_cm2"]
-    assert metrics["coverage"][lost[0]["details"]["structure"]]["complete"] is False
-    assert "field of view" in lost[0]["message"]
+    assert metrics["coverage"][cut_lung]["complete"] is False
+    truncated = [f for f in case["qc"]["segmentation_findings"]
+                 if f["code"] == "lung_truncated" and f["details"]["structure"] == cut_lung]
+    assert len(truncated) == 1, case["qc"]
+    assert cut_side in truncated[0]["details"]["contact_cm2"]
     for f in case["qc"]["segmentation_findings"]:
         assert "absent or not aerated" not in f["message"], f
-    # the total really is partial: well below the full sample's
+    # both lungs kept: inside the crop, each label agrees with the full series' segmentation
+    seg_part = segment(part, tissues)
+    for name in (LUNG_LEFT, LUNG_RIGHT):
+        a = seg_part.labels == tissues[name].label
+        b = seg_full.labels[:, :, x] == tissues[name].label
+        dice = 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
+        assert dice > 0.9, (name, dice)
+    # the total really is partial: below the full sample's
     full_ml = float(np.count_nonzero(np.isin(seg_full.labels, lung_ids(tissues)))) * (
         full.voxel_volume_ml)
-    assert metrics["lung_volume_ml"] < 0.8 * full_ml
+    assert metrics["lung_volume_ml"] < 0.95 * full_ml
     rows = {r["case_id"]: r for r in read_index(tmp_path)}
     assert rows[f"fov-{cut_side}"]["lung_complete"] == "False"
+
+
+def test_lung_missing_while_the_body_is_cut_is_incomplete(sample_ct, tissues):
+    """The coverage rule alone: a lung absent from the labels while the body is cut in-plane
+    (what a segmentation that lost it gives) is incomplete with a field-of-view finding."""
+    full = load_series(str(sample_ct))
+    part = cropped(full, x=slice(120, None))
+    labels = segment(part, tissues).labels.copy()
+    labels[labels == tissues[LUNG_RIGHT].label] = 0
+    coverage, found = lung_coverage(part.hu, labels, part.affine, tissues)
+    assert coverage[LUNG_RIGHT]["complete"] is False
+    lost = [f for f in found if f.details.get("reason") == "field_of_view"]
+    assert [f.details["structure"] for f in lost] == [LUNG_RIGHT]
+    assert "not found" in lost[0].message and "field of view" in lost[0].message
+    assert add_coverage({"lung_volume_ml": 1.0}, coverage)["lung_complete"] is False

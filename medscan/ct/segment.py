@@ -10,7 +10,9 @@ quantitation of volumetric X-ray CT images", IEEE Trans Med Imaging 2001;20:490-
    (:class:`~medscan.ct.tissues.TissueTable`).
 3. **Lung candidates**: voxels below ``lung_threshold_hu`` (-320) inside the filled body (so the
    outside air is excluded), 6-connected components of at least ``lung_min_ml`` whose median HU
-   is above ``gas_median_hu`` (-950; pure gas such as bowel gas is rejected).
+   is above ``gas_median_hu`` (-950; pure gas such as bowel gas is rejected). When the body
+   touches an in-plane image edge, air inside the body's slice-wise convex hull that reaches
+   that edge is searched too (a lung cut open by the field of view: :func:`_with_edge_air`).
 4. **Airways**: the trachea is found on the upper slices as a small air region near the body's
    left-right centre and followed down slice by slice (2-D components of the candidates that
    overlap the airway above and stay smaller than ``trachea_area_cm2``; a branch that grows
@@ -292,9 +294,11 @@ def _segment_canonical(
     hu_c = hu[box]
     clock.lap("body")
 
-    # 3.-6. lungs on the low-resolution grid
-    lungs = _segment_lungs(be, hu_low, body_low, low_affine, box_low, low_spacing, low_ml,
+    # 3.-6. lungs on the low-resolution grid (air cut open by the image edge included)
+    lung_space = _with_edge_air(be, body_low, hu_low, box, hu.shape, params)
+    lungs = _segment_lungs(be, hu_low, lung_space, low_affine, box_low, low_spacing, low_ml,
                            params, findings, clock)
+    del lung_space
     del hu_low
 
     # full resolution, inside the body's box: body border refined by the threshold
@@ -346,6 +350,48 @@ def _segment_canonical(
         labels=out, lungs_found=lungs_found, reason=reason, findings=findings,
         timings_s=clock.times,
     )
+
+
+def _with_edge_air(
+    be: Backend, body: Any, hu: Any, box: tuple[slice, ...], full_shape: tuple[int, ...],
+    p: SegmentParams,
+) -> Any:
+    """The body plus air inside its slice-wise convex outline that reaches a cut image edge.
+
+    A lung cut open by the image edge (a field of view smaller than the chest) is joined to
+    the outside air there, so it is no hole of the body and the hole fill leaves it out. When
+    the body touches an in-plane edge of the image, air (below ``lung_threshold_hu``) that lies
+    inside the convex hull of the body's slice (scikit-image ``convex_hull_image``) and reaches
+    that edge is added to the region searched for lungs (only there: tissue labels still use
+    the body). Outside air that this lets in is pure gas (median below ``gas_median_hu``) and
+    is rejected with the other gas regions; the lung keeps its contact with the edge, so the
+    coverage check reports it incomplete.
+    """
+    # ``box`` is the body's box in full-resolution indices (a multiple of the block size)
+    at_edge = [box[1].start == 0, box[1].stop >= full_shape[1],
+               box[2].start == 0, box[2].stop >= full_shape[2]]
+    if not any(at_edge):
+        return body
+    from scipy import ndimage
+    from skimage.morphology import convex_hull_image
+
+    body_h = be.asnumpy(body)
+    air = be.asnumpy(hu < p.lung_threshold_hu) & ~body_h
+    out = body_h.copy()
+    for k in range(body_h.shape[0]):
+        if not body_h[k].any():
+            continue
+        extra = convex_hull_image(body_h[k]) & air[k]
+        lab, n = ndimage.label(extra)
+        if n == 0:
+            continue
+        edge_ids = set()
+        for cut, line in zip(at_edge, (lab[0], lab[-1], lab[:, 0], lab[:, -1]), strict=True):
+            if cut:
+                edge_ids.update(int(i) for i in np.unique(line) if i)
+        if edge_ids:
+            out[k] |= np.isin(lab, sorted(edge_ids))
+    return be.asarray(out)
 
 
 def _metal_finding(
