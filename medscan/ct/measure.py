@@ -227,7 +227,7 @@ def lung_coverage(
             "body_truncated", "warning",
             f"the body reaches the edge of the image or of the reconstructed field of view: "
             f"{where}; tissue volumes cover only the part inside it (and a lung cut open "
-            "by the field of view cannot be told from the outside air)",
+            "by a scan circle cannot be told from the outside air)",
             details={"contact_cm2": body},
         ))
         _lung_lost_to_edge(lab, tissues, coverage, findings, cut)
@@ -269,9 +269,9 @@ def _lung_lost_to_edge(
     findings.append(Finding(
         "lung_truncated", "warning",
         f"{small} {state} while the body is cut by the edge of the image or of the "
-        f"reconstructed field of view ({where}): the lung is probably cut open there and "
-        "read as outside air, not absent; its volume and the lung totals are partial "
-        "(lung_complete: false)",
+        f"reconstructed field of view ({where}): the lung is probably cut off there (the "
+        "part outside the image, or cut open and read as outside air, is missing), not "
+        "absent or small; its volume and the lung totals are partial (lung_complete: false)",
         details={"structure": small, "reason": "field_of_view", "contact_cm2": cut,
                  "voxel_ratio": round(ml[small] / ml[big], 3)},
     ))
