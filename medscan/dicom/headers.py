@@ -170,14 +170,17 @@ def _reconstruction(ds: pydicom.Dataset) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def _float(ds: pydicom.Dataset, keyword: str, default: float | None = None) -> float | None:
+def _float(
+    ds: pydicom.Dataset, keyword: str, default: float | None = None, unreadable: float | None = None
+) -> float | None:
+    """``keyword`` as float: ``default`` when absent, ``unreadable`` when not a number."""
     value = ds.get(keyword, None)
     if value is None or value == "":
         return default
     try:
         return float(value)
     except (TypeError, ValueError):
-        return default
+        return unreadable if unreadable is not None else default
 
 
 def _rescale(ds: pydicom.Dataset, keyword: str, default: float) -> float:
@@ -186,13 +189,7 @@ def _rescale(ds: pydicom.Dataset, keyword: str, default: float) -> float:
     A value that is there but unreadable is not replaced by the default (that would pass a
     corrupt header as HU); :mod:`medscan.dicom.validate` refuses the NaN with the file's name.
     """
-    value = ds.get(keyword, None)
-    if value is None or value == "":
-        return default
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return float("nan")
+    return _float(ds, keyword, default, unreadable=float("nan"))
 
 
 def _int(ds: pydicom.Dataset, keyword: str, default: int | None = None) -> int | None:
