@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from xray_inputs import write_dicom
 
 from medscan.xray import data as xd
 
@@ -88,31 +89,6 @@ def grey_reference(sample_xray) -> np.ndarray:
     return np.round(np.clip((grey - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
 
 
-def _write_dicom(path: Path, pixels: np.ndarray, photometric: str, window: bool) -> None:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # DX for presentation
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.PatientID = "anon"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
-    if window:
-        ds.WindowCenter, ds.WindowWidth = 2048, 4096
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-
-
 def test_every_mode_loads_to_the_same_grey(tmp_path, grey_reference):
     ref = grey_reference.astype(np.float32) / 255
     img = Image.fromarray(grey_reference)
@@ -124,8 +100,8 @@ def test_every_mode_loads_to_the_same_grey(tmp_path, grey_reference):
     img.convert("P").save(tmp_path / "palette.png")
     img.convert("RGB").save(tmp_path / "rgb.jpeg", quality=95)
     twelve = grey_reference.astype(np.uint16) * 16  # 12-bit data, 0..4080
-    _write_dicom(tmp_path / "mono2.dcm", twelve, "MONOCHROME2", window=True)
-    _write_dicom(tmp_path / "mono1.dcm", 4095 - twelve, "MONOCHROME1", window=False)
+    write_dicom(tmp_path / "mono2.dcm", twelve, "MONOCHROME2", voi="window")
+    write_dicom(tmp_path / "mono1.dcm", 4095 - twelve, "MONOCHROME1", voi=None)
     shutil.copy(tmp_path / "mono2.dcm", tmp_path / "no_suffix_dicom")
 
     for name in ("grey.png", "rgb.png", "rgba.png", "grey16.png", "palette.png"):
