@@ -58,8 +58,13 @@ def copy_series(src: Path, dst: Path, copy: int) -> None:
         ds.save_as(dst / f.name)
 
 
-def run_job(tree: Path, out: Path, env: dict[str, str]) -> tuple[float, float, float]:
-    """``medscan segment`` on ``tree``: wall s, CPU s (user + sys), peak RSS MiB."""
+def run_job(
+    tree: Path, out: Path, env: dict[str, str], ok_codes: tuple[int, ...] = (0,)
+) -> tuple[float, float, float]:
+    """``medscan segment`` on ``tree``: wall s, CPU s (user + sys), peak RSS MiB.
+
+    An exit code outside ``ok_codes`` raises with the end of stderr.
+    """
     exe = Path(sys.executable).parent / "medscan"
     cmd = [str(exe), "segment", f"input={tree}", f"output={out}", "progress=false"]
     t0 = time.perf_counter()
@@ -67,7 +72,7 @@ def run_job(tree: Path, out: Path, env: dict[str, str]) -> tuple[float, float, f
     assert proc.stderr is not None
     err = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
+    if os.waitstatus_to_exitcode(status) not in ok_codes:
         raise RuntimeError(err.decode(errors="replace")[-2000:])
     return time.perf_counter() - t0, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 

@@ -17,28 +17,18 @@ On the shared development machine absolute times move with the load; CPU time is
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.uid import UID
+from batch_throughput import derived_uid, run_job
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SERIES = REPO.parent / "shared" / "data" / "ct" / "ricord-1a-000082-jpegll"
-
-
-def derived_uid(*parts: str) -> UID:
-    """A deterministic UID under 2.25 (UUID-derived root) from ``parts``; never a real one."""
-    digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()
-    return UID("2.25." + str(int(digest[:30], 16)))
 
 
 def sized_series(src: Path, dst: Path, n: int) -> tuple[int, int, int]:
@@ -74,24 +64,6 @@ def sized_series(src: Path, dst: Path, n: int) -> tuple[int, int, int]:
     return n, int(files[0].Rows), int(files[0].Columns)
 
 
-def run_job(series: Path, out: Path, env: dict[str, str]) -> tuple[float, float, float]:
-    """``medscan segment`` on ``series``: wall s, CPU s (user + sys), peak RSS MiB.
-
-    Exit code 1 (a case failed, e.g. no lungs in a short stack) still counts: outputs are
-    written; other codes raise.
-    """
-    exe = Path(sys.executable).parent / "medscan"
-    cmd = [str(exe), "segment", f"input={series}", f"output={out}", "progress=false"]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) not in (0, 1):
-        raise RuntimeError(err.decode(errors="replace")[-2000:])
-    return time.perf_counter() - t0, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
-
-
 def main() -> None:
     """Build the sizes, run them alternately, print the table."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -108,7 +80,8 @@ def main() -> None:
         for _ in range(args.rounds):
             for n in args.slices:
                 out = work / f"out{n}"
-                runs[n].append(run_job(work / f"s{n}", out, env))
+                # exit 1 (a case failed, e.g. no lungs in a short stack) still wrote outputs
+                runs[n].append(run_job(work / f"s{n}", out, env, ok_codes=(0, 1)))
                 shutil.rmtree(out, ignore_errors=True)
         print(f"series: {args.series.name}; load average {os.getloadavg()[0]:.1f} on "
               f"{os.cpu_count()} CPUs; rounds {args.rounds}")
