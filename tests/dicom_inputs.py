@@ -108,6 +108,19 @@ def _as_new_instance(ds: pydicom.Dataset, seed: str) -> None:
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
 
 
+def _as_other_acquisition(
+    ds: pydicom.Dataset, seed: str, add: int, offset_mm: float = 0.0
+) -> None:
+    """Make ``ds`` a new instance of another acquisition: stored values + ``add`` (capped at
+    4095, 12 bits) and ``offset_mm`` along z."""
+    _as_new_instance(ds, seed)
+    arr = ds.pixel_array.astype(np.uint16) + np.uint16(add)
+    ds.PixelData = np.minimum(arr, 4095).astype(np.uint16).tobytes()
+    if offset_mm:
+        ipp = [float(v) for v in ds.ImagePositionPatient]
+        ds.ImagePositionPatient = [ipp[0], ipp[1], ipp[2] + offset_mm]
+
+
 def two_acquisitions(
     src: Path, dst: Path, n: int = 8, offset_mm: float = 0.0, tag: str = "AcquisitionNumber"
 ) -> None:
@@ -124,11 +137,7 @@ def two_acquisitions(
             else:
                 ds.TemporalPositionIdentifier = phase
             if phase == 2:
-                _as_new_instance(ds, f"phase2-{f.name}")
-                arr = ds.pixel_array.astype(np.uint16) + np.uint16(100)
-                ds.PixelData = np.minimum(arr, 4095).astype(np.uint16).tobytes()
-                ipp = [float(v) for v in ds.ImagePositionPatient]
-                ds.ImagePositionPatient = [ipp[0], ipp[1], ipp[2] + offset_mm]
+                _as_other_acquisition(ds, f"phase2-{f.name}", 100, offset_mm)
                 ds.InstanceNumber = int(ds.InstanceNumber) + 1000
             _save(ds, dst / f"p{phase}-{f.name}")
 
@@ -303,10 +312,7 @@ def two_reconstructions(
                 tag = f"r{recon}a{phase}-{f.name}"
                 ds.ImageComments = tag
                 if recon or phase > 1:
-                    _as_new_instance(ds, f"recon-{tag}")
-                    add = 200 * recon + 50 * (phase - 1)
-                    arr = ds.pixel_array.astype(np.uint16) + np.uint16(add)
-                    ds.PixelData = np.minimum(arr, 4095).astype(np.uint16).tobytes()
+                    _as_other_acquisition(ds, f"recon-{tag}", 200 * recon + 50 * (phase - 1))
                 _save(ds, dst / _shuffled_name(tag))
 
 
@@ -330,9 +336,5 @@ def two_timed_acquisitions(
             tag = f"a{acq}-{f.name}"
             ds.ImageComments = tag
             if acq == 2:
-                _as_new_instance(ds, f"timed-{tag}")
-                arr = ds.pixel_array.astype(np.uint16) + np.uint16(100)
-                ds.PixelData = np.minimum(arr, 4095).astype(np.uint16).tobytes()
-                ipp = [float(v) for v in ds.ImagePositionPatient]
-                ds.ImagePositionPatient = [ipp[0], ipp[1], ipp[2] + offset_mm]
+                _as_other_acquisition(ds, f"timed-{tag}", 100, offset_mm)
             _save(ds, dst / _shuffled_name(tag))
