@@ -405,3 +405,38 @@ def test_failed_case_still_opens_with_a_warning(case_dir, tmp_path):
     with pytest.warns(UserWarning, match="no lungs found"):
         layers = _layers(str(failed))
     assert {layer.metadata["medscan"]["status"] for layer in layers[:2]} == {"failed"}
+
+
+def _leaves(value, path=()):
+    """Every cell of a metrics mapping: ``(path, value)``; short lists of scalars are one cell."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield from _leaves(inner, (*path, key))
+    else:
+        yield path, value
+
+
+def test_every_metric_is_in_one_table_cell(case_dir):
+    """The reader's tables (the widget shows the same) hold each metrics.json number once.
+
+    Walks the JSON independently of the table builder: the multiset of (key path, value) pairs
+    rebuilt from the table cells equals that of the metrics file, so a new metric block shows up
+    without a list of expected keys, and none is dropped or shown twice.
+    """
+    from medscan.napari.tables import ROW, SUMMARY, metric_tables
+
+    metrics = json.loads((case_dir / "metrics.json").read_text())
+    image = _layers(str(case_dir))[0]
+    tables = image.metadata["medscan"]["tables"]
+    assert tables == [t.to_dict() for t in metric_tables(metrics)]
+    assert tables[0]["title"] == SUMMARY and {"tissues", "coverage"} <= {t["title"] for t in tables}
+    cells = []
+    for table in tables:
+        for row, path in zip(table["rows"], table["paths"], strict=True):
+            for column, value in row.items():
+                if column == ROW:
+                    continue
+                key = tuple(path) if table["title"] == SUMMARY else (*path, *column.split("."))
+                cells.append((key, value))
+    expected = list(_leaves(metrics))
+    assert sorted(cells, key=repr) == sorted(expected, key=repr)

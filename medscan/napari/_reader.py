@@ -33,6 +33,7 @@ from medscan.napari.layers import (
     load_mesh,
     surface_layer,
 )
+from medscan.napari.tables import metric_tables
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 MESH_SUFFIXES = tuple(f".{fmt}" for fmt in MESH_FORMATS)
@@ -207,6 +208,7 @@ def read_case(path: str | Path, visible: bool = True) -> list[LayerDataTuple]:
         "case_dir": str(folder),
         "status": status,
         "metrics": metrics,
+        "tables": [t.to_dict() for t in metric_tables(metrics)],
         "manifest": manifest,
         "qc": qc,
     }

@@ -14,11 +14,13 @@ from qtpy.QtWidgets import (
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
 from medscan.napari.layers import WINDOW_PRESETS, labels_layer, surface_layer
+from medscan.napari.tables import SUMMARY, MetricTable, metric_tables
 
 if TYPE_CHECKING:
     import napari
@@ -120,16 +122,19 @@ class CTSegmentationWidget(QWidget):
         self.save_button.setEnabled(False)
         self.status = QLabel("load a CT (DICOM folder or volume.nii.gz), then run")
         self.status.setWordWrap(True)
-        self.metrics_table = QTableWidget(0, 2)
-        self.metrics_table.setHorizontalHeaderLabels(["metric", "value"])
-        self.metrics_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.metrics_table = _table_widget(["metric", "value"])
+        # one tab per metrics.json block (summary, tissues, coverage, density bands, regions,
+        # per-structure statistics, ...): medscan.napari.tables
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.metrics_table, SUMMARY)
+        self.tables: dict[str, QTableWidget] = {SUMMARY: self.metrics_table}
 
         layout = QVBoxLayout(self)
         for widget in (self.layer_combo, self.backend_combo, *self.sliders.values()):
             layout.addWidget(widget.native)
         layout.addWidget(self.run_button)
         layout.addWidget(self.status)
-        layout.addWidget(self.metrics_table)
+        layout.addWidget(self.tabs)
         layout.addWidget(self.output_edit.native)
         layout.addWidget(self.save_button)
         events = self.viewer.layers.events
@@ -244,19 +249,19 @@ class CTSegmentationWidget(QWidget):
         )
 
     def _fill_metrics(self, metrics: dict[str, Any]) -> None:
-        rows: list[tuple[str, str]] = []
-        for key, value in metrics.items():
-            if key == "tissues":
+        """One tab per table of :func:`medscan.napari.tables.metric_tables`."""
+        while self.tabs.count() > 1:  # the summary tab stays (it is ``metrics_table``)
+            self.tabs.removeTab(1)
+        self.tables = {SUMMARY: self.metrics_table}
+        self.metrics_table.setRowCount(0)
+        for table in metric_tables(metrics):
+            if table.title == SUMMARY:
+                _fill_table(self.metrics_table, table, header=["metric", "value"])
                 continue
-            rows.append((key, "n/a" if value is None else _fmt(value)))
-        for name, numbers in (metrics.get("tissues") or {}).items():
-            for column in ("volume_ml", "mean_hu", "std_hu"):
-                if column in numbers:
-                    rows.append((f"{name}.{column}", _fmt(numbers[column])))
-        self.metrics_table.setRowCount(len(rows))
-        for i, (key, value) in enumerate(rows):
-            self.metrics_table.setItem(i, 0, QTableWidgetItem(key))
-            self.metrics_table.setItem(i, 1, QTableWidgetItem(value))
+            view = _table_widget(table.columns)
+            _fill_table(view, table)
+            self.tables[table.title] = view
+            self.tabs.addTab(view, table.title)
 
     def save(self, output: str | Path) -> Path:
         """Write the last result as a case folder under ``output`` (the segment job's layout)."""
@@ -269,7 +274,21 @@ class CTSegmentationWidget(QWidget):
         return case_dir
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.2f}"
-    return str(value)
+def _table_widget(header: list[str]) -> QTableWidget:
+    """A read-only, sortable table with these column headers."""
+    view = QTableWidget(0, len(header))
+    view.setHorizontalHeaderLabels(header)
+    view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    view.verticalHeader().setVisible(False)
+    return view
+
+
+def _fill_table(view: QTableWidget, table: MetricTable, header: list[str] | None = None) -> None:
+    """Show ``table`` in ``view`` (cells as :func:`medscan.napari.tables.format_value`)."""
+    view.setColumnCount(len(table.columns))
+    view.setHorizontalHeaderLabels(header or table.columns)
+    view.setRowCount(len(table.rows))
+    for i in range(len(table.rows)):
+        for j, column in enumerate(table.columns):
+            view.setItem(i, j, QTableWidgetItem(table.cell(i, column)))
+    view.resizeColumnsToContents()

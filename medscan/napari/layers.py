@@ -125,6 +125,25 @@ def label_table(labels: Mapping[Any, Any] | None) -> dict[int, dict[str, Any]]:
     return dict(sorted(table.items()))
 
 
+#: Feature columns that lead, in this order, when the metrics have them.
+LEAD_COLUMNS = ("volume_ml", "mean_hu", "std_hu")
+
+
+def feature_columns(tissue_metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Numeric per-label keys of ``tissue_metrics`` (not ``label``): the Labels feature columns.
+
+    :data:`LEAD_COLUMNS` come first (always, NaN when missing), then every other key whose value
+    is a number for some label, in order of first appearance.
+    """
+    columns = list(LEAD_COLUMNS)
+    for numbers in tissue_metrics.values():
+        for key, value in (numbers or {}).items():
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if number and key != "label" and key not in columns:
+                columns.append(key)
+    return columns
+
+
 def labels_layer(
     labels_zyx: np.ndarray,
     lps_affine: np.ndarray,
@@ -147,8 +166,9 @@ def labels_layer(
     table : mapping
         ``{id: {"name", "color"}}`` from :func:`label_table`.
     tissue_metrics : mapping, optional
-        ``metrics.json["tissues"]``: ``{name: {label, volume_ml, mean_hu, std_hu}}``; its numbers
-        become feature columns (one row per label id; napari shows them under the cursor).
+        Per-label numbers by tissue name (``metrics.json["tissues"]``: ``{name: {label,
+        volume_ml, mean_hu, std_hu, ...}}``); every number becomes a feature column
+        (:func:`feature_columns`; one row per label id; napari shows them under the cursor).
     metadata : mapping, optional
         Extra entries for ``layer.metadata["medscan"]``.
     visible : bool
@@ -163,11 +183,12 @@ def labels_layer(
 
     data, affine = reorient_lps(labels_zyx, lps_affine)
     tissue_metrics = dict(tissue_metrics or {})
-    rows = [{"index": 0, "name": "background"}]
+    columns = feature_columns(tissue_metrics)
+    rows = [{"index": 0, "name": "background", **dict.fromkeys(columns, np.nan)}]
     for label, entry in table.items():
         row: dict[str, Any] = {"index": int(label), "name": entry["name"]}
         numbers = tissue_metrics.get(entry["name"], {})
-        for column in ("volume_ml", "mean_hu", "std_hu"):
+        for column in columns:
             value = numbers.get(column)
             row[column] = float(value) if value is not None else np.nan
         rows.append(row)
