@@ -423,7 +423,7 @@ def test_every_metric_is_in_one_table_cell(case_dir):
     rebuilt from the table cells equals that of the metrics file, so a new metric block shows up
     without a list of expected keys, and none is dropped or shown twice.
     """
-    from medscan.napari.tables import ROW, SUMMARY, metric_tables
+    from medscan.io.tables import ROW, SUMMARY, metric_tables
 
     metrics = json.loads((case_dir / "metrics.json").read_text())
     image = _layers(str(case_dir))[0]

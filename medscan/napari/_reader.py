@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from medscan.io.tables import metric_tables
 from medscan.napari.layers import (
     MESH_FORMATS,
     LayerDataTuple,
@@ -33,7 +34,6 @@ from medscan.napari.layers import (
     load_mesh,
     surface_layer,
 )
-from medscan.napari.tables import metric_tables
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 MESH_SUFFIXES = tuple(f".{fmt}" for fmt in MESH_FORMATS)

@@ -19,8 +19,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from medscan.io.tables import SUMMARY, MetricTable, metric_tables
 from medscan.napari.layers import WINDOW_PRESETS, labels_layer, surface_layer
-from medscan.napari.tables import SUMMARY, MetricTable, metric_tables
 
 if TYPE_CHECKING:
     import napari
@@ -124,7 +124,7 @@ class CTSegmentationWidget(QWidget):
         self.status.setWordWrap(True)
         self.metrics_table = _table_widget(["metric", "value"])
         # one tab per metrics.json block (summary, tissues, coverage, density bands, regions,
-        # per-structure statistics, ...): medscan.napari.tables
+        # per-structure statistics, ...): medscan.io.tables
         self.tabs = QTabWidget()
         self.tabs.addTab(self.metrics_table, SUMMARY)
         self.tables: dict[str, QTableWidget] = {SUMMARY: self.metrics_table}
@@ -249,7 +249,7 @@ class CTSegmentationWidget(QWidget):
         )
 
     def _fill_metrics(self, metrics: dict[str, Any]) -> None:
-        """One tab per table of :func:`medscan.napari.tables.metric_tables`."""
+        """One tab per table of :func:`medscan.io.tables.metric_tables`."""
         while self.tabs.count() > 1:  # the summary tab stays (it is ``metrics_table``)
             self.tabs.removeTab(1)
         self.tables = {SUMMARY: self.metrics_table}
@@ -284,7 +284,7 @@ def _table_widget(header: list[str]) -> QTableWidget:
 
 
 def _fill_table(view: QTableWidget, table: MetricTable, header: list[str] | None = None) -> None:
-    """Show ``table`` in ``view`` (cells as :func:`medscan.napari.tables.format_value`)."""
+    """Show ``table`` in ``view`` (cells as :func:`medscan.io.tables.format_value`)."""
     view.setColumnCount(len(table.columns))
     view.setHorizontalHeaderLabels(header or table.columns)
     view.setRowCount(len(table.rows))

@@ -1,9 +1,9 @@
-"""``metrics.json`` as tables for the CT segmentation widget and the reader (no Qt here).
+"""``metrics.json`` as tables: the napari widget's tabs and the HTML reports' tables (no Qt here).
 
-The widget shows one tab per table; the reader puts the same tables into
-``layer.metadata["medscan"]["tables"]``. The tables are read from the metrics themselves, not from
-a list of expected keys, so every block ``medscan.ct.measure`` writes is shown and nothing is
-invented:
+The napari widget shows one tab per table; the napari reader puts the same tables into
+``layer.metadata["medscan"]["tables"]``; :mod:`medscan.io.report` renders them as HTML. The
+tables are read from the metrics themselves, not from a list of expected keys, so every block
+``medscan.ct.measure`` writes is shown and nothing is invented:
 
 * ``summary``: the top-level numbers (lung volumes, mean lung HU, %LAA-950, Perc15, ...);
 * one table per top-level mapping (``tissues``, ``coverage``, the density bands, the regions, the
