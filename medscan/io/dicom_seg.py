@@ -415,6 +415,28 @@ def _segment_description(
     return desc
 
 
+#: SOP classes of DICOM Segmentation storage (PS3.4 B.5): Segmentation, Label Map Segmentation.
+SEG_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")
+
+
+def is_dicom_seg(path: str | Path) -> bool:
+    """True when ``path`` is a DICOM file of a Segmentation SOP class (reads its header only)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    p = Path(path)
+    if not p.is_file():
+        return False
+    try:
+        ds = pydicom.dcmread(str(p), stop_before_pixels=True,
+                             specific_tags=["SOPClassUID", "Modality"])
+    except (InvalidDicomError, OSError, ValueError, EOFError):
+        return False
+    sop = str(ds.get("SOPClassUID", "")) or str(
+        getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
+    return sop in SEG_SOP_CLASSES or str(ds.get("Modality", "")) == "SEG"
+
+
 class SegReadError(ValueError):
     """A file is not a DICOM SEG medscan can turn into a label map (the message says why)."""
 

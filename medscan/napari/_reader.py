@@ -7,7 +7,9 @@ What opens, and as what (see ``docs/napari.md``):
   one per tissue, in its colour), metrics in ``layer.metadata["medscan"]`` and label features;
 * a batch output folder (``index.csv`` or case sub-folders): every case, the first visible;
 * one ``*.nii``/``*.nii.gz`` (``labels*`` -> Labels, otherwise Image) or one mesh file;
-* a folder of DICOM files: the first CT series, through :func:`medscan.dicom.load_path`.
+* a folder of DICOM files: the first CT series, through :func:`medscan.dicom.load_path`;
+* one DICOM Segmentation file (``seg.dcm`` from ``outputs=[nifti,dicom_seg]`` or another tool's
+  SEG): a Labels layer in the SEG's geometry (:func:`medscan.io.dicom_seg.read_seg`).
 
 All layers share the medscan world (LPS mm in array order): see :mod:`medscan.napari.geometry`.
 """
@@ -24,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from medscan.io.dicom_seg import is_dicom_seg
 from medscan.io.tables import metric_tables
 from medscan.napari.layers import (
     MESH_FORMATS,
@@ -59,7 +62,7 @@ def classify(path: str | Path) -> str | None:
     Returns
     -------
     str or None
-        ``"case"``, ``"batch"``, ``"nifti"``, ``"mesh"``, ``"dicom"``, or ``None``.
+        ``"case"``, ``"batch"``, ``"nifti"``, ``"mesh"``, ``"dicom"``, ``"seg"``, or ``None``.
     """
     p = Path(path)
     name = p.name.lower()
@@ -68,6 +71,8 @@ def classify(path: str | Path) -> str | None:
             return "nifti"
         if name.endswith(MESH_SUFFIXES):
             return "mesh"
+        if is_dicom_seg(p):
+            return "seg"
         return None
     if not p.is_dir():
         return None
@@ -101,6 +106,8 @@ def read(path: str | Sequence[str]) -> list[LayerDataTuple]:
             layers += read_mesh(p)
         elif kind == "dicom":
             layers += read_dicom(p)
+        elif kind == "seg":
+            layers += read_dicom_seg(p)
         else:
             raise ValueError(f"{p}: not a medscan case, batch folder, NIfTI, mesh or DICOM folder")
     return layers
@@ -324,6 +331,20 @@ def read_nifti(path: str | Path) -> list[LayerDataTuple]:
             )
         ]
     return [image_layer(array, affine, f"{case_id} {stem}", meta)]
+
+
+def read_dicom_seg(path: str | Path) -> list[LayerDataTuple]:
+    """One DICOM SEG as a Labels layer (segment names and display colours as the label table)."""
+    from medscan.io.dicom_seg import read_seg
+
+    p = Path(path)
+    _, manifest = _parent_manifest(p)
+    labels = read_seg(p, case_id=str(manifest.get("case_id") or p.stem))
+    table = label_table({v: {"name": lab.name, "color": list(lab.color)}
+                         for v, lab in labels.labels.items()})
+    meta = {"case_id": labels.case_id, "source": "dicom_seg"}
+    return [labels_layer(labels.array, labels.affine, f"{labels.case_id} seg", table,
+                         metadata=meta)]
 
 
 def read_mesh(path: str | Path) -> list[LayerDataTuple]:
