@@ -21,6 +21,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -320,13 +322,28 @@ def _run(command: str, rest: list[str]) -> int:
         module = importlib.import_module(PLAIN_COMMANDS[command][0])
         return int(module.main(rest) or 0)
     module = importlib.import_module(f"medscan_jobs.{command}")
-    # Hydra reads sys.argv itself; give it the overrides only.
-    sys.argv = [f"medscan {command}", *rest]
     try:
-        result = module.main()
+        with _hydra_argv(command, rest):
+            result = module.main()
     except SystemExit as exc:  # hydra exits on --help / --cfg
         return int(exc.code or 0)
     return int(result or 0)
+
+
+@contextmanager
+def _hydra_argv(command: str, rest: list[str]) -> Iterator[None]:
+    """``sys.argv`` as Hydra's ``@hydra.main`` reads it, for the call only.
+
+    ``hydra.main`` parses ``sys.argv`` itself (``get_args_parser().parse_args()``, no argv
+    parameter), so the job sees ``["medscan <command>", *rest]``; the caller's ``sys.argv``
+    (a test runner's, a notebook's) is put back afterwards, whatever the job raised.
+    """
+    saved = sys.argv
+    sys.argv = [f"medscan {command}", *rest]
+    try:
+        yield
+    finally:
+        sys.argv = saved
 
 
 if __name__ == "__main__":

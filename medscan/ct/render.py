@@ -208,9 +208,9 @@ def preview_figure(
     -------
     matplotlib.figure.Figure
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+    # a Figure on its own Agg canvas, never pyplot or matplotlib.use(): the caller's backend
+    # (napari's Qt, a notebook's inline) stays as it was
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
@@ -241,6 +241,7 @@ def preview_figure(
         ("sagittal", hu[:, :, xx], labels[:, :, xx], sz / sy),
     ]
     fig = Figure(figsize=(15, 8.5), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
     axes = fig.subplots(2, 3)
     for ax, (name, img, lab, aspect) in zip(axes[0], views, strict=True):
         origin = "upper" if name == "axial" else "lower"

@@ -209,16 +209,17 @@ def save_plots(
 ) -> list:
     """Write ``roc.png``, ``pr.png``, ``confusion.png``, ``reliability.png`` into ``folder``.
 
-    Each file is written to a temp name and renamed. Returns the written paths.
+    Each file is written to a temp name and renamed. The figures are ``matplotlib.figure.Figure``
+    objects on their own Agg canvas, not pyplot's: the caller's backend and open figures are
+    left alone. Returns the written paths.
     """
-    import os
     from pathlib import Path
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
+
+    from medscan.io.atomic import atomic_write
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -226,24 +227,27 @@ def save_plots(
     p = np.asarray(probs, dtype=float)
     written = []
 
+    def _axes():
+        fig = Figure(figsize=(4.5, 4.5))
+        FigureCanvasAgg(fig)
+        return fig, fig.subplots()
+
     def _save(fig, name):
-        tmp = folder / f".{name}.tmp.png"
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-        plt.close(fig)
-        os.replace(tmp, folder / name)
+        atomic_write(folder / name,
+                     lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
         written.append(folder / name)
 
     if len(np.unique(y)) == 2:
-        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        fig, ax = _axes()
         RocCurveDisplay.from_predictions(y, p, ax=ax, name="PNEUMONIA")
         ax.plot([0, 1], [0, 1], "k:", lw=0.8)
         ax.set_title("ROC")
         _save(fig, "roc.png")
-        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        fig, ax = _axes()
         PrecisionRecallDisplay.from_predictions(y, p, ax=ax, name="PNEUMONIA")
         ax.set_title("Precision-recall")
         _save(fig, "pr.png")
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig, ax = _axes()
     ConfusionMatrixDisplay.from_predictions(
         y, (p >= threshold).astype(int), labels=[0, 1], display_labels=list(classes), ax=ax,
         colorbar=False,
@@ -260,7 +264,7 @@ def save_plots(
             freq.append(y[m].mean())
             conf.append(p[m].mean())
             counts.append(int(m.sum()))
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig, ax = _axes()
     ax.bar(centers, freq, width=1 / n_bins, edgecolor="k", alpha=0.6, label="observed")
     ax.plot([0, 1], [0, 1], "k:", lw=0.8, label="perfect")
     ax.plot(conf, freq, "o-", ms=3, label="mean prob")
