@@ -13,8 +13,9 @@ log = logging.getLogger("medscan.predict")
 
 @hydra.main(config_path="pkg://medscan_conf", config_name="predict", version_base="1.3")
 def main(cfg: DictConfig) -> int:
+    from medscan.io.atomic import write_csv
     from medscan.xray.data import DatasetError, find_images
-    from medscan.xray.infer import PREDICTION_COLUMNS, predict_images, resolve_threshold, write_csv
+    from medscan.xray.infer import PREDICTION_COLUMNS, predict_images, resolve_threshold
     from medscan.xray.model import load_checkpoint
 
     inputs = list(cfg.input) if isinstance(cfg.input, ListConfig) else [cfg.input]

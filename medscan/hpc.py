@@ -26,17 +26,22 @@ class DistEnv:
         ``"torchrun"``, ``"submitit"``, ``"srun"`` or ``"single"``.
     """
 
-    rank: int
-    world_size: int
-    local_rank: int
-    master_addr: str
-    master_port: int
-    launcher: str
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    launcher: str = "single"
 
     @property
     def is_main(self) -> bool:
         """True on rank 0 (the only rank that writes checkpoints and metrics)."""
         return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        """Whether there are several processes (a process group is needed)."""
+        return self.world_size > 1
 
 
 def _submitit_num_tasks() -> int:
@@ -71,7 +76,9 @@ def distributed_env(*, set_cuda_visible_devices: bool = True) -> DistEnv:
       ``SUBMITIT_EXECUTOR=slurm`` (submitit only recognises its own jobs without it).
     - Otherwise a single process: rank 0 of 1.
 
-    Call it before ``torch.distributed.init_process_group(init_method="env://")``.
+    Call it before ``torch.distributed.init_process_group(init_method="env://")``; the X-ray
+    training does so in :func:`medscan.xray.distributed.setup_distributed`. Variables already set
+    (e.g. a ``MASTER_PORT`` of the site) are overwritten by the exported ones.
 
     Parameters
     ----------
@@ -95,12 +102,14 @@ def distributed_env(*, set_cuda_visible_devices: bool = True) -> DistEnv:
     launcher = "submitit"
     if _submitit_num_tasks() <= 1:
         if _srun_num_tasks() <= 1:
-            return DistEnv(0, 1, 0, "127.0.0.1", 29500, "single")
+            return DistEnv()
         os.environ.setdefault("SUBMITIT_EXECUTOR", "slurm")
         launcher = "srun"
     from submitit.helpers import TorchDistributedEnvironment
 
-    dist = TorchDistributedEnvironment().export(set_cuda_visible_devices=set_cuda_visible_devices)
+    dist = TorchDistributedEnvironment().export(
+        set_cuda_visible_devices=set_cuda_visible_devices, overwrite=True
+    )
     return DistEnv(
         rank=dist.rank,
         world_size=dist.world_size,

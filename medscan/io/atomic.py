@@ -6,10 +6,12 @@ when the content is complete.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +63,28 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    """Atomically write UTF-8 ``text``."""
-    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+    """Atomically write UTF-8 ``text`` (line endings as given, never translated)."""
+    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8", newline=""))
+
+
+def write_csv(
+    path: str | Path,
+    rows: Iterable[Mapping[str, Any]],
+    columns: Sequence[str],
+    *,
+    lineterminator: str = "\r\n",
+) -> Path:
+    r"""Atomically write ``rows`` as CSV with the header ``columns``.
+
+    Keys not in ``columns`` are ignored; missing keys and ``None`` are written as empty cells.
+    ``lineterminator`` defaults to the csv module's (RFC 4180) ``"\r\n"``.
+    """
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", restval="",
+                            lineterminator=lineterminator)
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text(path, buf.getvalue())
 
 
 def to_jsonable(value: Any) -> Any:

@@ -8,15 +8,15 @@ under it: what ``medscan predict gradcam=true`` writes.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from medscan.io.atomic import atomic_write
+
 from . import data as xdata
-from .model import tmp_beside
 
 
 def find_target_layer(model: nn.Module, image_size: int = 64) -> nn.Module:
@@ -221,13 +221,4 @@ def save_png(array: np.ndarray, path: str | Path) -> Path:
     """Write an RGB uint8 array as PNG atomically."""
     from PIL import Image
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_beside(path)
-    try:
-        Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))

@@ -9,15 +9,13 @@ preprocessing facts are written beside them in ``model.json``.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .model import tmp_beside
-from .train import atomic_write_text
+from medscan.io.atomic import atomic_write, write_text
 
 
 def export_model(model, info: dict, output: str | Path, formats=("onnx", "torchscript")) -> dict:
@@ -39,29 +37,28 @@ def export_model(model, info: dict, output: str | Path, formats=("onnx", "torchs
     example = torch.rand(2, 1, size, size)
     written: dict[str, str] = {}
     if "onnx" in formats:
-        path, tmp = output / "model.onnx", tmp_beside(output / "model.onnx")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model, (example,), str(tmp), dynamo=False, opset_version=17,
-                input_names=["image"], output_names=["logits"],
-                dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-            )
-        os.replace(tmp, path)
-        written["onnx"] = str(path)
+
+        def write_onnx(tmp: Path) -> None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    model, (example,), str(tmp), dynamo=False, opset_version=17,
+                    input_names=["image"], output_names=["logits"],
+                    dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+                )
+
+        written["onnx"] = str(atomic_write(output / "model.onnx", write_onnx))
     if "torchscript" in formats:
-        path, tmp = output / "model.ts", tmp_beside(output / "model.ts")
         with torch.no_grad():
             traced = torch.jit.trace(model, example)
-        traced.save(str(tmp))
-        os.replace(tmp, path)
-        written["torchscript"] = str(path)
+        written["torchscript"] = str(atomic_write(output / "model.ts",
+                                                  lambda tmp: traced.save(str(tmp))))
     meta = {k: info.get(k) for k in ("model_name", "image_size", "classes", "resize",
                                      "jpeg_draft", "threshold", "threshold_method")}
     meta.update(input="image: float32 (B, 1, S, S) grey in [0, 1]",
                 output="logits: float32 (B, 2); P(PNEUMONIA) = softmax(logits)[:, 1]",
                 files=written)
-    atomic_write_text(output / "model.json", json.dumps(meta, indent=2))
+    write_text(output / "model.json", json.dumps(meta, indent=2))
     return written
 
 

@@ -8,8 +8,6 @@ recorded in its row and the rest go on.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 from collections.abc import Sequence
@@ -18,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medscan.io.atomic import write_csv, write_text
+
 from . import data as xdata
+from .checkpoint import Checkpoint
 from .metrics import compute_metrics, save_plots
-from .model import read_checkpoint
-from .train import atomic_write_text
 
 log = logging.getLogger("medscan.xray.infer")
 PREDICTION_COLUMNS = ("file", "label", "prob_pneumonia", "pred")
@@ -129,16 +128,6 @@ def predict_images(
     return rows
 
 
-def write_csv(path: str | Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
-    """Write rows as CSV atomically (temp file + rename)."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
-    atomic_write_text(path, buf.getvalue())
-
-
 def evaluate_folder(
     model,
     info: dict,
@@ -178,17 +167,17 @@ def evaluate_folder(
     thr = resolve_threshold(info, threshold)
     classes = list(info["classes"])
     records = xdata.scan_folder(root, split, classes=classes, patient_regex=patient_regex)
-    ckpt = read_checkpoint(info["path"])
+    ckpt = Checkpoint.load(info["path"])
     hashes = {str(r.path): xdata.content_hash(r.path) for r in records}
     if holdout == "checkpoint":
-        keep = set(ckpt.get("val_hashes", []))
+        keep = set(ckpt.val_hashes)
         records = [r for r in records if hashes[str(r.path)] in keep]
         hashes = {str(r.path): hashes[str(r.path)] for r in records}
         if not records:
             raise xdata.DatasetError(f"{root}: none of the checkpoint's validation images are here")
-    leaked = xdata.leakage_check(hashes, set(ckpt.get("train_hashes", [])),
+    leaked = xdata.leakage_check(hashes, set(ckpt.train_hashes),
                                  allow=allow_train_overlap)
-    train_patients = set(ckpt.get("train_patients", []))
+    train_patients = set(ckpt.train_patients)
     shared: dict[str, int] = {}
     for r in records:
         if r.patient_id in train_patients:
@@ -214,7 +203,7 @@ def evaluate_folder(
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     write_csv(output / "predictions.csv", [r for _, r in ok], PREDICTION_COLUMNS)
-    atomic_write_text(output / "metrics.json", json.dumps(metrics, indent=2))
+    write_text(output / "metrics.json", json.dumps(metrics, indent=2))
     save_plots(y, p, thr, output / "plots", classes)
     facts = {
         "checkpoint": str(info["path"]),
@@ -231,5 +220,5 @@ def evaluate_folder(
                             "ids": shared},
         "skipped": skipped,
     }
-    atomic_write_text(output / "evaluation.json", json.dumps(facts, indent=2))
+    write_text(output / "evaluation.json", json.dumps(facts, indent=2))
     return {"metrics": metrics, **facts}

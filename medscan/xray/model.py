@@ -11,13 +11,13 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
+
+from .checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -231,41 +231,6 @@ def build_model(
 
 
 # ----------------------------------------------------------------------------------- checkpoints
-def tmp_beside(path: str | Path) -> Path:
-    """A new empty temp file next to ``path`` (same file system), mode from the umask."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    return Path(tmp)
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temp file in the same folder, then ``os.replace``."""
-    path = Path(path)
-    tmp = tmp_beside(path)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """``torch.load(path, weights_only=True)`` on CPU, with a clear error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: not a loadable medscan checkpoint ({exc})") from exc
-
-
 def load_checkpoint(path: str | Path) -> tuple[XrayNet, dict]:
     """Load a medscan X-ray checkpoint for inference.
 
@@ -278,8 +243,8 @@ def load_checkpoint(path: str | Path) -> tuple[XrayNet, dict]:
         ``std``, ``resize``, ``jpeg_draft``) plus ``threshold``, ``threshold_method``,
         ``epoch``, ``val_metrics``, ``path``.
     """
-    ckpt = read_checkpoint(path)
-    cfg = dict(ckpt["config"])
+    ckpt = Checkpoint.load(path)
+    cfg = dict(ckpt.config)
     if cfg.get("kind") == "probe":  # frozen backbones + logistic regression (probe.py)
         from .probe import ProbeNet
 
@@ -291,14 +256,14 @@ def load_checkpoint(path: str | Path) -> tuple[XrayNet, dict]:
             mean=tuple(cfg["mean"]),
             std=tuple(cfg["std"]),
         )
-    model.load_state_dict(ckpt["model_state"])
+    model.load_state_dict(ckpt.model_state)
     model.eval()
     info = {
         **cfg,
-        "threshold": ckpt.get("threshold"),
-        "threshold_method": ckpt.get("threshold_method"),
-        "epoch": ckpt.get("epoch"),
-        "val_metrics": ckpt.get("val_metrics"),
+        "threshold": ckpt.threshold,
+        "threshold_method": ckpt.threshold_method,
+        "epoch": ckpt.epoch,
+        "val_metrics": ckpt.val_metrics,
         "path": str(path),
     }
     return model, info

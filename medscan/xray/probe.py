@@ -233,9 +233,10 @@ def features_of(model: ProbeNet, records, hashes: list[str], load, *, batch_size
     data_opts : dict
         The preprocessing settings (part of the cache key).
     """
-    import os
     import time
     from pathlib import Path
+
+    from medscan.io.atomic import atomic_write
 
     parts = []
     for ext in model.extractors:
@@ -267,10 +268,8 @@ def features_of(model: ProbeNet, records, hashes: list[str], load, *, batch_size
             log.info("%s features: %d/%d new images (%.1f img/s)", spec["name"], done, len(todo),
                      done / max(time.perf_counter() - t0, 1e-9))
         if path is not None and todo:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.stem + f".{os.getpid()}.tmp.npz")
-            np.savez(tmp, hashes=np.array(list(known)), feats=np.stack(list(known.values())))
-            os.replace(tmp, path)
+            stored = {"hashes": np.array(list(known)), "feats": np.stack(list(known.values()))}
+            atomic_write(path, lambda tmp, stored=stored: np.savez(tmp, **stored))
         parts.append(np.stack([known[h] for h in hashes]) if hashes else
                      np.zeros((0, ext.n_features), np.float32))
     return np.concatenate(parts, 1)
@@ -307,35 +306,28 @@ def train_probe(cfg: dict) -> dict:
     import time
     from pathlib import Path
 
+    from medscan.hpc import DistEnv
+
     from . import data as xdata
-    from .model import atomic_torch_save, read_checkpoint
-    from .train import (
-        CHECKPOINT_FORMAT,
-        DistInfo,
-        _epoch_metrics,
-        atomic_write_text,
-        prepare_data,
-        seed_everything,
-        write_history_csv,
-    )
+    from .checkpoint import Checkpoint
+    from .loop import epoch_metrics
+    from .train_log import run_paths, summary_of, write_history_csv, write_summary
+    from .trainset import prepare_data, seed_everything
 
     t_cfg, d, m = cfg["trainer"], cfg["data"], cfg["model"]
-    out = Path(cfg["output"])
-    best_path, last_path = out / "checkpoints" / "best.pt", out / "checkpoints" / "last.pt"
-    if str(t_cfg.get("resume", "auto")) == "auto" and last_path.is_file():
-        state = read_checkpoint(last_path)
-        if state.get("finished"):
-            log.info("%s: training already finished; nothing to do", last_path)
-            return {"best_epoch": 0, "best_score": state.get("best_score"), "epochs_run": 1,
-                    "stopped": state.get("stopped"), "threshold": state.get("threshold"),
-                    "checkpoints": {"best": str(best_path), "last": str(last_path)},
-                    "history": state.get("history", []), "already_finished": True}
+    paths = run_paths(Path(cfg["output"]))
+    names = {"best": str(paths["best"]), "last": str(paths["last"])}
+    if str(t_cfg.get("resume", "auto")) == "auto" and paths["last"].is_file():
+        state = Checkpoint.load(paths["last"])
+        if state.finished:
+            log.info("%s: training already finished; nothing to do", paths["last"])
+            return summary_of(state, names, threshold=state.threshold, already_finished=True)
     if t_cfg.get("num_threads"):
         torch.set_num_threads(int(t_cfg["num_threads"]))
     seed = int(cfg.get("seed", 0))
     seed_everything(seed)
     t_start = time.perf_counter()
-    prepared = prepare_data(cfg, DistInfo())
+    prepared = prepare_data(cfg, DistEnv())
     size = int(d["image_size"])
     opts = {"reencode_jpeg": d.get("reencode_jpeg"), "clahe": bool(d.get("clahe", False))}
 
@@ -350,14 +342,13 @@ def train_probe(cfg: dict) -> dict:
                  "jpeg_draft": bool(d.get("jpeg_draft", True)), **opts}
     cache = t_cfg.get("feature_cache")
     feats = {}
-    for part in ("train", "val"):
-        recs = prepared[part]
+    for part, recs in (("train", prepared.train), ("val", prepared.val)):
         feats[part] = features_of(model, recs, [xdata.content_hash(r.path) for r in recs], load,
                                   batch_size=batch, hflip=hflip, cache_dir=cache,
                                   data_opts=data_opts)
     x_tr, x_va = feats["train"], feats["val"]
-    y_tr = np.array([r.label for r in prepared["train"]])
-    y_va = np.array([r.label for r in prepared["val"]])
+    y_tr = np.array([r.label for r in prepared.train])
+    y_va = np.array([r.label for r in prepared.val])
     t_feat = time.perf_counter() - t_start
     c = float(m.get("C", 0.1))
     mean, scale, coef, intercept = fit_logistic(x_tr, y_tr, c, seed)
@@ -366,7 +357,7 @@ def train_probe(cfg: dict) -> dict:
     z = (x_va - mean) / scale
     p_va = 1.0 / (1.0 + np.exp(-(z @ coef + intercept)))
     method = str(t_cfg.get("threshold_method", "youden"))
-    row = _epoch_metrics(y_va, p_va, method, float(t_cfg.get("target_sensitivity", 0.95)))
+    row = epoch_metrics(y_va, p_va, method, float(t_cfg.get("target_sensitivity", 0.95)))
     train_p = 1.0 / (1.0 + np.exp(-(((x_tr - mean) / scale) @ coef + intercept)))
     seconds = time.perf_counter() - t_start
     row = {"epoch": 0, "train_loss": round(float(-np.mean(
@@ -377,7 +368,7 @@ def train_probe(cfg: dict) -> dict:
     log.info("probe: %d features, C=%g; val ROC-AUC %.4f, accuracy %.4f at threshold %.3f "
              "(%s); %.0f s", x_tr.shape[1], c, row["val_roc_auc"], row["val_accuracy"],
              row["threshold"], method, seconds)
-    classes = prepared["classes"]
+    classes = prepared.classes
     ckpt_cfg = {
         "kind": "probe",
         "model_name": str(m.get("name", "probe")),
@@ -393,31 +384,19 @@ def train_probe(cfg: dict) -> dict:
         "C": c,
         "input": "grey float32 (B, 1, S, S) in [0, 1]; output logits (B, 2)",
     }
-    ckpt = {
-        "format": CHECKPOINT_FORMAT,
-        "model_state": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-        "config": ckpt_cfg,
-        "threshold": row["threshold"],
-        "threshold_method": method,
-        "epoch": 0,
-        "global_step": 0,
-        "val_metrics": {k: v for k, v in row.items() if k.startswith("val_")},
-        "best_score": row["val_roc_auc"],
-        "best_epoch": 0,
-        "history": [row],
-        "finished": True,
-        "stopped": "probe fitted",
-        "train_hashes": prepared["train_hashes"],
-        "val_hashes": prepared["val_hashes"],
-        "train_patients": sorted({r.patient_id for r in prepared["train"]}),
-        "train_config": json.dumps(cfg, default=str),
-    }
-    atomic_torch_save(ckpt, best_path)
-    atomic_torch_save(ckpt, last_path)
-    write_history_csv(out / "metrics.csv", [row])
-    summary = {"best_epoch": 0, "best_score": row["val_roc_auc"], "epochs_run": 1,
-               "stopped": "probe fitted", "threshold": row["threshold"],
-               "checkpoints": {"best": str(best_path), "last": str(last_path)},
-               "history": [row], "seconds": round(seconds, 1), "world_size": 1, "rank": 0}
-    atomic_write_text(out / "train_summary.json", json.dumps(summary, indent=2))
+    ckpt = Checkpoint(
+        model_state={k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        config=ckpt_cfg, threshold=row["threshold"], threshold_method=method, epoch=0,
+        val_metrics={k: v for k, v in row.items() if k.startswith("val_")},
+        best_score=row["val_roc_auc"], best_epoch=0, history=[row], finished=True,
+        stopped="probe fitted", train_hashes=prepared.train_hashes,
+        val_hashes=prepared.val_hashes, train_patients=prepared.train_patients,
+        train_config=json.dumps(cfg, default=str),
+    )
+    ckpt.save(paths["best"])
+    ckpt.save(paths["last"])
+    write_history_csv(paths["history"], [row])
+    summary = summary_of(ckpt, names, threshold=row["threshold"], seconds=round(seconds, 1),
+                         world_size=1, rank=0)
+    write_summary(paths["summary"], summary)
     return summary
