@@ -186,6 +186,55 @@ def map_source_slices(
     return SliceMapping(index, float(offsets.max()), exact)
 
 
+def align_to_source(
+    array: np.ndarray, affine: np.ndarray, source: pydicom.Dataset
+) -> tuple[np.ndarray, np.ndarray]:
+    """Transpose/flip a ``(z, y, x)`` label array so its x and y axes run like the source's.
+
+    A label map from another tool may store the same voxels in another axis order or
+    direction (dcm2niix, for one, flips the rows). Only transposes and flips are used (no
+    interpolation), and the affine follows, so every voxel keeps its LPS position.
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        ``(z, y, x)`` labels.
+    affine : numpy.ndarray
+        4x4 index ``(i, j, k)`` -> LPS mm of ``array``.
+    source : pydicom.Dataset
+        A source slice (ImageOrientationPatient: row direction, column direction).
+
+    Returns
+    -------
+    array, affine
+        A view of ``array`` whose axis 2 (x, index i) runs along the source's rows and axis 1
+        (y, index j) along its columns, with its affine; the slice axis keeps its direction.
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    iop = np.asarray(source.ImageOrientationPatient, float)
+    units = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    order: list[int] = []
+    signs: list[float] = []
+    for direction in (iop[:3], iop[3:]):  # source row, then column direction
+        dots = units.T @ direction
+        dots[order] = 0.0
+        axis = int(np.argmax(np.abs(dots)))
+        order.append(axis)
+        signs.append(float(np.sign(dots[axis]) or 1.0))
+    order.append(3 - sum(order))  # the remaining index axis is the slice axis
+    signs.append(1.0)
+    # index axis a (i, j, k) is array axis 2 - a
+    out = np.transpose(array, [2 - order[2], 2 - order[1], 2 - order[0]])
+    new = np.eye(4)
+    new[:3, 3] = affine[:3, 3]
+    for a, (old, sign) in enumerate(zip(order, signs, strict=True)):
+        new[:3, a] = affine[:3, old] * sign
+        if sign < 0:
+            out = np.flip(out, axis=2 - a)
+            new[:3, 3] += affine[:3, old] * (array.shape[2 - old] - 1)
+    return out, new
+
+
 def _check_inplane(
     ds: pydicom.Dataset, n: int, shape_yx: tuple[int, int], affine: np.ndarray
 ) -> None:
@@ -301,8 +350,8 @@ def write_seg(
         (:func:`map_source_slices`), or no label is present on them.
     """
     sources = read_sources(source_files)
-    array = np.asarray(labels.array)
-    mapping = map_source_slices(array.shape, labels.affine, sources)
+    array, affine = align_to_source(np.asarray(labels.array), labels.affine, sources[0])
+    mapping = map_source_slices(array.shape, affine, sources)
     on_sources = array[mapping.slice_index]
     values = [int(v) for v in np.unique(on_sources) if v != 0]
     if not values:
