@@ -22,6 +22,7 @@ TEST_APT=(
   python3-venv
   dcm2niix pigz                                   # reference DICOM->NIfTI conversion in tests
   dcmtk                                           # JPEG / JPEG-LS encoders of the DICOM corpus test
+  dicom3tools                                     # dciodvfy: IOD check of the DICOM SEG output
   xvfb libxcb-icccm4 libxcb-keysyms1              # napari under a virtual X display
   chromium                                        # headless browser: the batch index.html gallery
   slurm-wlm munge slurmdbd mariadb-server         # a real one-node Slurm cluster with accounting

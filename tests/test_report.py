@@ -187,3 +187,25 @@ def test_batch_report(sample_run, tmp_path) -> None:
     expected = [*np.histogram([volume + 100.0 * n for n in range(3)], bins=5)[0],
                 *np.histogram([laa] * 3, bins=5)[0]]
     assert bars == [int(c) for c in expected]
+
+
+@pytest.mark.slow
+def test_case_report_in_headless_chromium(sample_run, tmp_path) -> None:
+    """Opened in a real browser (offline), the report shows the embedded preview figure."""
+    from PIL import Image
+
+    from tests.test_newcomer import _browser
+
+    _, case = sample_run
+    page = (case / REPORT).as_uri()
+    dom = _browser("--dump-dom", page)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "Quality control" in dom.stdout and "Measurements" in dom.stdout
+    shot = tmp_path / "report.png"
+    r = _browser(f"--screenshot={shot}", "--window-size=1100,1400", page)
+    assert r.returncode == 0 and shot.is_file(), r.stderr[-2000:]
+    rgb = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    # the preview's orange left-lung mesh: absent when the embedded image fails to decode
+    orange = ((red > 180) & (green > 100) & (green < 180) & (blue < 120)).sum()
+    assert orange > 2000, f"the embedded preview did not render ({orange} orange pixels)"
