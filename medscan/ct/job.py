@@ -36,6 +36,7 @@ from medscan.batch import (
     remove_stale,
     select_shard,
 )
+from medscan.ct.measure import MeasureOptions
 from medscan.ct.mesh import SPACE, MeshParams
 from medscan.ct.pipeline import CaseOptions, process_volume
 from medscan.ct.segment import SegmentParams
@@ -88,6 +89,7 @@ def options_from_config(cfg: dict[str, Any]) -> CaseOptions:
         mesh_formats=list(cfg.get("mesh_formats") or []),
         min_slices=int(cfg.get("min_slices", 3)),
         preview=bool(cfg.get("preview", True)),
+        measure=MeasureOptions.from_config(cfg),
     )
 
 

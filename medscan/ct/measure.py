@@ -8,19 +8,29 @@
 * coverage (:func:`lung_coverage`): a lung that touches the first or last slice of the scan
   range, the edge of the image or the edge of the reconstructed field of view continues
   outside the data, so its volume is only the part inside the scan (``lung_complete: false``
-  and a ``lung_truncated`` finding).
+  and a ``lung_truncated`` finding);
+* :func:`measure_case` -- THE entry point: every metric of ``metrics.json`` from a volume and a
+  label map (the above, plus lung density bands per lung and total, the regional analysis and
+  per-structure statistics: :mod:`medscan.ct.density`, :mod:`medscan.ct.regions`,
+  :mod:`medscan.ct.structures`). The ``segment`` job (through the case analysis), ``medscan
+  measure`` and the napari widget all call it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from medscan.backend import Backend, get_backend
+from medscan.ct.density import DensityBands, default_density_bands
 from medscan.ct.orient import canonical_reorientation
+from medscan.ct.regions import lung_regions, lung_voxels
+from medscan.ct.structures import structure_stats
 from medscan.ct.tissues import LUNG_LEFT, LUNG_RIGHT, TissueTable
-from medscan.volume import AIR_HU, Finding
+from medscan.volume import AIR_HU, Finding, Volume
 
 #: Keys of the lung metrics (null when no lungs were found).
 LUNG_KEYS = (
@@ -51,8 +61,10 @@ def measure(
         HU volume ``(z, y, x)``.
     labels : numpy.ndarray
         uint8 label map on the same grid.
-    tissues : TissueTable
-        Label ids and names.
+    tissues : TissueTable or dict
+        Label ids and names: a tissue table, or any label table ``{id: name}`` (the lungs
+        are the labels named ``lung_left`` / ``lung_right``; without them the lung metrics
+        are ``None``).
     voxel_volume_ml : float
         Volume of one voxel in mL (``Volume.voxel_volume_ml``).
     lungs_found : bool
@@ -73,8 +85,10 @@ def measure(
     xp = be.xp
     hu_d = be.asarray(hu)
     lab = be.asarray(labels)
-    ids = [t.label for t in tissues.all]
-    lung_ids = (tissues[LUNG_LEFT].label, tissues[LUNG_RIGHT].label)
+    names = label_names(tissues)
+    ids = list(names)
+    by_name = {name: i for i, name in names.items()}
+    lung_ids = tuple(by_name[n] for n in (LUNG_LEFT, LUNG_RIGHT) if n in by_name)
     count = dict.fromkeys(ids, 0)
     total = dict.fromkeys(ids, 0.0)
     total_sq = dict.fromkeys(ids, 0.0)
@@ -93,18 +107,19 @@ def measure(
             if i in lung_ids:
                 lung_values.append(values)
     out: dict[str, Any] = {"tissues": {}}
-    for t in tissues.all:
-        n = count[t.label]
-        stats = {"label": t.label, "voxels": n, "volume_ml": round(n * voxel_volume_ml, 3)}
+    for label, name in names.items():
+        n = count[label]
+        stats = {"label": label, "voxels": n, "volume_ml": round(n * voxel_volume_ml, 3)}
         if n:
-            mean = total[t.label] / n
-            std = float(np.sqrt(max(total_sq[t.label] / n - mean * mean, 0.0)))
+            mean = total[label] / n
+            std = float(np.sqrt(max(total_sq[label] / n - mean * mean, 0.0)))
             stats.update(mean_hu=round(mean, 2), std_hu=round(std, 2))
         else:
             stats.update(mean_hu=None, std_hu=None)
-        out["tissues"][t.name] = stats
-    left = out["tissues"][LUNG_LEFT]
-    right = out["tissues"][LUNG_RIGHT]
+        out["tissues"][name] = stats
+    empty = {"voxels": 0, "volume_ml": 0.0}
+    left = out["tissues"].get(LUNG_LEFT, empty)
+    right = out["tissues"].get(LUNG_RIGHT, empty)
     if not lungs_found or left["voxels"] + right["voxels"] == 0:
         out.update({k: None for k in LUNG_KEYS})
         return out
@@ -120,6 +135,36 @@ def measure(
         perc15_hu=round(float(xp.percentile(lung.astype(xp.float32), 15.0)), 2),
     )
     return out
+
+
+def label_names(table: Any) -> dict[int, str]:
+    """``{label id: name}`` from a :class:`TissueTable`, a label map's table or a plain dict.
+
+    Accepts a :class:`TissueTable`, a mapping ``{id: name}``, ``{id: obj with .name}`` (e.g.
+    ``LabelMap.labels``) or the manifest form ``{"<id>": {"name": ...}}``.
+
+    Raises
+    ------
+    ValueError
+        When an id is not in 1..255 or a name repeats.
+    """
+    if isinstance(table, TissueTable):
+        return {t.label: t.name for t in table.all}
+    out: dict[int, str] = {}
+    for key, value in dict(table).items():
+        label = int(key)
+        if isinstance(value, str):
+            name = value
+        elif isinstance(value, Mapping):
+            name = str(value["name"])
+        else:
+            name = str(value.name)
+        if not 0 < label < 256:
+            raise ValueError(f"label table: id {label} ({name!r}) is not in 1..255")
+        out[label] = name
+    if len(set(out.values())) != len(out):
+        raise ValueError("label table: names must be unique")
+    return dict(sorted(out.items()))
 
 
 #: Faces of the canonical (axial, toward head/back/left) array, by anatomical direction:
@@ -160,8 +205,8 @@ def lung_coverage(
         uint8 label map on the same grid.
     affine : numpy.ndarray
         4x4 index ``(i, j, k)`` -> LPS mm.
-    tissues : TissueTable
-        Lung label ids.
+    tissues : TissueTable or dict
+        Lung label ids (a tissue table or any label table, see :func:`label_names`).
     min_contact_cm2 : float
         Contact area (cm²) below which a touch is ignored (a few noisy voxels).
     padding_hu : float
@@ -179,13 +224,8 @@ def lung_coverage(
     lab = reo.to_canonical(labels)
     sx, sy, sz = np.linalg.norm(reo.canonical_affine(affine, labels.shape)[:3, :3], axis=0)
     face_cm2 = {0: sy * sx / 100.0, 1: sz * sx / 100.0, 2: sz * sy / 100.0}
-    # in-plane pixels never reconstructed: the padding value on every slice (scan circle)
-    outside_fov = np.all(reo.to_canonical(hu) == padding_hu, axis=0)
-    fov_edge = None
-    if _is_scan_circle(~outside_fov):
-        from scipy import ndimage
+    fov_edge = _fov_edge(reo.to_canonical(hu), padding_hu)
 
-        fov_edge = ndimage.binary_dilation(outside_fov, np.ones((3, 3), bool)) & ~outside_fov
     def contacts(mask: np.ndarray, faces: dict[str, tuple[int, int]]) -> dict[str, float]:
         out: dict[str, float] = {}
         for face, (axis, index) in faces.items():
@@ -198,10 +238,11 @@ def lung_coverage(
                 out["field_of_view"] = round(float(n * sz * (sx + sy) / 2.0 / 100.0), 2)
         return out
 
+    lung_ids = _lung_ids(tissues)
     coverage: dict[str, Any] = {}
     findings: list[Finding] = []
-    for name in (LUNG_RIGHT, LUNG_LEFT):
-        mask = lab == tissues[name].label
+    for name, label in lung_ids.items():
+        mask = lab == label
         if not mask.any():
             continue
         contact = contacts(mask, _FACES)
@@ -230,8 +271,15 @@ def lung_coverage(
             "by a scan circle cannot be told from the outside air)",
             details={"contact_cm2": body},
         ))
-        _lung_lost_to_edge(lab, tissues, coverage, findings, cut)
+        if len(lung_ids) == 2:
+            _lung_lost_to_edge(lab, lung_ids, coverage, findings, cut)
     return coverage, findings
+
+
+def _lung_ids(tissues: Any) -> dict[str, int]:
+    """``{lung name: id}`` of the lungs present in a label table (right first)."""
+    by_name = {name: i for i, name in label_names(tissues).items()}
+    return {name: by_name[name] for name in (LUNG_RIGHT, LUNG_LEFT) if name in by_name}
 
 
 #: A lung smaller than this share of the other, with the body cut by the image edge or the
@@ -240,8 +288,8 @@ SMALL_LUNG_FRACTION = 0.5
 
 
 def _lung_lost_to_edge(
-    lab: np.ndarray, tissues: TissueTable, coverage: dict[str, Any], findings: list[Finding],
-    cut: dict[str, float],
+    lab: np.ndarray, lung_ids: dict[str, int], coverage: dict[str, Any],
+    findings: list[Finding], cut: dict[str, float],
 ) -> None:
     """Mark a missing or much smaller lung incomplete when the body is cut in-plane.
 
@@ -251,8 +299,7 @@ def _lung_lost_to_edge(
     lung, so the lung is reported incomplete with a ``lung_truncated`` finding that names the
     field-of-view truncation (``details.reason = "field_of_view"``).
     """
-    ml = {name: float(np.count_nonzero(lab == tissues[name].label)) for name in
-          (LUNG_RIGHT, LUNG_LEFT)}
+    ml = {name: float(np.count_nonzero(lab == label)) for name, label in lung_ids.items()}
     big = max(ml, key=ml.get)
     small = LUNG_LEFT if big == LUNG_RIGHT else LUNG_RIGHT
     if ml[big] == 0 or ml[small] >= SMALL_LUNG_FRACTION * ml[big]:
@@ -275,6 +322,66 @@ def _lung_lost_to_edge(
         details={"structure": small, "reason": "field_of_view", "contact_cm2": cut,
                  "voxel_ratio": round(ml[small] / ml[big], 3)},
     ))
+
+
+def _fov_edge(hu_canonical: np.ndarray, padding_hu: float) -> np.ndarray | None:
+    """In-plane ring just inside the reconstructed field of view, or None (no scan circle).
+
+    Pixels holding the padding value on every slice were never reconstructed; when they
+    surround a disk (:func:`_is_scan_circle`) the disk's edge is the field of view's.
+    """
+    outside_fov = np.all(hu_canonical == padding_hu, axis=0)
+    if not _is_scan_circle(~outside_fov):
+        return None
+    from scipy import ndimage
+
+    return ndimage.binary_dilation(outside_fov, np.ones((3, 3), bool)) & ~outside_fov
+
+
+def structure_contacts(
+    hu: np.ndarray, labels: np.ndarray, affine: np.ndarray, padding_hu: float = AIR_HU,
+) -> dict[int, dict[str, float]]:
+    """Contact area (cm²) of every label with each face of the volume and the field of view.
+
+    The per-label form of :func:`lung_coverage`'s test (same faces, named anatomically on the
+    canonical view; same scan-circle edge): one ``numpy.bincount`` of the label ids on each
+    face instead of one mask per label.
+
+    Parameters
+    ----------
+    hu : numpy.ndarray
+        HU volume ``(z, y, x)`` as stored.
+    labels : numpy.ndarray
+        uint8 label map on the same grid.
+    affine : numpy.ndarray
+        4x4 index ``(i, j, k)`` -> LPS mm.
+    padding_hu : float
+        Value of pixels outside the reconstructed field of view.
+
+    Returns
+    -------
+    dict
+        ``{label id: {face: cm²}}`` with faces ``superior, inferior, anterior, posterior,
+        right, left`` and ``field_of_view``; only non-zero contacts, only labels present.
+    """
+    reo = canonical_reorientation(affine)
+    lab = reo.to_canonical(labels)
+    sx, sy, sz = np.linalg.norm(reo.canonical_affine(affine, labels.shape)[:3, :3], axis=0)
+    face_cm2 = {0: sy * sx / 100.0, 1: sz * sx / 100.0, 2: sz * sy / 100.0}
+    out: dict[int, dict[str, float]] = {}
+
+    def add(face: str, counts: np.ndarray, cm2: float) -> None:
+        for label in np.flatnonzero(counts[1:]) + 1:
+            out.setdefault(int(label), {})[face] = round(float(counts[label] * cm2), 2)
+
+    for face, (axis, index) in _FACES.items():
+        add(face, np.bincount(np.take(lab, index, axis=axis).ravel(), minlength=256),
+            face_cm2[axis])
+    fov_edge = _fov_edge(reo.to_canonical(hu), padding_hu)
+    if fov_edge is not None:
+        counts = sum(np.bincount(lab[k][fov_edge], minlength=256) for k in range(lab.shape[0]))
+        add("field_of_view", np.asarray(counts), float(sz * (sx + sy) / 2.0 / 100.0))
+    return out
 
 
 def _is_scan_circle(inside: np.ndarray, tolerance: float = 0.03) -> bool:
@@ -305,3 +412,136 @@ def add_coverage(metrics: dict[str, Any], coverage: dict[str, Any]) -> dict[str,
     if metrics.get("lung_volume_ml") is not None:
         metrics["lung_complete"] = all(c["complete"] for c in coverage.values())
     return metrics
+
+
+@dataclass
+class MeasureOptions:
+    """What :func:`measure_case` computes beyond the base metrics.
+
+    Attributes
+    ----------
+    density : DensityBands
+        Lung density bands (default: ``conf/density/lcta.yaml``, Lung CT Analyzer).
+    regions : bool
+        Regional analysis (thirds along S, ventral/dorsal halves) per lung.
+    structures : bool
+        Per-structure statistics of every label.
+    min_contact_cm2 : float
+        Contact with the edge of the scanned region below which a structure counts as
+        complete (:func:`lung_coverage`).
+    """
+
+    density: DensityBands = field(default_factory=default_density_bands)
+    regions: bool = True
+    structures: bool = True
+    min_contact_cm2: float = 0.5
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | None) -> MeasureOptions:
+        """From the ``density`` group and the ``measure`` block of a job config (may be None)."""
+        cfg = cfg or {}
+        block = cfg.get("measure") or {}
+        density = (DensityBands.from_config(cfg["density"]) if cfg.get("density")
+                   else default_density_bands())
+        return cls(density=density, regions=bool(block.get("regions", True)),
+                   structures=bool(block.get("structures", True)),
+                   min_contact_cm2=float(block.get("min_contact_cm2", 0.5)))
+
+
+def measure_case(
+    volume: Volume,
+    labels: Any,
+    tissues: Any = None,
+    options: MeasureOptions | None = None,
+    *,
+    surfaces: Mapping[str, Any] | None = None,
+    be: Backend | None = None,
+) -> tuple[dict[str, Any], list[Finding]]:
+    """Every metric of ``metrics.json`` from a volume and a label map on its grid.
+
+    The base metrics of :func:`measure` (``tissues``, the lung keys of :data:`LUNG_KEYS`),
+    the lung coverage (:func:`lung_coverage`: ``coverage``, ``lung_complete``) and the issue-14
+    blocks: ``density_bands`` (per lung and total, :mod:`medscan.ct.density`), ``regions``
+    (:mod:`medscan.ct.regions`) and ``structures`` (:mod:`medscan.ct.structures`, with
+    ``surface_area_mm2`` from ``surfaces`` and ``complete`` from the coverage test).
+
+    Parameters
+    ----------
+    volume : Volume
+        HU volume ``(z, y, x)`` and its affine.
+    labels : LabelMap or numpy.ndarray
+        uint8 label map on the volume's grid: a :class:`~medscan.volume.LabelMap` (its
+        ``array``, ``affine`` and label table are used) or a bare array.
+    tissues : TissueTable or dict, optional
+        Label table (see :func:`label_names`); default: the label map's own table.
+    options : MeasureOptions, optional
+        Density bands and what to compute (default: :class:`MeasureOptions`).
+    surfaces : dict, optional
+        ``{label name: trimesh.Trimesh}`` in LPS mm (the case's meshes): their area is the
+        structure's ``surface_area_mm2`` (null for labels not meshed).
+    be : Backend, optional
+        Array backend for the base metrics (default CPU).
+
+    Returns
+    -------
+    metrics : dict
+        JSON-safe ``metrics.json`` content.
+    findings : list of Finding
+        ``lung_truncated`` / ``body_truncated`` warnings.
+
+    Raises
+    ------
+    ValueError
+        When the label map's shape or affine differs from the volume's, it is not uint8, or
+        no label table is given.
+    """
+    options = options or MeasureOptions()
+    array = np.asarray(getattr(labels, "array", labels))
+    label_affine = getattr(labels, "affine", None)
+    if array.shape != volume.hu.shape:
+        raise ValueError(f"label map shape {array.shape} differs from the volume's "
+                         f"{volume.hu.shape}")
+    if array.dtype != np.uint8:
+        raise ValueError(f"label map must be uint8, got {array.dtype}")
+    if label_affine is not None and not np.allclose(label_affine, volume.affine, atol=1e-3):
+        raise ValueError("label map and volume have different affines (not the same grid)")
+    table = tissues if tissues is not None else getattr(labels, "labels", None)
+    if table is None:
+        raise ValueError("no label table: give tissues= or a LabelMap with labels")
+    names = label_names(table)
+    ml = volume.voxel_volume_ml
+    metrics = measure(volume.hu, array, names, ml, be=be)
+    metrics["voxel_volume_ml"] = ml
+    coverage, findings = lung_coverage(volume.hu, array, volume.affine, names,
+                                       min_contact_cm2=options.min_contact_cm2)
+    add_coverage(metrics, coverage)
+    lungs = {name: lung_voxels(volume.hu, array, volume.affine, label)
+             for name, label in _lung_ids(names).items()}
+    density, regions = lung_regions(lungs, options.density, ml)
+    metrics["density_bands"] = {"definition": options.density.to_dict(), **density}
+    if options.regions:
+        metrics["regions"] = regions
+    if options.structures:
+        metrics["structures"] = _structures(volume, array, names, coverage, surfaces or {},
+                                            options.min_contact_cm2)
+    return metrics, findings
+
+
+def _structures(volume: Volume, array: np.ndarray, names: dict[int, str],
+                coverage: dict[str, Any], surfaces: Mapping[str, Any],
+                min_contact_cm2: float) -> dict[str, Any]:
+    """:func:`structure_stats` plus ``surface_area_mm2`` and ``complete`` per label."""
+    stats = structure_stats(volume.hu, array, volume.affine, names)
+    contacts = structure_contacts(volume.hu, array, volume.affine)
+    for name, entry in stats.items():
+        surface = surfaces.get(name)
+        entry["surface_area_mm2"] = None if surface is None else round(float(surface.area), 1)
+        if entry["voxels"] == 0:
+            entry["complete"] = None
+        elif name in coverage:  # the lungs: the coverage test's verdict (field of view too)
+            entry["complete"] = bool(coverage[name]["complete"])
+        else:
+            touch = contacts.get(entry["label"], {})
+            entry["complete"] = all(a < min_contact_cm2 for a in touch.values())
+            entry["contact_cm2"] = touch
+    return stats

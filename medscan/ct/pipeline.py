@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from medscan.backend import Backend, get_backend
-from medscan.ct.measure import add_coverage, lung_coverage, measure
+from medscan.ct.measure import MeasureOptions, measure_case
 from medscan.ct.mesh import FORMATS, SPACE, MeshParams, export_mesh, label_surface, mesh_summary
 from medscan.ct.segment import Segmentation, SegmentParams, segment
 from medscan.ct.tissues import TissueTable
@@ -40,6 +40,8 @@ class CaseOptions:
         Fewer slices than this: too short to mesh (status failed, other outputs written).
     preview : bool
         Write ``preview.png``.
+    measure : MeasureOptions
+        Density bands and the metric blocks (:func:`medscan.ct.measure.measure_case`).
     """
 
     tissues: TissueTable
@@ -49,6 +51,7 @@ class CaseOptions:
     mesh_formats: list[str] = field(default_factory=lambda: ["ply", "glb"])
     min_slices: int = 3
     preview: bool = True
+    measure: MeasureOptions = field(default_factory=MeasureOptions)
 
     def __post_init__(self) -> None:
         bad = [f for f in self.mesh_formats if f not in FORMATS]
@@ -116,10 +119,17 @@ def process_volume(
     t = time.perf_counter()
     seg = segment(volume, tissues, options.segment, be=be)
     t = lap("segment", t)
-    metrics = measure(volume.hu, seg.labels, tissues, volume.voxel_volume_ml, seg.lungs_found, be)
-    metrics["voxel_volume_ml"] = volume.voxel_volume_ml
-    coverage, coverage_findings = lung_coverage(volume.hu, seg.labels, volume.affine, tissues)
-    add_coverage(metrics, coverage)
+    surfaces: dict[str, Any] = {}
+    nz = volume.shape[0]
+    if nz >= options.min_slices:  # meshed before measuring: surface areas come from the meshes
+        for name in options.mesh_labels:
+            surface = label_surface(seg.labels, tissues[name].label, volume.affine,
+                                    options.mesh, be, thin=name in options.mesh.thin_labels)
+            if surface is not None:
+                surfaces[name] = surface
+        t = lap("mesh", t)
+    metrics, coverage_findings = measure_case(volume, seg.labels, tissues, options.measure,
+                                              surfaces=surfaces, be=be)
     t = lap("measure", t)
 
     status, reason = "ok", ""
@@ -132,20 +142,12 @@ def process_volume(
                              "(see lung_truncated)")
     if not seg.lungs_found:
         status, reason = "failed", seg.reason
-    surfaces: dict[str, Any] = {}
     meshes: list[dict[str, Any]] = []
-    nz = volume.shape[0]
     if nz < options.min_slices:
         msg = f"series too short to mesh: {nz} slice(s), at least {options.min_slices} needed"
         findings.append(Finding("too_short_to_mesh", "error", msg))
         status, reason = "failed", f"{reason}; {msg}" if reason else msg
     else:
-        for name in options.mesh_labels:
-            surface = label_surface(seg.labels, tissues[name].label, volume.affine,
-                                    options.mesh, be, thin=name in options.mesh.thin_labels)
-            if surface is not None:
-                surfaces[name] = surface
-        t = lap("mesh", t)
         (folder / MESH_DIR).mkdir(exist_ok=True)
         for name, surface in surfaces.items():
             info = mesh_summary(surface)
