@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ct_reference import load_series, reoriented
 
 from medscan.ct.density import DensityBand, DensityBands, default_density_bands
 from medscan.ct.measure import MeasureOptions, measure_case
 from medscan.ct.segment import segment
 from medscan.ct.tissues import default_tissues
 from medscan.volume import Volume
-from ct_reference import load_series, reoriented
 
 #: LCTA defaults written out here (not read from conf/): the config must say the same.
 LCTA = [("emphysema", -1050, -950), ("inflated", -950, -750), ("infiltrated", -750, -400),
@@ -90,7 +90,7 @@ def test_bands_must_be_sorted_and_contiguous(bad):
 def test_volumes_and_hu_stats_equal_simpleitk_label_statistics(case):
     import SimpleITK as sitk
 
-    volume, labels, metrics, folder = case
+    _volume, _labels, metrics, folder = case
     hu_img = sitk.ReadImage(str(folder / "volume.nii.gz"), sitk.sitkFloat64)
     lab_img = sitk.ReadImage(str(folder / "labels.nii.gz"), sitk.sitkUInt8)
     stats = sitk.LabelStatisticsImageFilter()
@@ -137,7 +137,7 @@ def test_centroid_and_bbox_equal_simpleitk_shape_statistics(case):
     lab_img = sitk.ReadImage(str(folder / "labels.nii.gz"), sitk.sitkUInt8)
     shape = sitk.LabelShapeStatisticsImageFilter()
     shape.Execute(lab_img)
-    for name, entry in metrics["structures"].items():
+    for entry in metrics["structures"].values():
         label = entry["label"]
         if not shape.HasLabel(label):
             continue

@@ -13,7 +13,8 @@ a tilted or reoriented volume gives the same regions as an axial one), on voxel 
 A voxel centre within :data:`TIE_MM` of a cut belongs to the region above it (upper side, dorsal
 side): voxel centres lie on a lattice, so a cut often passes exactly through a row of them, and
 the tolerance makes the assignment independent of floating-point rounding. Each voxel of a lung
-falls in exactly one third and exactly one half (the two schemes each partition the lung). The ``total`` entry of each region is the union of both lungs' regions.
+falls in exactly one third and exactly one half (the two schemes each partition the lung).
+The ``total`` entry of each region is the union of both lungs' regions.
 Thirds are by height (equal S extent, as issue 14 asks), not by volume: a lung's upper third
 is usually smaller than its lower third, which ``percent_of_lung`` shows.
 """
