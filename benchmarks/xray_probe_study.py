@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medscan.io.atomic import atomic_write
+
 SHARED = Path(os.environ.get("MEDSCAN_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." /
                              "shared" / "data"))
 CACHE = Path("/tmp/xray_probe_feats")
@@ -86,12 +88,10 @@ def extract(args) -> None:
         imgs = np.stack([load(r.path, args.variant) for r in recs[i : i + 128]])
         feats.append(extract_features(model, imgs, 32, hflip=args.hflip))
         print(f"{i + len(imgs)}/{len(recs)} {time.perf_counter() - t0:.0f}s", flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out.with_suffix(".tmp.npz"), feats=np.concatenate(feats),
-             labels=np.array([r.label for r in recs]),
-             patients=np.array([r.patient_id for r in recs]),
-             files=np.array([f"{r.path.parent.name}/{r.path.name}" for r in recs]))
-    os.replace(out.with_suffix(".tmp.npz"), out)
+    stored = {"feats": np.concatenate(feats), "labels": np.array([r.label for r in recs]),
+              "patients": np.array([r.patient_id for r in recs]),
+              "files": np.array([f"{r.path.parent.name}/{r.path.name}" for r in recs])}
+    atomic_write(out, lambda tmp: np.savez(tmp, **stored))
     print(out, f"{time.perf_counter() - t0:.0f}s")
 
 
