@@ -96,7 +96,7 @@ class CTSegmentationWidget(QWidget):
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
-        from magicgui.widgets import ComboBox, FileEdit, RangeSlider
+        from magicgui.widgets import ComboBox, Container, FileEdit, RangeSlider
 
         from medscan.ct.tissues import default_tissues
 
@@ -130,12 +130,14 @@ class CTSegmentationWidget(QWidget):
         self.tables: dict[str, QTableWidget] = {SUMMARY: self.metrics_table}
 
         layout = QVBoxLayout(self)
-        for widget in (self.layer_combo, self.backend_combo, *self.sliders.values()):
-            layout.addWidget(widget.native)
+        # a Container draws each control's label ("fat HU", ...) beside it
+        controls = Container(widgets=[self.layer_combo, self.backend_combo,
+                                      *self.sliders.values()])
+        layout.addWidget(controls.native)
         layout.addWidget(self.run_button)
         layout.addWidget(self.status)
         layout.addWidget(self.tabs)
-        layout.addWidget(self.output_edit.native)
+        layout.addWidget(Container(widgets=[self.output_edit]).native)
         layout.addWidget(self.save_button)
         events = self.viewer.layers.events
         events.inserted.connect(self._reset_choices)
@@ -280,6 +282,7 @@ def _table_widget(header: list[str]) -> QTableWidget:
     view.setHorizontalHeaderLabels(header)
     view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
     view.verticalHeader().setVisible(False)
+    view.verticalHeader().setDefaultSectionSize(view.fontMetrics().height() + 6)
     return view
 
 
