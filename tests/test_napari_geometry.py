@@ -14,6 +14,7 @@ from medscan.napari.geometry import (
     lps_from_world,
     parse_color,
     reorient_lps,
+    restore_orientation,
     world_affine,
     world_from_lps,
 )
@@ -85,6 +86,21 @@ def test_reorient_lps_keeps_every_voxel_in_place(flips):
     before = {tuple(np.round(w, 6)): v for w, v in pairs_before}
     after = {tuple(np.round(w, 6)): v for w, v in pairs_after}
     assert before == after
+    # ... and restore_orientation gives back the original storage order and affine exactly.
+    back, back_affine = restore_orientation(out, new, lps)
+    np.testing.assert_array_equal(back, data)
+    np.testing.assert_allclose(back_affine, lps)
+
+
+def test_restore_orientation_leaves_a_moved_grid_alone():
+    data = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+    lps = np.diag([0.8, 0.9, 3.0, 1.0])
+    out, new = reorient_lps(data, lps)
+    moved = lps.copy()
+    moved[:3, 3] += 5.0  # not a flip of the same voxels: keep the layer's own order
+    kept, kept_affine = restore_orientation(out, new, moved)
+    np.testing.assert_array_equal(kept, out)
+    np.testing.assert_allclose(kept_affine, new)
 
 
 @pytest.mark.skipif(shutil.which("dcm2niix") is None, reason="needs dcm2niix (apt)")

@@ -127,6 +127,48 @@ def reorient_lps(data_zyx: np.ndarray, lps_affine: np.ndarray) -> tuple[np.ndarr
     return out_xyz.transpose(2, 1, 0), new_affine
 
 
+def restore_orientation(
+    data_zyx: np.ndarray, lps_affine: np.ndarray, source_affine: np.ndarray, atol: float = 1e-3
+) -> tuple[np.ndarray, np.ndarray]:
+    """Undo :func:`reorient_lps`: put a volume back in the storage order of ``source_affine``.
+
+    The CT segmentation widget analyses the image layer's data; with this it analyses (and
+    writes) the volume in the loader's own voxel order, as ``medscan segment`` does.
+
+    Parameters
+    ----------
+    data_zyx : numpy.ndarray
+        Array in ``(z, y, x)`` order with LPS affine ``lps_affine``.
+    lps_affine : numpy.ndarray
+        4x4 ``(i, j, k)`` -> LPS mm of ``data_zyx``.
+    source_affine : numpy.ndarray
+        4x4 affine of the same voxels in their original storage order.
+    atol : float
+        Tolerance (mm) for "the same grid".
+
+    Returns
+    -------
+    data_zyx : numpy.ndarray
+        A view in the original order, or ``data_zyx`` unchanged when ``source_affine`` is not
+        a flip/transpose of the same grid (the layer was moved or resampled since).
+    lps_affine : numpy.ndarray
+        Its affine (``source_affine``, or ``lps_affine`` unchanged).
+    """
+    from nibabel import orientations
+
+    lps_affine = np.asarray(lps_affine, dtype=np.float64)
+    source_affine = np.asarray(source_affine, dtype=np.float64)
+    data_xyz = np.asarray(data_zyx).transpose(2, 1, 0)
+    ornt = orientations.ornt_transform(
+        orientations.io_orientation(lps_affine), orientations.io_orientation(source_affine)
+    )
+    out_xyz = orientations.apply_orientation(data_xyz, ornt)
+    new_affine = lps_affine @ orientations.inv_ornt_aff(ornt, data_xyz.shape)
+    if not np.allclose(new_affine, source_affine, atol=atol):
+        return np.asarray(data_zyx), lps_affine
+    return out_xyz.transpose(2, 1, 0), source_affine
+
+
 def layer_transform(lps_affine: np.ndarray, atol: float = 1e-6) -> dict[str, Any]:
     """Layer keyword arguments for napari placing a ``(z, y, x)`` grid in the medscan world.
 

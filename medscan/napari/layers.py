@@ -75,12 +75,15 @@ def image_layer(
     -------
     tuple
         ``(data, kwargs, "image")``. ``metadata["medscan"]`` holds ``kind="ct"``,
-        ``lps_affine`` (of the data as stored in the layer) and ``window_presets``.
+        ``lps_affine`` (of the data as stored in the layer), ``source_lps_affine`` (of
+        ``hu_zyx``, before :func:`~medscan.napari.geometry.reorient_lps`) and
+        ``window_presets``.
     """
     data, affine = reorient_lps(hu_zyx, lps_affine)
     meta = {
         "kind": "ct",
         "lps_affine": affine.tolist(),
+        "source_lps_affine": np.asarray(lps_affine, dtype=np.float64).tolist(),
         "window_presets": {k: list(v) for k, v in WINDOW_PRESETS.items()},
         "window": preset,
         **dict(metadata or {}),
