@@ -408,7 +408,7 @@ def test_failed_case_still_opens_with_a_warning(case_dir, tmp_path):
 
 
 def _leaves(value, path=()):
-    """Every cell of a metrics mapping: ``(path, value)``; short lists of scalars are one cell."""
+    """Every cell of a metrics mapping: ``(path, value)``; lists are one cell."""
     if isinstance(value, dict):
         for key, inner in value.items():
             yield from _leaves(inner, (*path, key))
@@ -419,24 +419,39 @@ def _leaves(value, path=()):
 def test_every_metric_is_in_one_table_cell(case_dir):
     """The reader's tables (the widget shows the same) hold each metrics.json number once.
 
-    Walks the JSON independently of the table builder: the multiset of (key path, value) pairs
-    rebuilt from the table cells equals that of the metrics file, so a new metric block shows up
-    without a list of expected keys, and none is dropped or shown twice.
+    Walks the JSON independently of the table builder: the (key path, value) pairs of the table
+    cells equal those of the metrics file, so a new metric block shows up without a list of
+    expected keys, and none is dropped or shown twice. Left out of the cells, by design
+    (medscan.io.tables): band voxel counts, and the band definition and region bounds,
+    which are the tables' notes.
     """
-    from medscan.io.tables import ROW, SUMMARY, metric_tables
+    from medscan.io.tables import DENSITY, REGIONS, metric_tables
 
     metrics = json.loads((case_dir / "metrics.json").read_text())
+    assert {DENSITY, REGIONS, "structures"} <= set(metrics)  # issue 14's blocks are there
     image = _layers(str(case_dir))[0]
     tables = image.metadata["medscan"]["tables"]
     assert tables == [t.to_dict() for t in metric_tables(metrics)]
-    assert tables[0]["title"] == SUMMARY and {"tissues", "coverage"} <= {t["title"] for t in tables}
     cells = []
     for table in tables:
-        for row, path in zip(table["rows"], table["paths"], strict=True):
-            for column, value in row.items():
-                if column == ROW:
-                    continue
-                key = tuple(path) if table["title"] == SUMMARY else (*path, *column.split("."))
-                cells.append((key, value))
-    expected = list(_leaves(metrics))
+        for row, sources in zip(table["rows"], table["sources"], strict=True):
+            cells += [(tuple(path), row[column]) for column, path in sources.items()
+                      if path[-1] != "bands"]  # the HU column: a range made from the definition
+
+    def in_note(path):
+        return (path[0] == DENSITY and path[1] == "definition") or (
+            path[0] == REGIONS and path[2] == "bounds")
+
+    expected = [(p, v) for p, v in _leaves(metrics)
+                if not in_note(p) and not ("bands" in p and p[-1] == "voxels")]
     assert sorted(cells, key=repr) == sorted(expected, key=repr)
+    notes = " ".join(t["note"] for t in tables)
+    assert metrics[DENSITY]["definition"]["source"] in notes
+    for lung, regions in metrics[REGIONS].items():
+        assert f"{lung} bounds" in notes and f"{regions['bounds']['ap_split_mm']:.2f}" in notes
+    # The band table reads like Lung CT Analyzer's: a row per band, mL and % per lung.
+    bands = next(t for t in tables if t["title"] == DENSITY)
+    names = [r["name"] for r in bands["rows"]]
+    assert names == list(metrics[DENSITY]["total"]["bands"])
+    total_ml = sum(r["total mL"] for r in bands["rows"])
+    assert total_ml == pytest.approx(metrics[DENSITY]["total"]["volume_ml"], abs=0.01)

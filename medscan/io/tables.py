@@ -1,17 +1,28 @@
 """``metrics.json`` as tables: the napari widget's tabs and the HTML reports' tables (no Qt here).
 
 The napari widget shows one tab per table; the napari reader puts the same tables into
-``layer.metadata["medscan"]["tables"]``; :mod:`medscan.io.report` renders them as HTML. The
-tables are read from the metrics themselves, not from a list of expected keys, so every block
-``medscan.ct.measure`` writes is shown and nothing is invented:
+``layer.metadata["medscan"]["tables"]``; :mod:`medscan.io.report` renders them as HTML. Tables
+are built from the metrics themselves, not from a list of expected keys, so every block
+``medscan.ct.measure.measure_case`` writes is shown (see ``docs/ct.md`` for what the numbers
+mean):
 
 * ``summary``: the top-level numbers (lung volumes, mean lung HU, %LAA-950, Perc15, ...);
-* one table per top-level mapping (``tissues``, ``coverage``, the density bands, the regions, the
-  per-structure statistics, ...): each row is a mapping holding numbers, named by its path below
-  the block (``lung_left``, ``lung_left / upper``); its columns are those numbers (a short list
-  of numbers, like a centroid or a bounding box, is one cell).
+* ``density_bands``: one row per lung density band (in the order of the metrics) with its HU
+  range from ``definition`` and a ``<group> mL`` / ``<group> %`` column pair per group
+  (``lung_right``, ``lung_left``, ``total``); the band definition (name, source, groups) is the
+  table's note. ``density_bands per lung``: one row per group, its numbers (volume,
+  parenchyma, functional and affected mL and %, mean HU, %LAA-950, ...);
+* ``regions``: one row per lung and region (``lung_right upper``, ... ``total dorsal``), the
+  region's numbers and each band's mL and % as columns; each lung's ``bounds`` (where the
+  thirds and halves were cut) in the note;
+* any other block (``tissues``, ``coverage``, ``structures``, and whatever comes later): each
+  row is a mapping holding numbers, named by its path below the block (``lung_left``,
+  ``lung_left / upper``); its numbers are the columns, and mappings inside a row are folded
+  into it as ``key.sub`` columns (``bbox_lps_mm.min``, ``contact_cm2.inferior``). A short list
+  of numbers (a centroid) is one cell.
 
-See ``docs/napari.md`` and ``docs/ct.md`` (what the metrics mean).
+Band voxel counts (``bands.<band>.voxels``) are not shown in the band tables: they are the band
+volume in voxels (mL = voxels x ``voxel_volume_ml``) and stay in ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -27,11 +38,21 @@ ROW = "name"
 SUMMARY = "summary"
 #: Separator of nested row names.
 SEP = " / "
+#: The blocks with their own layout (:func:`band_table` + :func:`band_group_table`,
+#: :func:`region_table`).
+DENSITY = "density_bands"
+REGIONS = "regions"
+#: Suffix of the title of the per-group table of ``density_bands``.
+GROUPS = "per lung"
+#: Keys of a band entry shown in the band tables (``voxels`` is left to ``metrics.json``).
+BAND_COLUMNS = {"ml": "mL", "percent": "%"}
+
+Path = tuple[str, ...]
 
 
 @dataclass
 class MetricTable:
-    """One table: a title, column names and rows (``{column: value}``, missing = blank).
+    """One table: a title, column names, rows, and where each cell comes from.
 
     Attributes
     ----------
@@ -41,25 +62,28 @@ class MetricTable:
         Column names in order of first appearance; the first is :data:`ROW`.
     rows : list of dict
         One mapping per row; values are JSON scalars (numbers, bools, strings, None) or short
-        lists of them.
-    paths : list of tuple of str
-        Per row, the keys leading to it in ``metrics.json`` (a summary row: to its value;
-        otherwise to the mapping whose cells it shows; a folded column ``key.sub`` adds
-        ``key, sub``).
+        lists of them; a missing column is a blank cell.
+    sources : list of dict
+        Per row, ``{column: key path in metrics.json}`` of every cell but the row name.
+    note : str
+        Text shown with the table (band definitions, region bounds).
     """
 
     title: str
     columns: list[str] = field(default_factory=lambda: [ROW])
     rows: list[dict[str, Any]] = field(default_factory=list)
-    paths: list[tuple[str, ...]] = field(default_factory=list)
+    sources: list[dict[str, Path]] = field(default_factory=list)
+    note: str = ""
 
-    def add(self, row: dict[str, Any], path: tuple[str, ...] = ()) -> None:
-        """Append a row found at ``path`` in the metrics, extending the columns with its keys."""
-        for key in row:
-            if key not in self.columns:
-                self.columns.append(key)
+    def add(self, name: str, cells: Mapping[str, tuple[Any, Path]]) -> None:
+        """Append a row: ``cells`` maps each column to ``(value, key path in the metrics)``."""
+        row: dict[str, Any] = {ROW: name}
+        for column, (value, _) in cells.items():
+            if column not in self.columns:
+                self.columns.append(column)
+            row[column] = value
         self.rows.append(row)
-        self.paths.append(tuple(path))
+        self.sources.append({column: tuple(path) for column, (_, path) in cells.items()})
 
     def cell(self, row: int, column: str) -> str:
         """The text shown for ``rows[row][column]`` (:func:`format_value`; blank if absent)."""
@@ -68,13 +92,18 @@ class MetricTable:
         return format_value(self.rows[row][column])
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"title", "columns", "rows", "paths"}`` (JSON-safe, for ``layer.metadata``)."""
-        return {"title": self.title, "columns": list(self.columns), "rows": list(self.rows),
-                "paths": [list(p) for p in self.paths]}
+        """``{"title", "columns", "rows", "sources", "note"}`` (JSON-safe, for layer metadata)."""
+        return {
+            "title": self.title,
+            "columns": list(self.columns),
+            "rows": [dict(r) for r in self.rows],
+            "sources": [{c: list(p) for c, p in s.items()} for s in self.sources],
+            "note": self.note,
+        }
 
 
 def _is_cell(value: Any) -> bool:
-    """A value shown in one cell: a scalar, or a short list of scalars (centroid, bbox)."""
+    """A value shown in one cell: a scalar, or a short list of scalars (centroid, range)."""
     if value is None or isinstance(value, bool | int | float | str):
         return True
     return (
@@ -84,26 +113,132 @@ def _is_cell(value: Any) -> bool:
     )
 
 
-def _leaf(value: Any) -> bool:
-    """A mapping of cells only (e.g. ``contact_cm2: {inferior: 5.49}``)."""
-    return isinstance(value, Mapping) and all(_is_cell(v) for v in value.values())
-
-
-def _rows(block: Mapping[str, Any], path: tuple[str, ...], table: MetricTable) -> None:
-    """Add every mapping below ``block`` that holds cells as a row named by its path.
-
-    A mapping of cells inside a row that has cells of its own is folded into that row as
-    ``key.sub`` columns instead of becoming a row of its own.
-    """
-    cells = {k: v for k, v in block.items() if _is_cell(v)}
-    folded = {k for k, v in block.items() if cells and _leaf(v)}
-    for key in folded:
-        cells.update({f"{key}.{sub}": v for sub, v in block[key].items()})
-    if cells:
-        table.add({ROW: SEP.join(path[1:]) or path[0], **cells}, path)
+def _folded(block: Mapping[str, Any], path: Path, prefix: str = "") -> dict[str, tuple[Any, Path]]:
+    """Every cell below ``block`` as ``{"key.sub": (value, path)}`` (mappings flattened)."""
+    out: dict[str, tuple[Any, Path]] = {}
     for key, value in block.items():
-        if isinstance(value, Mapping) and key not in folded:
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_folded(value, (*path, str(key)), f"{name}."))
+        elif _is_cell(value):
+            out[name] = (value, (*path, str(key)))
+    return out
+
+
+def _rows(block: Mapping[str, Any], path: Path, table: MetricTable) -> None:
+    """Rows of a generic block: each mapping with cells of its own (its mappings folded in)."""
+    if any(_is_cell(v) for v in block.values()):
+        table.add(SEP.join(path[1:]) or path[0], _folded(block, path))
+        return
+    for key, value in block.items():
+        if isinstance(value, Mapping):
             _rows(value, (*path, str(key)), table)
+
+
+def generic_table(title: str, block: Mapping[str, Any]) -> MetricTable:
+    """A block without a layout of its own (``tissues``, ``coverage``, ``structures``, ...)."""
+    table = MetricTable(title)
+    _rows(block, (title,), table)
+    return table
+
+
+def _groups(block: Mapping[str, Any]) -> list[str]:
+    """The groups of a band block (``lung_right``, ``lung_left``, ``total``), in order."""
+    return [k for k, v in block.items() if k != "definition" and isinstance(v, Mapping)]
+
+
+def _hu_range(definition: Mapping[str, Any], names: list[str]) -> dict[str, str]:
+    """``{band: "[lo, hi)"}`` from a band definition's ``bands`` list.
+
+    ``names`` are the bands of the metrics in order; one not in the definition (the catch-alls
+    ``below_range`` / ``above_range`` of :mod:`medscan.ct.density`) gets ``< lo`` of the first
+    defined band when it comes before them, else ``>= hi`` of the last.
+    """
+    bands = [b for b in definition.get("bands") or [] if isinstance(b, Mapping) and "name" in b]
+    out = {str(b["name"]): f"[{b['hu_min']:g}, {b['hu_max']:g})" for b in bands}
+    if not bands:
+        return out
+    seen_defined = False
+    for name in names:
+        if name in out:
+            seen_defined = True
+        elif not seen_defined:
+            out[name] = f"< {bands[0]['hu_min']:g}"
+        else:
+            out[name] = f">= {bands[-1]['hu_max']:g}"
+    return out
+
+
+def _definition_note(definition: Mapping[str, Any]) -> str:
+    """One paragraph: name, source, interval, groups and each band's source."""
+    if not definition:
+        return ""
+    parts = [f"{k}: {format_value(v)}" for k, v in definition.items() if _is_cell(v)]
+    for band in definition.get("bands") or []:
+        if isinstance(band, Mapping) and band.get("source"):
+            parts.append(f"{band.get('name')}: {band['source']}")
+    return "; ".join(parts)
+
+
+def band_table(block: Mapping[str, Any]) -> MetricTable:
+    """``density_bands``: one row per band, its HU range, ``<group> mL`` / ``<group> %``."""
+    definition = block.get("definition") or {}
+    groups = _groups(block)
+    bands: list[str] = []
+    for group in groups:
+        for band in block[group].get("bands") or {}:
+            if band not in bands:
+                bands.append(band)
+    ranges = _hu_range(definition, bands)
+    table = MetricTable(DENSITY, columns=[ROW, "HU"] if ranges else [ROW])
+    for band in bands:
+        cells: dict[str, tuple[Any, Path]] = {}
+        if band in ranges:
+            cells["HU"] = (ranges[band], (DENSITY, "definition", "bands"))
+        for group in groups:
+            entry = (block[group].get("bands") or {}).get(band) or {}
+            for key, unit in BAND_COLUMNS.items():
+                if key in entry:
+                    cells[f"{group} {unit}"] = (entry[key], (DENSITY, group, "bands", band, key))
+        table.add(band, cells)
+    table.note = _definition_note(definition)
+    return table
+
+
+def band_group_table(block: Mapping[str, Any]) -> MetricTable:
+    """``density_bands`` per group: volume, parenchyma, functional/affected, mean HU, ..."""
+    table = MetricTable(f"{DENSITY} {GROUPS}")
+    for group in _groups(block):
+        entry = block[group]
+        table.add(group, {k: (v, (DENSITY, group, k)) for k, v in entry.items() if _is_cell(v)})
+    return table
+
+
+def region_table(block: Mapping[str, Any]) -> MetricTable:
+    """``regions``: one row per lung and region; its numbers and ``<band> mL`` / ``<band> %``."""
+    table = MetricTable(REGIONS)
+    notes = []
+    for lung, regions in block.items():
+        if not isinstance(regions, Mapping):
+            continue
+        for region, entry in regions.items():
+            if not isinstance(entry, Mapping):
+                continue
+            path = (REGIONS, lung, region)
+            if region == "bounds":
+                notes.append(
+                    f"{lung} bounds: "
+                    + ", ".join(f"{k} {format_value(v)}" for k, v in entry.items())
+                )
+                continue
+            cells = {k: (v, (*path, k)) for k, v in entry.items() if _is_cell(v)}
+            for band, numbers in (entry.get("bands") or {}).items():
+                for key, unit in BAND_COLUMNS.items():
+                    if key in numbers:
+                        cells[f"{band} {unit}"] = (numbers[key], (*path, "bands", band, key))
+            table.add(f"{lung} {region}", cells)
+    table.note = "; ".join(notes)
+    return table
 
 
 def metric_tables(metrics: Mapping[str, Any] | None) -> list[MetricTable]:
@@ -117,25 +252,25 @@ def metric_tables(metrics: Mapping[str, Any] | None) -> list[MetricTable]:
     Returns
     -------
     list of MetricTable
-        ``summary`` (one row per top-level number: columns ``name``, ``value``) when there are
-        top-level numbers, then one table per top-level mapping that holds numbers, in the
-        order of ``metrics``. Top-level mappings of cells become a one-row table named after
-        the block.
+        ``summary`` (columns ``name``, ``value``) when there are top-level numbers, then one
+        table per top-level mapping that holds numbers, in the order of ``metrics``.
     """
     tables: list[MetricTable] = []
     summary = MetricTable(SUMMARY)
     for key, value in (metrics or {}).items():
         if _is_cell(value):
-            summary.add({ROW: str(key), "value": value}, (str(key),))
+            summary.add(str(key), {"value": (value, (str(key),))})
     if summary.rows:
         tables.append(summary)
     for key, value in (metrics or {}).items():
-        if not isinstance(value, Mapping):
-            continue
-        table = MetricTable(str(key))
-        _rows(value, (str(key),), table)
-        if table.rows:
-            tables.append(table)
+        if isinstance(value, Mapping):
+            if key == DENSITY:
+                made = [band_table(value), band_group_table(value)]
+            elif key == REGIONS:
+                made = [region_table(value)]
+            else:
+                made = [generic_table(str(key), value)]
+            tables += [t for t in made if t.rows]
     return tables
 
 
@@ -157,3 +292,26 @@ def format_value(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ", ".join(format_value(v) for v in value) + "]"
     return str(value)
+
+
+#: ``metrics.json`` blocks keyed by label name whose numbers become Labels feature columns
+#: (``structures``: per-label HU statistics, centroid, bounding box, surface area).
+LABEL_BLOCKS = ("tissues", "structures")
+
+
+def label_metrics(metrics: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Per-label numbers by label name, merged from the :data:`LABEL_BLOCKS` of ``metrics``.
+
+    Returns
+    -------
+    dict
+        ``{name: {key: value}}``; a key present in several blocks keeps its first value.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for block in LABEL_BLOCKS:
+        for name, numbers in ((metrics or {}).get(block) or {}).items():
+            if isinstance(numbers, Mapping):
+                row = out.setdefault(str(name), {})
+                for key, value in numbers.items():
+                    row.setdefault(key, value)
+    return out

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from medscan.io.dicom_seg import is_dicom_seg
-from medscan.io.tables import metric_tables
+from medscan.io.tables import label_metrics, metric_tables
 from medscan.napari.layers import (
     MESH_FORMATS,
     LayerDataTuple,
@@ -236,7 +236,7 @@ def read_case(path: str | Path, visible: bool = True) -> list[LayerDataTuple]:
                 affine,
                 f"{case_id} labels",
                 table,
-                tissue_metrics=metrics.get("tissues"),
+                tissue_metrics=label_metrics(metrics),
                 metadata=common,
                 visible=visible,
             )
@@ -326,7 +326,7 @@ def read_nifti(path: str | Path) -> list[LayerDataTuple]:
                 affine,
                 f"{case_id} {stem}",
                 table,
-                tissue_metrics=metrics.get("tissues"),
+                tissue_metrics=label_metrics(metrics),
                 metadata=meta,
             )
         ]

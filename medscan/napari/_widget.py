@@ -263,7 +263,7 @@ class CTSegmentationWidget(QWidget):
             view = _table_widget(table.columns)
             _fill_table(view, table)
             self.tables[table.title] = view
-            self.tabs.addTab(view, table.title)
+            self.tabs.addTab(_with_note(view, table.note), table.title.replace("_", " "))
 
     def save(self, output: str | Path) -> Path:
         """Write the last result as a case folder under ``output`` (the segment job's layout)."""
@@ -284,6 +284,20 @@ def _table_widget(header: list[str]) -> QTableWidget:
     view.verticalHeader().setVisible(False)
     view.verticalHeader().setDefaultSectionSize(view.fontMetrics().height() + 6)
     return view
+
+
+def _with_note(view: QTableWidget, note: str) -> QWidget:
+    """The table, under its note (band definitions, region bounds) when it has one."""
+    if not note:
+        return view
+    page = QWidget()
+    layout = QVBoxLayout(page)
+    layout.setContentsMargins(0, 0, 0, 0)
+    label = QLabel(note)
+    label.setWordWrap(True)
+    layout.addWidget(label)
+    layout.addWidget(view, stretch=1)
+    return page
 
 
 def _fill_table(view: QTableWidget, table: MetricTable, header: list[str] | None = None) -> None:
