@@ -63,11 +63,13 @@ class Stages:
 def run_medscan(series: Path, out: Path, backend: str) -> tuple[Stages, int]:
     from medscan.backend import get_backend
     from medscan.ct.measure import measure
-    from medscan.ct.mesh import export_mesh, label_surface
+    from medscan.ct.mesh import label_surface
     from medscan.ct.segment import segment
     from medscan.ct.tissues import default_tissues
     from medscan.dicom import discover, load
-    from medscan.io import atomic_write, write_json
+    from medscan.io import write_json
+    from medscan.io.mesh import export_mesh
+    from medscan.volume import LabelMap
 
     st = Stages()
     be = get_backend(backend)
@@ -82,10 +84,9 @@ def run_medscan(series: Path, out: Path, backend: str) -> tuple[Stages, int]:
               for name in ("lung_left", "lung_right")}
     st.lap("mesh")
     volume.to_nifti(out / "volume.nii.gz")
-    volume.to_nifti(out / "labels.nii.gz", seg.labels)
+    LabelMap(seg.labels, volume.affine, tissues.label_table()).to_nifti(out / "labels.nii.gz")
     for name, mesh in meshes.items():
-        atomic_write(out / f"{name}.ply",
-                     lambda p, m=mesh, n=name: export_mesh(m, p, tissues[n].color))
+        export_mesh(mesh, out / f"{name}.ply", tissues[name].color)
     write_json(out / "metrics.json", metrics)
     st.lap("write")
     return st, volume.hu.size

@@ -8,7 +8,16 @@ Conventions (used by every stage of medscan):
   **LPS** coordinates in millimetres. Use :meth:`Volume.world_from_zyx` to map array-order
   indices (for example marching-cubes vertices) to LPS mm.
 * ``spacing`` is ``(sz, sy, sx)`` in millimetres, in array order, matching ``hu.shape``.
+* ``spacing`` and ``voxel_volume_ml`` are *derived* from the affine (:class:`Grid`), never
+  stored, so they cannot disagree with it after resampling or reorientation.
 * NIfTI files are written with the RAS affine NIfTI expects (LPS with x and y negated).
+
+:class:`Volume` (HU) and :class:`LabelMap` (uint8 labels with a name/colour table) share that
+geometry (:class:`Grid`), the idea of TorchIO's ``ScalarImage``/``LabelMap``: a label image is
+never a bare array passed through the HU writer.
+
+This module imports only the leaf writers :mod:`medscan.io.atomic` and :mod:`medscan.io.nifti`
+(which import nothing of medscan above them); :mod:`medscan.io.case` builds on it.
 """
 
 from __future__ import annotations
@@ -18,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from medscan.io.atomic import to_jsonable
+from medscan.io.nifti import write_nifti
 
 #: HU value given to padding and to voxels outside the scanner's field of view. It is air,
 #: so padding can never pass as tissue, and it is the value most scanners store for air.
@@ -53,8 +65,6 @@ class Finding:
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dict."""
-        from medscan.io.atomic import to_jsonable
-
         return {
             "code": self.code,
             "severity": self.severity,
@@ -64,41 +74,22 @@ class Finding:
         }
 
 
-@dataclass
-class Volume:
-    """A CT volume in Hounsfield units with its geometry.
+class Grid:
+    """Geometry shared by :class:`Volume` and :class:`LabelMap`.
 
-    Parameters
-    ----------
-    hu : numpy.ndarray
-        HU values, shape ``(z, y, x)``; int16 when every slice's rescale is integral,
-        float32 otherwise. Padding is :data:`AIR_HU`.
-    affine : numpy.ndarray
-        4x4 index ``(i, j, k)`` -> patient LPS mm.
-    case_id : str
-        Pseudonymous case id (safe for paths and logs).
-    patient_id : str
-        Pseudonymous patient id shared by the series of one patient.
-    metadata : dict
-        Series metadata without patient identity (modality, manufacturer, kernel, ...).
-    findings : list of Finding
-        QC findings of the series.
-    files : list of str
-        Source file paths, in slice order.
+    Subclasses hold ``affine`` (4x4 index ``(i, j, k, 1)`` -> LPS mm) and an array indexed
+    ``(z, y, x)``; everything else here is derived from those two.
     """
 
-    hu: np.ndarray
     affine: np.ndarray
-    case_id: str = "case"
-    patient_id: str = ""
-    metadata: dict[str, Any] = field(default_factory=dict)
-    findings: list[Finding] = field(default_factory=list)
-    files: list[str] = field(default_factory=list)
+
+    def _grid_array(self) -> np.ndarray:
+        raise NotImplementedError
 
     @property
     def shape(self) -> tuple[int, int, int]:
         """Array shape ``(z, y, x)``."""
-        return tuple(self.hu.shape)  # type: ignore[return-value]
+        return tuple(self._grid_array().shape)  # type: ignore[return-value]
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -139,38 +130,212 @@ class Volume:
         """RAS affine for NIfTI, mapping ``(i, j, k)`` with data stored as ``(x, y, z)``."""
         return LPS_TO_RAS @ self.affine
 
-    def to_nifti(self, path: str | Path, data: np.ndarray | None = None) -> Path:
-        """Atomically write ``data`` (default: the HU array) as NIfTI with this geometry.
+    def same_grid(self, other: Grid, atol: float = 1e-4) -> bool:
+        """True when ``other`` has this shape and affine (within ``atol`` mm)."""
+        return self.shape == other.shape and bool(
+            np.allclose(self.affine, other.affine, atol=atol))
+
+
+@dataclass
+class Volume(Grid):
+    """A CT volume in Hounsfield units with its geometry.
+
+    Parameters
+    ----------
+    hu : numpy.ndarray
+        HU values, shape ``(z, y, x)``; int16 when every slice's rescale is integral,
+        float32 otherwise. Padding is :data:`AIR_HU`.
+    affine : numpy.ndarray
+        4x4 index ``(i, j, k)`` -> patient LPS mm.
+    case_id : str
+        Pseudonymous case id (safe for paths and logs).
+    patient_id : str
+        Pseudonymous patient id shared by the series of one patient.
+    metadata : dict
+        Series metadata without patient identity (modality, manufacturer, kernel, ...).
+    findings : list of Finding
+        QC findings of the series.
+    files : list of str
+        Source file paths, in slice order.
+    """
+
+    hu: np.ndarray
+    affine: np.ndarray
+    case_id: str = "case"
+    patient_id: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+    def _grid_array(self) -> np.ndarray:
+        return self.hu
+
+    def to_nifti(self, path: str | Path) -> Path:
+        """Atomically write the HU array as NIfTI with this geometry (:mod:`medscan.io.nifti`).
 
         Parameters
         ----------
         path : str or Path
             Output file (``.nii`` or ``.nii.gz``).
-        data : numpy.ndarray, optional
-            Array of shape ``(z, y, x)`` on this grid, e.g. a label map.
 
         Returns
         -------
         Path
             The written path.
         """
-        from medscan.io.nifti import write_nifti
-
-        array = self.hu if data is None else data
-        if array.shape != self.hu.shape:
-            raise ValueError(f"data shape {array.shape} does not match volume {self.hu.shape}")
-        return write_nifti(path, array, self.nifti_affine())
+        return write_nifti(path, self.hu, self.nifti_affine())
 
     @classmethod
     def from_nifti(cls, path: str | Path, case_id: str | None = None) -> Volume:
         """Read a NIfTI written by :meth:`to_nifti` (or any NIfTI) back into a Volume."""
-        import nibabel as nib
-
-        img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj).transpose(2, 1, 0)
-        affine = LPS_TO_RAS @ img.affine
+        data, affine = _read_nifti(path)
         name = Path(path).name.split(".")[0]
-        return cls(hu=np.ascontiguousarray(data), affine=affine, case_id=case_id or name)
+        return cls(hu=data, affine=affine, case_id=case_id or name)
+
+
+@dataclass(frozen=True)
+class Label:
+    """One entry of a label table.
+
+    Parameters
+    ----------
+    value : int
+        Voxel value in the label map (1..255; 0 is background).
+    name : str
+        Label name (mesh file names use it).
+    color : tuple of int
+        RGB, 0..255.
+    """
+
+    value: int
+    name: str
+    color: tuple[int, int, int]
+
+
+@dataclass
+class LabelMap(Grid):
+    """A uint8 label image with its geometry and its label table.
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        uint8, shape ``(z, y, x)``; 0 is background.
+    affine : numpy.ndarray
+        4x4 index ``(i, j, k)`` -> patient LPS mm (usually the :class:`Volume`'s).
+    labels : dict of int to Label
+        The label table (values that may occur in ``array``).
+    case_id : str
+        Pseudonymous case id.
+
+    Raises
+    ------
+    ValueError
+        When ``array`` is not a 3-D uint8 array or ``affine`` not 4x4, or a table key differs
+        from its label's value.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    labels: dict[int, Label] = field(default_factory=dict)
+    case_id: str = "case"
+
+    def __post_init__(self) -> None:
+        if self.array.ndim != 3 or self.array.dtype != np.uint8:
+            raise ValueError(f"label map must be a 3-D uint8 array, got {self.array.ndim}-D "
+                             f"{self.array.dtype}")
+        if np.shape(self.affine) != (4, 4):
+            raise ValueError(f"affine must be 4x4, got shape {np.shape(self.affine)}")
+        bad = [k for k, v in self.labels.items() if k != v.value]
+        if bad:
+            raise ValueError(f"label table keys {bad} differ from their labels' values")
+
+    def _grid_array(self) -> np.ndarray:
+        return self.array
+
+    def by_name(self, name: str) -> Label:
+        """The label called ``name``.
+
+        Raises
+        ------
+        KeyError
+            Naming the known labels.
+        """
+        for label in self.labels.values():
+            if label.name == name:
+                return label
+        known = [v.name for v in self.labels.values()]
+        raise KeyError(f"no label called {name!r} (known: {known})")
+
+    def mask(self, name: str) -> np.ndarray:
+        """Mask (bool, ``(z, y, x)``) of the label called ``name``."""
+        return self.array == self.by_name(name).value
+
+    def labels_dict(self) -> dict[str, dict[str, Any]]:
+        """The label table in the manifest form ``{"<id>": {"name", "color"}}``."""
+        return {str(v): {"name": lab.name, "color": list(lab.color)}
+                for v, lab in sorted(self.labels.items())}
+
+    @staticmethod
+    def table_from_dict(table: dict[str, Any]) -> dict[int, Label]:
+        """The label table from its manifest form (inverse of :meth:`labels_dict`)."""
+        return {int(k): Label(int(k), str(v["name"]), tuple(int(c) for c in v["color"]))
+                for k, v in table.items()}  # type: ignore[misc]
+
+    def to_nifti(self, path: str | Path) -> Path:
+        """Atomically write the label map as uint8 NIfTI with this geometry.
+
+        Returns
+        -------
+        Path
+            The written path.
+        """
+        return write_nifti(path, self.array, self.nifti_affine())
+
+    @classmethod
+    def from_nifti(cls, path: str | Path, labels: dict[int, Label] | dict[str, Any] | None = None,
+                   case_id: str | None = None) -> LabelMap:
+        """Read a label NIfTI (e.g. ``labels.nii.gz``).
+
+        Parameters
+        ----------
+        path : str or Path
+            NIfTI file of integer labels 0..255.
+        labels : dict, optional
+            The label table, as ``{int: Label}`` or in the manifest form
+            (:meth:`labels_dict`). Default: ``label_<value>`` for each value present, grey.
+        case_id : str, optional
+            Default: the file name without suffixes.
+
+        Raises
+        ------
+        ValueError
+            When the file holds values outside 0..255 or non-integral values.
+        """
+        data, affine = _read_nifti(path)
+        if data.dtype != np.uint8:
+            if data.size and (data.min() < 0 or data.max() > 255
+                              or not np.array_equal(data, np.round(data))):
+                raise ValueError(f"{Path(path).name}: not a label map (values outside 0..255 "
+                                 "or not integral)")
+            data = data.astype(np.uint8)
+        if labels is None:
+            table = {int(v): Label(int(v), f"label_{int(v)}", (128, 128, 128))
+                     for v in np.unique(data) if v}
+        elif all(isinstance(v, Label) for v in labels.values()):
+            table = dict(labels)  # type: ignore[arg-type]
+        else:
+            table = cls.table_from_dict(labels)  # type: ignore[arg-type]
+        name = Path(path).name.split(".")[0]
+        return cls(array=data, affine=affine, labels=table, case_id=case_id or name)
+
+
+def _read_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(data ``(z, y, x)`` C-contiguous, LPS affine) of a NIfTI file (nibabel)."""
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    data = np.asanyarray(img.dataobj).transpose(2, 1, 0)
+    return np.ascontiguousarray(data), LPS_TO_RAS @ img.affine
 
 
 def world_from_zyx(affine: np.ndarray, points_zyx: np.ndarray) -> np.ndarray:

@@ -147,7 +147,7 @@ def single_run(four_series: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 def _outcome(out: Path) -> dict[str, tuple[str, str]]:
     """case id -> (status, metrics.json text) for every case folder; index must agree."""
-    cases = {c.name: (read_case(c)["status"], (c / "metrics.json").read_text())
+    cases = {c.name: (read_case(c, arrays=False).status, (c / "metrics.json").read_text())
              for c in iter_case_dirs(out)}
     index = {row["case_id"]: row["status"] for row in read_index(out)}
     assert index == {k: v[0] for k, v in cases.items()}
@@ -356,9 +356,9 @@ def test_no_identity_in_outputs_or_logs(source: str, sample_ct: Path, tmp_path: 
     hits = [(where, s) for where, text in _texts_in(out) for s in secrets_ if s in text]
     assert hits == []
     (case,) = iter_case_dirs(out)
-    (dup,) = [f for f in read_case(case)["qc"]["loader_findings"]
-              if f["code"] == "duplicate_instance"]
-    assert len(dup["files"]) == 2 and all(f.startswith(("slice ", "file ")) for f in dup["files"])
+    (dup,) = [f for f in read_case(case, arrays=False).loader_findings
+              if f.code == "duplicate_instance"]
+    assert len(dup.files) == 2 and all(f.startswith(("slice ", "file ")) for f in dup.files)
     assert (out / ".hydra").is_dir() and list(out.rglob("*.log"))  # the log was searched too
     inspect = subprocess.run([*MEDSCAN, "inspect", "--json", str(series_dir)],
                              capture_output=True, text=True)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from ct_reference import cropped, load_series, lung_z_range, segment_series
 
+from medscan.ct.analyse import CaseOptions
 from medscan.ct.job import write_volume_case
 from medscan.ct.measure import add_coverage, lung_coverage, measure
-from medscan.ct.pipeline import CaseOptions
 from medscan.ct.segment import segment
 from medscan.ct.tissues import LUNG_LEFT, LUNG_RIGHT, default_tissues
 from medscan.io import read_case, read_index
@@ -100,13 +100,12 @@ def test_incomplete_lungs_marked_in_metrics_and_index(shared_ct, tissues, tmp_pa
     rows = {r["case_id"]: r for r in read_index(tmp_path)}
     assert rows["cropped-mid-lung"]["lung_complete"] == "False"
     assert rows["full-range"]["lung_complete"] == "True"
-    case = read_case(tmp_path / "cropped-mid-lung")
-    metrics = case["metrics"]
+    case = read_case(tmp_path / "cropped-mid-lung", arrays=False)
+    metrics = case.metrics
     assert metrics["lung_complete"] is False
     assert metrics["coverage"][LUNG_LEFT]["complete"] is False
-    qc = case["qc"]
-    assert any(f["code"] == "lung_truncated" for f in qc["segmentation_findings"])
-    assert read_case(tmp_path / "full-range")["metrics"]["lung_complete"] is True
+    assert any(f.code == "lung_truncated" for f in case.findings)
+    assert read_case(tmp_path / "full-range", arrays=False).metrics["lung_complete"] is True
 
 
 def test_no_lungs_leaves_completeness_unknown(tissues):
@@ -146,17 +145,17 @@ def test_lung_cut_open_by_the_image_edge_never_vanishes(sample_ct, tissues, tmp_
     part = cropped(full, x=x, case_id=f"fov-{cut_side}")
     options = CaseOptions(tissues=tissues, mesh_labels=[], mesh_formats=["ply"], preview=False)
     write_volume_case(part, tmp_path, options)
-    case = read_case(tmp_path / f"fov-{cut_side}")
-    metrics = case["metrics"]
+    case = read_case(tmp_path / f"fov-{cut_side}", arrays=False)
+    metrics = case.metrics
     cut_lung = LUNG_RIGHT if cut_side == "right" else LUNG_LEFT
     assert metrics["lung_complete"] is False
     assert metrics["coverage"][cut_lung]["complete"] is False
-    truncated = [f for f in case["qc"]["segmentation_findings"]
-                 if f["code"] == "lung_truncated" and f["details"]["structure"] == cut_lung]
-    assert len(truncated) == 1, case["qc"]
-    assert cut_side in truncated[0]["details"]["contact_cm2"]
-    for f in case["qc"]["segmentation_findings"]:
-        assert "absent or not aerated" not in f["message"], f
+    truncated = [f for f in case.findings
+                 if f.code == "lung_truncated" and f.details["structure"] == cut_lung]
+    assert len(truncated) == 1, case.findings
+    assert cut_side in truncated[0].details["contact_cm2"]
+    for f in case.findings:
+        assert "absent or not aerated" not in f.message, f
     # both lungs kept: inside the crop, each label agrees with the full series' segmentation
     seg_part = segment(part, tissues)
     for name in (LUNG_LEFT, LUNG_RIGHT):

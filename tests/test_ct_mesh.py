@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import trimesh
 
-from medscan.ct.mesh import MeshParams, export_mesh, label_surface, mesh_summary
+from medscan.ct.mesh import MeshParams, label_surface
 from medscan.ct.segment import segment
 from medscan.ct.tissues import LUNG_LEFT, LUNG_RIGHT, default_tissues
 from medscan.dicom import load_path
+from medscan.io.mesh import export_mesh, mesh_summary
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,7 @@ def case_for(output: Path, folder: Path) -> Path:
     hashes: manifests name no input paths)."""
     wanted = {sha256_file(f) for f in folder.glob("*.dcm")}
     for case in iter_case_dirs(output):
-        digests = {i["sha256"] for i in read_case(case)["manifest"]["inputs"]}
+        digests = {i["sha256"] for i in read_case(case, arrays=False).manifest["inputs"]}
         if digests and digests <= wanted:
             return case
     raise AssertionError(f"no case for {folder} in {output}")
@@ -77,19 +77,19 @@ def test_shared_chest_series(shared_run, shared_ct):
         assert 0 <= float(row["laa950_percent"]) < 30
         assert -1000 < float(row["perc15_hu"]) < -800
     for case in iter_case_dirs(out):
-        c = read_case(case)
-        m = c["manifest"]
+        c = read_case(case, arrays=False)
+        m = c.manifest
         assert m["coordinate_space"] == "LPS" and m["units"] == "mm"
         assert set(m["timings_s"]) >= {"load", "segment", "measure", "mesh", "write"}
         assert m["labels"]["8"]["name"] == "lung_left" and m["input_hash"] and m["config_hash"]
         assert [i["slice"] for i in m["inputs"]] == list(range(len(m["inputs"])))
         assert all(len(i["sha256"]) == 64 for i in m["inputs"])
-        assert c["paths"]["preview"].stat().st_size > 10_000
-        assert set(c["paths"]["meshes"]) == {"lung_left", "lung_right", "bone"}
+        assert c.files["preview"].stat().st_size > 10_000
+        assert set(c.files["meshes"]) == {"lung_left", "lung_right", "bone"}
         lungs = [e for e in m["meshes"] if e["tissue"].startswith("lung") and e["format"] == "ply"]
         for e in lungs:
             assert e["watertight"]
-            ml = c["metrics"]["tissues"][e["tissue"]]["volume_ml"]
+            ml = c.metrics["tissues"][e["tissue"]]["volume_ml"]
             assert abs(e["volume_ml"] - ml) / ml < 0.05, (case.name, e, ml)
         text = "".join(p.read_text() for p in case.glob("*.json"))
         assert "PatientName" not in text and "PatientID" not in text
@@ -152,12 +152,12 @@ def test_head_ct_fails_with_reason_and_outputs(shared_ct_qa, tmp_path):
     assert r.returncode == 1, r.stderr
     (row,) = read_index(tmp_path)
     assert row["status"] == "failed" and "no lungs" in row["reason"]
-    c = read_case(tmp_path / row["case_id"])
-    assert c["metrics"]["lung_volume_ml"] is None and c["metrics"]["perc15_hu"] is None
-    assert c["metrics"]["tissues"]["bone"]["volume_ml"] > 100
-    assert {"volume", "labels", "preview"} <= set(c["paths"])
-    assert "bone" in c["paths"]["meshes"]
-    assert any(f["code"] == "no_lungs" for f in c["qc"]["segmentation_findings"])
+    c = read_case(tmp_path / row["case_id"], arrays=False)
+    assert c.metrics["lung_volume_ml"] is None and c.metrics["perc15_hu"] is None
+    assert c.metrics["tissues"]["bone"]["volume_ml"] > 100
+    assert {"volume", "labels", "preview"} <= set(c.files)
+    assert "bone" in c.files["meshes"]
+    assert any(f.code == "no_lungs" for f in c.findings)
 
 
 @pytest.mark.slow
@@ -201,7 +201,7 @@ def test_shards_split_and_merge_into_one_index(shared_ct, tmp_path):
     rows = read_index(out)
     assert len(rows) == 2
     for row in rows:
-        m = read_case(out / row["case_id"])["manifest"]
+        m = read_case(out / row["case_id"], arrays=False).manifest
         assert m["config"]["shard"] == shard_of(row["case_id"], 2)
 
 
@@ -218,7 +218,7 @@ def test_bad_file_in_tree_does_not_stop_the_batch(shared_ct, tmp_path):
     assert r.returncode in (0, 1), r.stderr
     assert "Traceback" not in r.stderr
     good = case_for(out, tree / "good")
-    assert read_case(good)["status"] == "ok"
+    assert read_case(good, arrays=False).status == "ok"
     assert "bad/notes.dcm" in r.stderr  # reported on the terminal, relative to the input root
     assert str(tree) not in r.stderr
     for row in read_index(out):
@@ -255,8 +255,8 @@ def test_bad_config_values(tmp_path):
 
 def test_write_volume_case_for_in_memory_volumes(sample_ct, tmp_path):
     """The napari widget's path: one loaded volume -> a case folder in the same layout."""
+    from medscan.ct.analyse import CaseOptions
     from medscan.ct.job import write_volume_case
-    from medscan.ct.pipeline import CaseOptions
     from medscan.ct.tissues import default_tissues
     from medscan.dicom import load_path
 
@@ -265,8 +265,8 @@ def test_write_volume_case_for_in_memory_volumes(sample_ct, tmp_path):
                           mesh_formats=["ply"], preview=False)
     manifest = write_volume_case(volume, tmp_path, options)
     assert manifest["status"] == "ok" and len(manifest["inputs"]) == 30
-    c = read_case(tmp_path / volume.case_id)
-    assert c["paths"]["meshes"] == {"lung_left": {"ply": tmp_path / volume.case_id
+    c = read_case(tmp_path / volume.case_id, arrays=False)
+    assert c.files["meshes"] == {"lung_left": {"ply": tmp_path / volume.case_id
                                                   / "meshes" / "lung_left.ply"}}
     (row,) = read_index(tmp_path)
     assert row["case_id"] == volume.case_id and float(row["lung_left_ml"]) > 800
@@ -305,9 +305,9 @@ def test_skipped_files_are_not_dropped_silently(sample_ct, tmp_path):
     assert len(failed) == 1 and "30 file(s) skipped" in failed[0]["reason"]
     assert "65535" in failed[0]["reason"]
     partial = case_for(out, tree / "some")
-    findings = read_case(partial)["qc"]["loader_findings"]
-    skipped = [f for f in findings if f["code"] == "skipped_slices"]
-    assert len(skipped) == 1 and skipped[0]["message"].startswith("2 file(s) skipped")
+    findings = read_case(partial, arrays=False).loader_findings
+    skipped = [f for f in findings if f.code == "skipped_slices"]
+    assert len(skipped) == 1 and skipped[0].message.startswith("2 file(s) skipped")
     for case in iter_case_dirs(out):
         for f in case.rglob("*.json"):
             assert str(tmp_path) not in f.read_text()

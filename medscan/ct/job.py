@@ -10,14 +10,11 @@ import contextlib
 import errno
 import logging
 import os
-import platform
 import socket
 import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from importlib import metadata
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -29,38 +26,32 @@ from medscan.batch import (
     LEASE_S,
     case_is_current,
     case_lock,
-    case_writer,
     config_hash,
     hash_series,
     rebuild_index,
     remove_stale,
     select_shard,
 )
-from medscan.ct.measure import MeasureOptions
-from medscan.ct.mesh import SPACE, MeshParams
-from medscan.ct.pipeline import CaseOptions, process_volume
-from medscan.ct.segment import SegmentParams
-from medscan.ct.tissues import TissueTable
+from medscan.case import CaseResult, Provenance, versions
+from medscan.ct.analyse import CaseOptions, analyse, case_config
 from medscan.dicom.discover import LostSeries
 from medscan.dicom.identity import SecretError, secret_fingerprint
-from medscan.io import MANIFEST, QC, write_json
+from medscan.io.case import write_case_folder
 from medscan.io.redact import FileRefs, relative_to_root, safe_text, series_metadata
-from medscan.volume import Finding
+from medscan.volume import Finding, Volume
 
 log = logging.getLogger("medscan.segment")
 
-#: Config keys that do not change a case's outputs (left out of the config hash).
-RUNTIME_KEYS = ("input", "output", "overwrite", "shard", "num_shards", "salt", "workers",
-                "progress", "backend", "lease_s", "scratch")
-#: Config keys never written into an output folder (archive paths, the id secret).
-PRIVATE_KEYS = ("input", "output", "salt")
+#: Config keys never written into an output folder (archive and node-local paths, the id secret).
+PRIVATE_KEYS = ("input", "output", "salt", "scratch")
 #: Errors writing into the output folder that stop the job (exit 2) instead of failing a case.
 OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 #: Bytes written (and synced) by the output probe before any work.
 PROBE_BYTES = 1 << 20
 SAMPLE = "ct-lungdx-a0002-b40f"
-_PACKAGES = ("medscan", "numpy", "scipy", "scikit-image", "connected-components-3d", "trimesh",
-             "fast-simplification", "nibabel", "isal", "pydicom", "matplotlib")
+
+__all__ = ["CaseOptions", "JobError", "OutputCheck", "check_job", "job_config", "run_segment",
+           "sample_path", "versions", "write_volume_case"]
 
 
 def sample_path() -> Path:
@@ -68,47 +59,30 @@ def sample_path() -> Path:
     return Path(str(files("medscan") / "sample" / SAMPLE))
 
 
-def versions() -> dict[str, str]:
-    """Versions of Python and the packages that shape the outputs."""
-    out = {"python": platform.python_version()}
-    for name in _PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+def job_config(cfg: dict[str, Any], options: CaseOptions) -> dict[str, Any]:
+    """The config recorded in a manifest.
 
-
-def options_from_config(cfg: dict[str, Any]) -> CaseOptions:
-    """Build :class:`CaseOptions` from the plain (resolved) config dict."""
-    return CaseOptions(
-        tissues=TissueTable.from_config(cfg["tissues"]),
-        segment=SegmentParams.from_config(cfg.get("segment")),
-        mesh=MeshParams.from_config(cfg.get("mesh")),
-        mesh_labels=list(cfg.get("mesh_labels") or []),
-        mesh_formats=list(cfg.get("mesh_formats") or []),
-        min_slices=int(cfg.get("min_slices", 3)),
-        preview=bool(cfg.get("preview", True)),
-        measure=MeasureOptions.from_config(cfg),
-    )
-
-
-def manifest_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The config recorded in a manifest: without input/output paths and the id secret."""
-    return {k: v for k, v in cfg.items() if k not in PRIVATE_KEYS}
+    The run's settings without input/output paths, the id secret and the scratch folder
+    (:data:`PRIVATE_KEYS`), and the case config (:func:`case_config`) as hashed.
+    """
+    run = {k: v for k, v in cfg.items() if k not in PRIVATE_KEYS}
+    return {**run, **case_config(options, bool(cfg.get("uniform")), bool(cfg.get("free_text")))}
 
 
 def write_volume_case(
-    volume: Any,
+    volume: Volume,
     output: str | Path,
     options: CaseOptions,
     be: Any = None,
-    config: dict[str, Any] | None = None,
+    *,
+    uniform: bool = True,
+    free_text: bool = False,
 ) -> dict[str, Any]:
-    """Write one in-memory volume as ``output/<case_id>/`` in the job's layout (e.g. napari).
+    """Analyse one in-memory volume and write it as ``output/<case_id>/`` (Python API).
 
-    Same files and manifest as ``medscan segment`` (input hashes from ``volume.files`` when they
-    exist), written atomically, then ``index.csv`` is rebuilt.
+    :func:`~medscan.ct.analyse.analyse` then :func:`~medscan.io.case.write_case`: the same
+    files and manifest as ``medscan segment`` (input hashes from ``volume.files`` when they
+    exist, the same config hash for the same options), then ``index.csv`` is rebuilt.
 
     Returns
     -------
@@ -116,30 +90,14 @@ def write_volume_case(
         The manifest.
     """
     be = be or get_backend("cpu")
-    output = Path(output)
-    files = [Path(f) for f in volume.files if Path(f).is_file()]
-    inputs, input_hash = hash_series(files)
-    refs = FileRefs(files, hashes={str(f): i["sha256"] for f, i in zip(files, inputs, strict=True)})
-    volume.findings = refs.findings(volume.findings)
-    cfg = config or {"tissues": options.tissues.name, "segment": options.segment.to_dict(),
-                     "mesh": options.mesh.to_dict(), "mesh_labels": options.mesh_labels,
-                     "mesh_formats": options.mesh_formats, "min_slices": options.min_slices,
-                     "preview": options.preview}
     t0 = time.perf_counter()
-    with case_writer(output, volume.case_id) as write:
-        result = process_volume(volume, write.path, options, be)
-        manifest = {
-            "case_id": volume.case_id, "status": result.status, "reason": refs.text(result.reason),
-            "config": manifest_config(cfg), "config_hash": config_hash(cfg), "inputs": inputs,
-            "input_hash": input_hash, "id_secret_fingerprint": secret_fingerprint(),
-            "versions": versions(), "backend": be.name,
-            **SPACE, "labels": options.tissues.labels_dict(), "meshes": result.meshes,
-            "timings_s": result.timings_s, "seconds": round(time.perf_counter() - t0, 3),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        write_json(write.path / MANIFEST, manifest)
-    rebuild_index(output)
-    return manifest
+    config = case_config(options, uniform, free_text)
+    provenance = Provenance.for_files(list(volume.files), config, backend=be.name,
+                                      clock_start=t0)
+    result = analyse(volume, options, be)
+    write = write_case_folder(result, output, provenance, mesh_formats=options.mesh_formats,
+                              outputs=options.outputs)
+    return dict(write.manifest or {})
 
 
 class JobError(Exception):
@@ -229,7 +187,7 @@ def check_job(cfg: dict[str, Any]) -> tuple[Any, CaseOptions, str]:
     except (KeyError, TypeError) as exc:
         raise JobError(f"bad configuration: backend: {exc}") from None
     try:
-        options = options_from_config(cfg)
+        options = CaseOptions.from_config(cfg)
         select_shard([], int(cfg.get("shard", 0)), int(cfg.get("num_shards", 1)))
     except (KeyError, TypeError, ValueError) as exc:
         raise JobError(f"bad configuration: {exc}") from None
@@ -276,13 +234,41 @@ class _Job:
     """What every case of one run shares."""
 
     cfg: dict[str, Any]
-    cfg_hash: str
     source: Path
     output: Path
     options: CaseOptions
     be: Any
     fingerprint: str
     rows: list[tuple[str, str, str, float]] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=versions)
+
+    @property
+    def case_cfg(self) -> dict[str, Any]:
+        """What the config hash covers (:func:`~medscan.ct.analyse.case_config`)."""
+        return case_config(self.options, bool(self.cfg.get("uniform")),
+                           bool(self.cfg.get("free_text")))
+
+    @property
+    def cfg_hash(self) -> str:
+        """SHA-256 of :attr:`case_cfg`."""
+        return config_hash(self.case_cfg)
+
+    def provenance(self, files: list[Any], inputs: list[dict[str, Any]], input_hash: str,
+                   series: dict[str, Any], t0: float) -> Provenance:
+        """The provenance of one case of this run (inputs already hashed)."""
+        return Provenance(
+            config=job_config(self.cfg, self.options), config_hash=self.cfg_hash,
+            inputs=inputs, input_hash=input_hash, id_secret_fingerprint=self.fingerprint,
+            versions=self.versions, backend=self.be.name, series=series,
+            source_files=[str(f) for f in files], source_root=str(self.source), clock_start=t0)
+
+    def write(self, result: CaseResult, provenance: Provenance) -> Any:
+        """:func:`~medscan.io.case.write_case_folder` with this run's settings."""
+        return write_case_folder(
+            result, self.output, provenance, mesh_formats=self.options.mesh_formats,
+            outputs=self.options.outputs, label_table=self.options.tissues.labels_dict(),
+            lease_s=float(self.cfg.get("lease_s") or LEASE_S), scratch=_scratch(self.cfg),
+            index=False)
 
 
 def _case(job: _Job, series: Any, blocking: bool) -> bool:
@@ -350,92 +336,65 @@ def _lost_case(job: _Job, lost: LostSeries) -> None:
     ``index.csv`` lists it and the job exits 1 instead of reporting 0 cases with exit 0.
     """
     t0 = time.perf_counter()
+    reason = safe_text(lost.reason)
+    result = CaseResult(lost.case_id, "failed", reason, loader_findings=[Finding(
+        "all_files_skipped", "error", reason, details={"n_skipped": lost.n_files})])
+    provenance = job.provenance([], [], "", {"modality": lost.modality,
+                                             "n_files_refused": lost.n_files}, t0)
     try:
-        manifest: dict[str, Any] = {
-            "case_id": lost.case_id, "status": "failed", "reason": safe_text(lost.reason),
-            "config": manifest_config(job.cfg), "config_hash": job.cfg_hash, "inputs": [],
-            "input_hash": "", "id_secret_fingerprint": job.fingerprint, "versions": versions(),
-            "backend": job.be.name,
-            "series": {"modality": lost.modality, "n_files_refused": lost.n_files},
-            **SPACE, "labels": job.options.tissues.labels_dict(), "meshes": [],
-        }
-        finding = Finding("all_files_skipped", "error", manifest["reason"],
-                          details={"n_skipped": lost.n_files})
-        with case_writer(job.output, lost.case_id, float(job.cfg.get("lease_s") or LEASE_S),
-                         scratch=_scratch(job.cfg)) as write:
-            write_json(write.path / QC, {"case_id": lost.case_id,
-                                         "loader_findings": [finding.to_dict()],
-                                         "segmentation_findings": []})
-            manifest["seconds"] = round(time.perf_counter() - t0, 3)
-            manifest["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            write_json(write.path / MANIFEST, manifest)
+        write = job.write(result, provenance)
     except Exception as exc:
         if (stop := _job_level(exc, job.output)) is not None:
             raise JobError(f"output folder {job.output}: {stop.strerror or stop} "
                            f"(stopped at case {lost.case_id}; a rerun resumes)") from exc
         raise
-    job.rows.append((lost.case_id, "failed", manifest["reason"],
-                     round(time.perf_counter() - t0, 3)))
-    log.warning("case %s failed: %s", lost.case_id, manifest["reason"])
+    reason = (write.manifest or {}).get("reason", reason)
+    job.rows.append((lost.case_id, "failed", reason, round(time.perf_counter() - t0, 3)))
+    log.warning("case %s failed: %s", lost.case_id, reason)
 
 
 def _write_case(job: _Job, series: Any, refs: FileRefs, inputs: list[dict[str, Any]],
                 input_hash: str, t0: float) -> tuple[str, str]:
-    """Load, process and commit one case; returns its status and reason."""
+    """Load, analyse and commit one case; returns its status and reason."""
     from medscan.dicom import SeriesError, load
 
     series_dict = {k: v for k, v in series.to_dict().items() if k not in ("files", "findings")}
     series_dict["metadata"] = series_metadata(series.metadata, bool(job.cfg.get("free_text")))
-    manifest: dict[str, Any] = {
-        "case_id": series.case_id,
-        "status": "failed",
-        "reason": "",
-        "config": manifest_config(job.cfg),
-        "config_hash": job.cfg_hash,
-        "inputs": inputs,
-        "input_hash": input_hash,
-        "id_secret_fingerprint": job.fingerprint,
-        "versions": versions(),
-        "backend": job.be.name,
-        "series": series_dict,
-        **SPACE,
-        "labels": job.options.tissues.labels_dict(),
-        "meshes": [],
-    }
-    with case_writer(job.output, series.case_id, float(job.cfg.get("lease_s") or LEASE_S),
-                     scratch=_scratch(job.cfg)) as write:
-        tmp = write.path
-        timings: dict[str, float] = {}
-        try:
-            t = time.perf_counter()
-            volume = load(series, workers=job.cfg.get("workers"),
-                          uniform=bool(job.cfg.get("uniform")))
-            timings["load"] = round(time.perf_counter() - t, 4)
-            volume.findings = refs.findings(volume.findings)
-            volume.metadata = series_metadata(volume.metadata, bool(job.cfg.get("free_text")))
-            result = process_volume(volume, tmp, job.options, job.be, timings)
-            manifest.update(status=result.status, reason=refs.text(result.reason),
-                            meshes=result.meshes, timings_s=result.timings_s)
-        except SeriesError as exc:
-            manifest.update(reason=refs.text(f"cannot load the series: {exc}"),
+    provenance = job.provenance(series.files, inputs, input_hash, series_dict, t0)
+    timings: dict[str, float] = {}
+    try:
+        t = time.perf_counter()
+        volume = load(series, workers=job.cfg.get("workers"),
+                      uniform=bool(job.cfg.get("uniform")))
+        timings["load"] = round(time.perf_counter() - t, 4)
+        volume.findings = refs.findings(volume.findings)
+        volume.metadata = series_metadata(volume.metadata, bool(job.cfg.get("free_text")))
+        result = analyse(volume, job.options, job.be)
+        result.timings_s = {**timings, **result.timings_s}
+    except SeriesError as exc:
+        result = CaseResult(series.case_id, "failed", f"cannot load the series: {exc}",
+                            loader_findings=refs.findings(series.findings), timings_s=timings)
+    except Exception as exc:
+        if _job_level(exc, job.output) is not None:
+            raise
+        log.error("case %s failed:\n%s", series.case_id, _traceback(exc, refs))
+        result = CaseResult(series.case_id, "failed", f"{type(exc).__name__}: {exc}",
                             timings_s=timings)
-            write_json(tmp / QC, {"case_id": series.case_id, "loader_findings": [
-                f.to_dict() for f in refs.findings(series.findings)],
-                "segmentation_findings": []})
-        except Exception as exc:
-            if _job_level(exc, job.output) is not None:
-                raise
-            log.error("case %s failed:\n%s", series.case_id, _traceback(exc, refs))
-            manifest.update(reason=refs.text(f"{type(exc).__name__}: {exc}"),
-                            timings_s=timings)
-        manifest["reason"] = safe_text(manifest["reason"])
-        manifest["seconds"] = round(time.perf_counter() - t0, 3)
-        manifest["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        write_json(tmp / MANIFEST, manifest)
+    try:
+        write = job.write(result, provenance)
+    except Exception as exc:  # a file of the case could not be made: record the failure
+        if _job_level(exc, job.output) is not None:
+            raise
+        log.error("case %s: writing failed:\n%s", series.case_id, _traceback(exc, refs))
+        result = CaseResult(series.case_id, "failed", f"{type(exc).__name__}: {exc}",
+                            loader_findings=result.all_loader_findings(),
+                            timings_s=result.timings_s)
+        write = job.write(result, provenance)
+    manifest = write.manifest or {}
     if write.kept:
-        return "failed", (f"{manifest['reason']} (not written: the existing ok case of the "
-                          "same inputs was kept)")
-    return manifest["status"], manifest["reason"]
+        return "failed", (f"{manifest.get('reason', '')} (not written: the existing ok case of "
+                          "the same inputs was kept)")
+    return manifest.get("status", "failed"), manifest.get("reason", "")
 
 
 def _scratch(cfg: dict[str, Any]) -> Path | None:
@@ -471,8 +430,7 @@ def _run_segment(cfg: dict[str, Any]) -> int:
     be, options, fingerprint = check_job(cfg)
     source = Path(cfg["input"]) if cfg.get("input") else sample_path()
     output = Path(cfg["output"])
-    cfg_for_hash = {k: v for k, v in cfg.items() if k not in RUNTIME_KEYS}
-    job = _Job(cfg, config_hash(cfg_for_hash), source, output, options, be, fingerprint)
+    job = _Job(cfg, source, output, options, be, fingerprint)
 
     found = discover(source, salt=cfg.get("salt"), progress=bool(cfg.get("progress")))
     if found.skipped:  # named on the terminal (relative paths); the log in DIR holds no paths

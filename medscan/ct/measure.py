@@ -30,18 +30,8 @@ from medscan.ct.orient import canonical_reorientation
 from medscan.ct.regions import lung_regions, lung_voxels
 from medscan.ct.structures import structure_stats
 from medscan.ct.tissues import LUNG_LEFT, LUNG_RIGHT, TissueTable
+from medscan.io.layout import LUNG_KEYS  # the output contract (index.csv columns)
 from medscan.volume import AIR_HU, Finding, Volume
-
-#: Keys of the lung metrics (null when no lungs were found).
-LUNG_KEYS = (
-    "lung_volume_ml",
-    "lung_left_ml",
-    "lung_right_ml",
-    "lung_complete",
-    "mean_lung_hu",
-    "laa950_percent",
-    "perc15_hu",
-)
 
 
 def measure(

@@ -1,4 +1,4 @@
-"""Surface meshes of labels in patient coordinates (LPS, mm) and their export.
+"""Surface meshes of labels in patient coordinates (LPS, mm).
 
 Per label: the mask's bounding box is block-averaged to about ``work_mm`` voxels (occupancy
 0..1; for thin labels such as bone mixed with the block maximum, so ribs thinner than a working
@@ -7,33 +7,32 @@ are closed) and iso-surfaced at 0.5 by marching cubes (``be.marching_cubes``). V
 through the volume's full 4x4 affine (direction cosines included, not only the spacing) to
 LPS mm and faces are oriented outward. Then optional Taubin smoothing
 (``trimesh.smoothing.filter_taubin``, volume-preserving) and quadric decimation
-(``Trimesh.simplify_quadric_decimation``, fast-simplification).
+(``Trimesh.simplify_quadric_decimation``, fast-simplification). Writing them (PLY, STL, OBJ,
+glTF) is :mod:`medscan.io.mesh`'s job.
 
-Defaults (:class:`MeshParams`): 1.5 mm working grid, Gaussian sigma 0.6, 10 Taubin iterations
-(lambda 0.5, nu -0.53), decimation to at most 40 000 faces per label.
+Defaults (:class:`MeshParams`, from ``conf/segment.yaml``): 1.5 mm working grid, Gaussian sigma
+0.6, 10 Taubin iterations (lambda 0.5, nu -0.53), decimation to at most 40 000 faces per label.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from medscan.backend import Backend, get_backend
 from medscan.ct.ops import block_factors, block_mean, label_bbox
+from medscan.defaults import segment_defaults
 from medscan.volume import world_from_zyx
 
-#: Mesh formats written by :func:`export_mesh`.
-FORMATS = ("ply", "stl", "obj", "glb")
-#: Coordinate description stored in manifests and (where the format allows) in the files.
-SPACE = {"coordinate_space": "LPS", "units": "mm"}
+#: Defaults of :class:`MeshParams`: the ``mesh`` section of ``conf/segment.yaml``.
+_YAML = segment_defaults("mesh")
 
 
 @dataclass(frozen=True)
 class MeshParams:
-    """Mesh options (the ``mesh`` section of ``conf/segment.yaml``).
+    """Mesh options (the ``mesh`` section of ``conf/segment.yaml``; defaults read from it).
 
     Attributes
     ----------
@@ -56,14 +55,14 @@ class MeshParams:
         Weight of the block maximum in that field (0 = plain block mean, 1 = pure maximum).
     """
 
-    work_mm: float = 1.5
-    presmooth_sigma: float = 0.6
-    smooth_iterations: int = 10
-    smooth_lambda: float = 0.5
-    smooth_nu: float = -0.53
-    max_faces: int = 40000
-    thin_labels: tuple[str, ...] = ("bone",)
-    thin_weight: float = 0.6
+    work_mm: float = _YAML["work_mm"]
+    presmooth_sigma: float = _YAML["presmooth_sigma"]
+    smooth_iterations: int = _YAML["smooth_iterations"]
+    smooth_lambda: float = _YAML["smooth_lambda"]
+    smooth_nu: float = _YAML["smooth_nu"]
+    max_faces: int = _YAML["max_faces"]
+    thin_labels: tuple[str, ...] = tuple(_YAML["thin_labels"])  # type: ignore[assignment]
+    thin_weight: float = _YAML["thin_weight"]
 
     @classmethod
     def from_config(cls, cfg: Any) -> MeshParams:
@@ -181,75 +180,3 @@ def _signed_volume(mesh: Any) -> float:
     """Signed enclosed volume (divergence theorem); cheaper than trimesh's mass properties."""
     tri = mesh.vertices[mesh.faces]
     return float(np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])).sum() / 6.0)
-
-
-def mesh_summary(mesh: Any) -> dict[str, Any]:
-    """Vertex/face counts, watertightness, enclosed volume (mL) and LPS bounds (mm)."""
-    watertight = bool(mesh.is_watertight)
-    return {
-        "vertices": len(mesh.vertices),
-        "faces": len(mesh.faces),
-        "watertight": watertight,
-        "volume_ml": round(float(abs(mesh.volume)) / 1000.0, 3) if watertight else None,
-        "bounds_mm": np.round(mesh.bounds, 3).tolist(),
-    }
-
-
-def export_mesh(
-    mesh: Any,
-    path: str | Path,
-    color: tuple[int, int, int],
-    metadata: dict[str, Any] | None = None,
-) -> Path:
-    """Write ``mesh`` to ``path`` (format from the suffix: ply, stl, obj or glb).
-
-    Colours are per vertex (not in STL). The coordinate space (LPS, mm) and ``metadata`` are
-    stored where the format allows: a PLY header comment, the OBJ header comment, the 80-byte
-    STL header, and the glTF mesh ``extras``.
-
-    Parameters
-    ----------
-    mesh : trimesh.Trimesh
-        Surface in LPS mm.
-    path : str or Path
-        Output file.
-    color : tuple of int
-        RGB 0..255.
-    metadata : dict, optional
-        Extra JSON-safe fields (tissue name, label id, case id).
-
-    Returns
-    -------
-    Path
-    """
-    import trimesh
-
-    path = Path(path)
-    fmt = path.suffix.lstrip(".").lower()
-    if fmt not in FORMATS:
-        raise ValueError(f"{path}: unknown mesh format {fmt!r} (use one of {FORMATS})")
-    meta = {**SPACE, **(metadata or {})}
-    out = mesh.copy()
-    rgba = np.array([*color, 255], dtype=np.uint8)
-    colors = np.tile(rgba, (len(out.vertices), 1))
-    out.visual = trimesh.visual.ColorVisuals(out, vertex_colors=colors)
-    text = " ".join(f"{k}={v}" for k, v in meta.items())
-    if fmt == "ply":
-        data = trimesh.exchange.ply.export_ply(out, encoding="binary")
-        head, sep, rest = data.partition(b"\n")  # b"ply"
-        fmt_line, sep2, rest = rest.partition(b"\n")
-        data = head + sep + fmt_line + sep2 + f"comment medscan {text}\n".encode() + rest
-    elif fmt == "stl":
-        data = bytearray(trimesh.exchange.stl.export_stl(out))
-        header = f"medscan {text}".encode()[:80]
-        data[:80] = header.ljust(80, b" ")
-        data = bytes(data)
-    elif fmt == "obj":
-        data = trimesh.exchange.obj.export_obj(out, include_color=True, header=f"medscan {text}")
-        data = data.encode()
-    else:
-        out.metadata.update(meta)
-        out.units = "mm"
-        data = trimesh.Scene(out).export(file_type="glb")
-    path.write_bytes(data)
-    return path

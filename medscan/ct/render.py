@@ -172,6 +172,36 @@ def render_preview(
     return path
 
 
+def preview_png(
+    hu: np.ndarray,
+    labels: np.ndarray,
+    affine: np.ndarray,
+    tissues: TissueTable,
+    meshes: dict[str, Any],
+    title: str = "",
+    dpi: int = 80,
+) -> bytes:
+    """The preview of one case as PNG bytes, in memory (the figure of :func:`preview_figure`).
+
+    Rendered by the figure's own Agg canvas (``FigureCanvasAgg``): no pyplot, no global
+    backend switch.
+
+    Returns
+    -------
+    bytes
+        A PNG image.
+    """
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = preview_figure(hu, labels, affine, tissues, meshes, title, dpi)
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
 def preview_figure(
     hu: np.ndarray,
     labels: np.ndarray,

@@ -54,12 +54,18 @@ from medscan.ct.ops import (
 )
 from medscan.ct.orient import canonical_reorientation
 from medscan.ct.tissues import LUNG_LEFT, LUNG_RIGHT, TissueTable
+from medscan.defaults import segment_defaults
 from medscan.volume import Finding, Volume
+
+#: Defaults of :class:`SegmentParams`: the ``segment`` section of ``conf/segment.yaml``.
+_YAML = segment_defaults("segment")
 
 
 @dataclass(frozen=True)
 class SegmentParams:
     """Parameters of :func:`segment` (the ``segment`` section of ``conf/segment.yaml``).
+
+    Field defaults are read from that file (:mod:`medscan.defaults`), never repeated here.
 
     Attributes
     ----------
@@ -104,24 +110,24 @@ class SegmentParams:
         on gives a ``metal`` finding.
     """
 
-    body_threshold_hu: float = -500.0
-    body_opening_mm: float = 2.0
-    lung_threshold_hu: float = -320.0
-    lung_min_ml: float = 50.0
-    gas_median_hu: float = -950.0
-    bronchi_mm: float = 30.0
-    airway_search_mm: float = 60.0
-    trachea_max_offset_mm: float = 35.0
-    trachea_area_cm2: tuple[float, float] = (0.5, 10.0)
-    bronchus_min_cm2: float = 0.2
-    bronchi_max_offset_mm: float = 60.0
-    airway_max_hu: float = -900.0
-    closing_mm: float = 3.0
-    split_max_erosions: int = 12
-    min_lung_fraction: float = 0.08
-    lungs_min_total_ml: float = 250.0
-    work_mm: float = 1.5
-    metal_min_ml: float = 0.05
+    body_threshold_hu: float = _YAML["body_threshold_hu"]
+    body_opening_mm: float = _YAML["body_opening_mm"]
+    lung_threshold_hu: float = _YAML["lung_threshold_hu"]
+    lung_min_ml: float = _YAML["lung_min_ml"]
+    gas_median_hu: float = _YAML["gas_median_hu"]
+    bronchi_mm: float = _YAML["bronchi_mm"]
+    airway_search_mm: float = _YAML["airway_search_mm"]
+    trachea_max_offset_mm: float = _YAML["trachea_max_offset_mm"]
+    trachea_area_cm2: tuple[float, float] = tuple(_YAML["trachea_area_cm2"])  # type: ignore
+    bronchus_min_cm2: float = _YAML["bronchus_min_cm2"]
+    bronchi_max_offset_mm: float = _YAML["bronchi_max_offset_mm"]
+    airway_max_hu: float = _YAML["airway_max_hu"]
+    closing_mm: float = _YAML["closing_mm"]
+    split_max_erosions: int = _YAML["split_max_erosions"]
+    min_lung_fraction: float = _YAML["min_lung_fraction"]
+    lungs_min_total_ml: float = _YAML["lungs_min_total_ml"]
+    work_mm: float = _YAML["work_mm"]
+    metal_min_ml: float = _YAML["metal_min_ml"]
 
     @classmethod
     def from_config(cls, cfg: Any) -> SegmentParams:

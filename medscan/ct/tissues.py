@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from medscan.volume import Label
+
 #: Structure names the lung segmentation writes.
 LUNG_LEFT = "lung_left"
 LUNG_RIGHT = "lung_right"
@@ -111,6 +113,26 @@ class TissueTable:
         """``{"<id>": {"name", "color"}}`` for manifests (JSON keys are strings)."""
         return {str(t.label): {"name": t.name, "color": list(t.color)} for t in self.all}
 
+    def label_table(self) -> dict[int, Label]:
+        """The label table of a :class:`~medscan.volume.LabelMap` made with this table."""
+        return {t.label: Label(t.label, t.name, t.color) for t in self.all}
+
+    def to_config(self) -> dict[str, Any]:
+        """The table as the ``tissues`` config mapping (inverse of :meth:`from_config`)."""
+
+        def spec(t: Tissue, band: bool) -> dict[str, Any]:
+            out: dict[str, Any] = {"label": t.label, "color": list(t.color), "source": t.source}
+            if band:
+                out["hu"] = [t.hu_min, t.hu_max]
+            return out
+
+        return {
+            "name": self.name,
+            "bands": {t.name: spec(t, True) for t in self.bands},
+            "other": {self.other.name: spec(self.other, False)},
+            "structures": {t.name: spec(t, False) for t in self.structures},
+        }
+
     def int16_lut(self) -> np.ndarray:
         """uint8 look-up table indexed by ``hu.view(uint16)`` for int16 HU values.
 
@@ -160,9 +182,6 @@ class TissueTable:
 
 def default_tissues() -> TissueTable:
     """The table of ``conf/tissues/default.yaml`` (read from the installed config package)."""
-    from importlib.resources import files
+    from medscan.defaults import tissue_defaults
 
-    import yaml
-
-    text = (files("medscan_conf") / "tissues" / "default.yaml").read_text()
-    return TissueTable.from_config(yaml.safe_load(text))
+    return TissueTable.from_config(tissue_defaults())

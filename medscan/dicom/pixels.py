@@ -659,7 +659,6 @@ def load(
             "n_slices": series.n_slices,
             "transfer_syntax": series.transfer_syntax_name,
             "transfer_syntax_uid": series.transfer_syntax,
-            "spacing_mm": list(series.spacing),
             "padding_voxels": n_pad,
             "air_hu": AIR_HU,
         }

@@ -1,38 +1,239 @@
-"""The segment job's output layout: names, and readers for case folders and batch folders.
+"""The case folder: :func:`write_case` (the ONE manifest builder) and :func:`read_case`.
 
-::
+Every case folder -- a ``medscan segment`` case (ok, failed, or a series whose files were all
+refused), a case saved from the napari widget, a Python user's -- is written by
+:func:`write_case`: atomically (:func:`medscan.io.casedir.case_writer`: built in a temporary
+folder, renamed when complete; a failure never replaces an ``ok`` case of the same inputs),
+with the manifest written last. :func:`read_case` is the one reader of that contract, and
+:func:`rebuild_index` the one writer of ``index.csv`` (from :func:`read_manifest`).
 
-    DIR/<case_id>/volume.nii.gz        HU, RAS affine (= dcm2niix's)
-    DIR/<case_id>/labels.nii.gz        uint8 label map, same grid
-    DIR/<case_id>/meshes/<tissue>.<fmt>
-    DIR/<case_id>/metrics.json, qc.json, preview.png, manifest.json
-    DIR/index.csv                      one row per case (rebuilt from the manifests)
-
-Folders whose name starts with ``.`` (temporary case folders, Hydra logs, locks) are never
-cases.
+File names: :mod:`medscan.io.layout`. Optional outputs beyond the core files are writers
+registered in :data:`OUTPUT_WRITERS` (``outputs=[...]`` in ``conf/segment.yaml``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
-from collections.abc import Iterator
+import fcntl
+import io
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from medscan.ct.measure import LUNG_KEYS
-from medscan.io.atomic import read_json
+from medscan.case import CaseResult, Provenance, utc_now
+from medscan.io.atomic import read_json, write_bytes, write_json, write_text
+from medscan.io.casedir import LEASE_S, CaseWrite, case_writer
+from medscan.io.gallery import write_gallery
+from medscan.io.layout import (
+    INDEX,
+    INDEX_COLUMNS,
+    LABELS,
+    MANIFEST,
+    METRICS,
+    PREVIEW,
+    QC,
+    VOLUME,
+    mesh_path,
+    read_manifest,
+)
+from medscan.io.mesh import FORMATS, SPACE, export_mesh, mesh_summary
+from medscan.io.redact import FileRefs, relative_paths, safe_text
+from medscan.volume import Finding, LabelMap, Volume
 
-VOLUME = "volume.nii.gz"
-LABELS = "labels.nii.gz"
-METRICS = "metrics.json"
-QC = "qc.json"
-PREVIEW = "preview.png"
-MANIFEST = "manifest.json"
-MESH_DIR = "meshes"
-INDEX = "index.csv"
+#: ``index.csv``'s lock file (held while the index is rebuilt).
+LOCK_NAME = ".index.lock"
 
-#: Columns of ``index.csv``, in order.
-INDEX_COLUMNS = ("case_id", "status", "reason", *LUNG_KEYS, "seconds")
+#: A writer of an optional output: ``writer(result, folder, provenance)`` writes its files into
+#: the (temporary) case folder and returns their paths relative to it.
+OutputWriter = Callable[[CaseResult, Path, Provenance], list[str]]
+
+
+def _write_nifti(result: CaseResult, folder: Path, provenance: Provenance) -> list[str]:
+    """``volume.nii.gz`` and ``labels.nii.gz`` (those that exist in ``result``)."""
+    written = []
+    if result.volume is not None:
+        result.volume.to_nifti(folder / VOLUME)
+        written.append(VOLUME)
+    if result.labels is not None:
+        result.labels.to_nifti(folder / LABELS)
+        written.append(LABELS)
+    return written
+
+
+#: Optional outputs by name (``write_case(..., outputs=[...])``). Extension point: a module
+#: adds its writer here, e.g. ``OUTPUT_WRITERS["dicom_seg"] = write_dicom_seg``.
+OUTPUT_WRITERS: dict[str, OutputWriter] = {"nifti": _write_nifti}
+
+
+def write_case(
+    result: CaseResult,
+    output: str | Path,
+    provenance: Provenance,
+    *,
+    mesh_formats: Iterable[str] = ("ply", "glb"),
+    outputs: Iterable[str] = ("nifti",),
+    label_table: dict[str, Any] | None = None,
+    lease_s: float = LEASE_S,
+    scratch: str | Path | None = None,
+    index: bool = True,
+) -> Path:
+    """Write ``result`` as ``output/<case_id>/``, atomically, the manifest last.
+
+    See :func:`write_case_folder` (this returns only the case folder's path).
+    """
+    write = write_case_folder(result, output, provenance, mesh_formats=mesh_formats,
+                              outputs=outputs, label_table=label_table, lease_s=lease_s,
+                              scratch=scratch, index=index)
+    return Path(output) / result.case_id if write.committed or write.kept else write.path
+
+
+def write_case_folder(
+    result: CaseResult,
+    output: str | Path,
+    provenance: Provenance,
+    *,
+    mesh_formats: Iterable[str] = ("ply", "glb"),
+    outputs: Iterable[str] = ("nifti",),
+    label_table: dict[str, Any] | None = None,
+    lease_s: float = LEASE_S,
+    scratch: str | Path | None = None,
+    index: bool = True,
+) -> CaseWrite:
+    """Write ``result`` as ``output/<case_id>/`` and report how the commit went.
+
+    Files: the optional ``outputs`` (default ``nifti``: ``volume.nii.gz``, ``labels.nii.gz``),
+    ``meshes/<tissue>.<fmt>`` for each surface and format, ``metrics.json`` (when there are
+    metrics), ``qc.json`` (always), ``preview.png`` (when rendered), then ``manifest.json``.
+    Findings and the reason name input files as ``slice <i> sha256:<hex>`` and other paths as
+    ``<path>``; path values of the stored config are made relative to the input root.
+
+    Parameters
+    ----------
+    result : CaseResult
+        What was computed (:func:`medscan.ct.analyse.analyse`), or a failed case.
+    output : str or Path
+        Batch output folder.
+    provenance : Provenance
+        Config, hashes, versions (:meth:`Provenance.for_files`).
+    mesh_formats : iterable of str
+        Subset of ``ply, stl, obj, glb``.
+    outputs : iterable of str
+        Names in :data:`OUTPUT_WRITERS`.
+    label_table : dict, optional
+        The manifest's ``labels`` when ``result.labels`` is None (a failed case).
+    lease_s : float
+        Lease of the temporary folder (:func:`medscan.io.casedir.case_writer`).
+    scratch : str or Path, optional
+        Node-local folder to build the case in.
+    index : bool
+        Rebuild ``output/index.csv`` afterwards (the job rebuilds it once at the end instead).
+
+    Returns
+    -------
+    CaseWrite
+        ``committed`` (the folder is in place), ``kept`` (a failed result did not replace an
+        ``ok`` case of the same inputs), and ``manifest`` (as written).
+
+    Raises
+    ------
+    ValueError
+        For an unknown output or mesh format (before anything is written).
+    OSError
+        When the output folder cannot be written (nothing half-written stays behind).
+    """
+    outputs, mesh_formats = list(outputs), list(mesh_formats)
+    unknown = [o for o in outputs if o not in OUTPUT_WRITERS]
+    if unknown:
+        raise ValueError(f"unknown output(s) {unknown}: use {sorted(OUTPUT_WRITERS)}")
+    bad = [f for f in mesh_formats if f not in FORMATS]
+    if bad:
+        raise ValueError(f"unknown mesh format(s) {bad}: use {list(FORMATS)}")
+    output = Path(output)
+    refs = FileRefs(provenance.source_files, provenance.source_root,
+                    hashes={f: i["sha256"] for f, i in zip(provenance.source_files,
+                                                           provenance.inputs, strict=False)})
+    t0 = time.perf_counter()
+    with case_writer(output, result.case_id, lease_s, scratch=scratch) as write:
+        folder = write.path
+        for name in outputs:
+            OUTPUT_WRITERS[name](result, folder, provenance)
+        meshes = _write_meshes(result, folder, mesh_formats)
+        if result.metrics:
+            write_json(folder / METRICS, result.metrics)
+        write_json(folder / QC, {
+            "case_id": result.case_id,
+            "loader_findings": [f.to_dict() for f in refs.findings(result.all_loader_findings())],
+            "segmentation_findings": [f.to_dict() for f in refs.findings(result.findings)],
+        })
+        if result.preview_png is not None:
+            write_bytes(folder / PREVIEW, result.preview_png)
+        timings = {**result.timings_s, "write": round(time.perf_counter() - t0, 4)}
+        manifest = build_manifest(result, provenance, refs, meshes, timings, label_table)
+        write_json(folder / MANIFEST, manifest)
+        write.manifest = manifest
+    if index:
+        rebuild_index(output)
+    return write
+
+
+def build_manifest(
+    result: CaseResult,
+    provenance: Provenance,
+    refs: FileRefs,
+    meshes: list[dict[str, Any]],
+    timings_s: dict[str, float],
+    label_table: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The content of ``manifest.json`` (the only place it is assembled).
+
+    ``seconds`` is the provenance's, else the time since ``provenance.clock_start``, else the
+    sum of the top-level stage timings.
+    """
+    if result.labels is not None:
+        labels = result.labels.labels_dict()
+    else:
+        labels = dict(label_table or {})
+    seconds = provenance.seconds
+    if seconds is None:
+        seconds = (time.perf_counter() - provenance.clock_start
+                   if provenance.clock_start is not None
+                   else sum(v for k, v in timings_s.items() if "." not in k))
+    fields = provenance.manifest_fields()
+    fields["config"] = relative_paths(fields["config"], provenance.source_root)
+    return {
+        "case_id": result.case_id,
+        "status": result.status,
+        "reason": safe_text(refs.text(result.reason)),
+        **fields,
+        **SPACE,
+        "labels": labels,
+        "meshes": meshes,
+        "timings_s": timings_s,
+        "seconds": round(float(seconds), 3),
+        "created": provenance.created or utc_now(),
+    }
+
+
+def _write_meshes(result: CaseResult, folder: Path, formats: list[str]) -> list[dict[str, Any]]:
+    """Write every surface in every format; the manifest's ``meshes`` entries."""
+    entries: list[dict[str, Any]] = []
+    if not result.surfaces or not formats:
+        return entries
+    table = {lab.name: lab for lab in (result.labels.labels.values() if result.labels else [])}
+    for name, surface in result.surfaces.items():
+        label = table.get(name)
+        value = label.value if label is not None else 0
+        color = label.color if label is not None else (200, 200, 200)
+        info = mesh_summary(surface)
+        for fmt in formats:
+            rel = mesh_path(name, fmt)
+            export_mesh(surface, folder / rel, color,
+                        {"tissue": name, "label": value, "case_id": result.case_id})
+            entries.append({"tissue": name, "label": value, "format": fmt, "path": rel,
+                            **SPACE, **info})
+    return entries
 
 
 def is_case_dir(path: Path) -> bool:
@@ -50,60 +251,127 @@ def iter_case_dirs(output: str | Path) -> Iterator[Path]:
             yield child
 
 
-def read_manifest(case_dir: str | Path) -> dict[str, Any]:
-    """``manifest.json`` of a case folder."""
-    return read_json(Path(case_dir) / MANIFEST)
+def _findings(items: list[dict[str, Any]] | None) -> list[Finding]:
+    return [Finding(f["code"], f["severity"], f["message"], list(f.get("files") or []),
+                    dict(f.get("details") or {})) for f in items or []]
 
 
-def read_case(case_dir: str | Path, *, load_arrays: bool = False) -> dict[str, Any]:
-    """Read one case folder.
+def read_case(case_dir: str | Path, *, arrays: bool = True, meshes: bool = False) -> CaseResult:
+    """Read one case folder back into a :class:`~medscan.case.CaseResult`.
 
     Parameters
     ----------
     case_dir : str or Path
         ``DIR/<case_id>``.
-    load_arrays : bool
-        Also load ``volume`` and ``labels`` as :class:`~medscan.volume.Volume` objects
-        (``labels.hu`` holds the label map).
+    arrays : bool
+        Load ``volume.nii.gz`` (as ``result.volume``) and ``labels.nii.gz`` (as
+        ``result.labels``, with the manifest's label table) when present.
+    meshes : bool
+        Load the surfaces (``result.surfaces``, trimesh, LPS mm), one file per tissue (the
+        first of the manifest's formats).
 
     Returns
     -------
-    dict
-        ``case_id, status, reason, manifest, metrics (or None), qc (or None), paths`` (name ->
-        Path of the files present, meshes as ``{tissue: {fmt: Path}}``) and, with
-        ``load_arrays``, ``volume`` and ``labels``.
+    CaseResult
+        ``status, reason, metrics`` (``{}`` when absent), ``findings`` / ``loader_findings``
+        (from ``qc.json``), ``provenance``, ``manifest``, ``folder`` and ``files`` (name -> Path
+        of the files present, meshes as ``{tissue: {fmt: Path}}``).
+
+    Raises
+    ------
+    OSError, ValueError
+        When the manifest is missing or unreadable.
     """
     folder = Path(case_dir)
     manifest = read_manifest(folder)
-    out: dict[str, Any] = {
-        "case_id": manifest.get("case_id", folder.name),
-        "status": manifest.get("status"),
-        "reason": manifest.get("reason", ""),
-        "manifest": manifest,
-        "metrics": read_json(folder / METRICS) if (folder / METRICS).is_file() else None,
-        "qc": read_json(folder / QC) if (folder / QC).is_file() else None,
-    }
-    paths: dict[str, Any] = {}
+    case_id = str(manifest.get("case_id", folder.name))
+    qc = read_json(folder / QC) if (folder / QC).is_file() else {}
+    files: dict[str, Any] = {}
     for key, name in (("volume", VOLUME), ("labels", LABELS), ("preview", PREVIEW)):
         if (folder / name).is_file():
-            paths[key] = folder / name
-    meshes: dict[str, dict[str, Path]] = {}
+            files[key] = folder / name
+    mesh_files: dict[str, dict[str, Path]] = {}
     for entry in manifest.get("meshes", []):
         p = folder / entry["path"]
         if p.is_file():
-            meshes.setdefault(entry["tissue"], {})[entry["format"]] = p
-    paths["meshes"] = meshes
-    out["paths"] = paths
-    if load_arrays:
-        from medscan.volume import Volume
+            mesh_files.setdefault(entry["tissue"], {})[entry["format"]] = p
+    files["meshes"] = mesh_files
+    result = CaseResult(
+        case_id=case_id,
+        status="ok" if manifest.get("status") == "ok" else "failed",
+        reason=str(manifest.get("reason", "")),
+        metrics=read_json(folder / METRICS) if (folder / METRICS).is_file() else {},
+        findings=_findings(qc.get("segmentation_findings")),
+        loader_findings=_findings(qc.get("loader_findings")),
+        timings_s=dict(manifest.get("timings_s") or {}),
+        provenance=Provenance.from_manifest(manifest),
+        manifest=manifest,
+        folder=folder,
+        files=files,
+    )
+    if arrays and "volume" in files:
+        result.volume = Volume.from_nifti(files["volume"], case_id=case_id)
+    if arrays and "labels" in files:
+        result.labels = LabelMap.from_nifti(files["labels"], manifest.get("labels") or None,
+                                            case_id=case_id)
+    if meshes:
+        import trimesh
 
-        out["volume"] = Volume.from_nifti(folder / VOLUME, case_id=out["case_id"])
-        if (folder / LABELS).is_file():
-            out["labels"] = Volume.from_nifti(folder / LABELS, case_id=out["case_id"])
-    return out
+        for tissue, by_fmt in mesh_files.items():
+            path = next(iter(by_fmt.values()))
+            loaded = trimesh.load(str(path), force="mesh", process=False)
+            result.surfaces[tissue] = loaded
+    return result
 
 
 def read_index(output: str | Path) -> list[dict[str, str]]:
     """Rows of ``DIR/index.csv`` (strings, as written)."""
     with open(Path(output) / INDEX, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def rebuild_index(output: str | Path) -> Path:
+    """Rewrite ``output/index.csv`` and its gallery ``index.html`` from the case folders.
+
+    Holds an exclusive ``flock`` on ``output/.index.lock`` while reading and writing, so
+    concurrent shards writing into one folder never interleave; the file is replaced
+    atomically.
+    """
+    root = Path(output)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / LOCK_NAME, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=list(INDEX_COLUMNS), lineterminator="\n")
+            writer.writeheader()
+            rows: list[dict[str, Any]] = []
+            for case in iter_case_dirs(root):
+                try:
+                    manifest = read_manifest(case)
+                except (OSError, ValueError):
+                    continue
+                metrics: dict[str, Any] = {}
+                if (case / METRICS).is_file():
+                    with contextlib.suppress(OSError, ValueError):
+                        metrics = read_json(case / METRICS)
+                row = {k: _fmt(metrics.get(k)) for k in INDEX_COLUMNS}
+                row["case_id"] = manifest.get("case_id", case.name)
+                row["status"] = manifest.get("status", "")
+                row["reason"] = manifest.get("reason", "")
+                row["seconds"] = _fmt(manifest.get("seconds"))
+                writer.writerow(row)
+                rows.append(row)
+            write_text(root / INDEX, buf.getvalue())
+            write_gallery(root, rows)  # index.html: the same rows, with previews
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return root / INDEX

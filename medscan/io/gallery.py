@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from medscan.io.atomic import write_text
-from medscan.io.case import MANIFEST, METRICS, PREVIEW, QC
+from medscan.io.layout import MANIFEST, METRICS, PREVIEW, QC
 
 GALLERY = "index.html"
 

@@ -175,3 +175,27 @@ def relative_to_root(path: str | Path, root: str | Path) -> str:
         except ValueError:
             continue
     return safe_text(p.name)
+
+
+def relative_paths(value: Any, root: str | Path | None) -> Any:
+    """``value`` (a JSON-like config) with every absolute path made relative to ``root``.
+
+    A string that is an absolute path under the input root becomes that path relative to it
+    (``"."`` for the root itself); any other absolute path becomes ``"<path>"``: a stored config
+    never holds an archive's absolute path (folder names can carry identity).
+    """
+    if isinstance(value, dict):
+        return {k: relative_paths(v, root) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [relative_paths(v, root) for v in value]
+    if isinstance(value, Path):
+        value = str(value)
+    if not isinstance(value, str) or not value.startswith(("/", "~")):
+        return value
+    p = Path(value).expanduser()
+    if root is not None:
+        base = Path(root)
+        for a, b in ((p, base), (p.resolve(), base.resolve())):
+            with contextlib.suppress(ValueError):
+                return safe_text(str(a.relative_to(b)))
+    return "<path>"

@@ -1,21 +1,16 @@
-"""What the CT segmentation widget runs: the segment job's own stages on one in-memory volume.
+"""What the CT segmentation widget runs: :func:`medscan.ct.analyse.analyse` on one volume.
 
 Nothing here re-implements the CT pipeline: :func:`run_case` calls
-:func:`medscan.ct.pipeline.process_volume` (segment, measure, mesh, preview, files) with the job's
-defaults from ``conf/segment.yaml`` and the widget's tissue table, into a staging folder;
-:func:`save_case` moves those files into ``output/<case_id>/`` with
-:func:`medscan.batch.atomic_case_dir`, writes the same ``manifest.json`` fields as the job and
-rebuilds ``index.csv`` with :func:`medscan.batch.rebuild_index`. So a case saved from napari
-is a case like any other for the reader, ``medscan segment`` reruns and the batch index.
+:func:`medscan.ct.analyse.analyse` (segment, measure, mesh, preview; in memory) with the job's
+defaults from ``conf/segment.yaml`` and the widget's tissue table; :func:`save_case` writes the
+result with :func:`medscan.io.case.write_case`, the writer of every case folder (same files,
+manifest and config hash as ``medscan segment``). So a case saved from napari is a case like any
+other for the reader, ``medscan segment`` reruns and the batch index.
 """
 
 from __future__ import annotations
 
-import atexit
-import shutil
-import tempfile
 import time
-from datetime import datetime, timezone
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -25,7 +20,7 @@ import numpy as np
 from medscan.volume import Volume
 
 #: Keys of ``conf/segment.yaml`` that describe one case's processing (not the batch run).
-CASE_KEYS = ("segment", "mesh", "mesh_labels", "mesh_formats", "min_slices", "preview")
+CASE_KEYS = ("segment", "mesh", "mesh_labels", "mesh_formats", "min_slices", "preview", "outputs")
 
 
 def job_defaults() -> dict[str, Any]:
@@ -44,7 +39,7 @@ def run_case(
     backend: str = "cpu",
     settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Segment, measure and mesh one volume into a staging folder (the widget's worker thread).
+    """Segment, measure and mesh one volume in memory (the widget's worker thread).
 
     Parameters
     ----------
@@ -60,125 +55,63 @@ def run_case(
     Returns
     -------
     dict
-        ``volume``, ``staging`` (folder holding the case files), ``settings``, ``tissues``,
-        ``backend``, ``status``, ``reason``, ``label_map`` (uint8 ``(z, y, x)``), ``labels``
-        (manifest ``{id: {name, color}}``), ``metrics`` (``metrics.json``), ``meshes``
-        (``{tissue: (vertices LPS mm, faces)}``), ``mesh_entries`` (the manifest's ``meshes``),
-        ``timings_s``, ``seconds``.
+        ``case`` (the :class:`~medscan.case.CaseResult`), ``options``, ``volume``,
+        ``settings``, ``tissues``, ``backend``, ``status``, ``reason``, ``label_map`` (uint8
+        ``(z, y, x)``), ``labels`` (manifest ``{id: {name, color}}``), ``metrics``, ``meshes``
+        (``{tissue: (vertices LPS mm, faces)}``), ``timings_s``, ``seconds``.
     """
     from medscan.backend import get_backend
-    from medscan.ct.job import options_from_config
+    from medscan.ct.analyse import CaseOptions, analyse
 
     t0 = time.perf_counter()
     settings = dict(settings or job_defaults())
-    options = options_from_config({**settings, "tissues": _tissue_config(tissues)})
+    options = CaseOptions.from_config({**settings, "tissues": tissues.to_config()})
     be = get_backend(backend)
-    staging = Path(tempfile.mkdtemp(prefix=f"medscan-napari-{volume.case_id}-"))
-    atexit.register(shutil.rmtree, staging, True)  # staged files never outlive the session
-    from medscan.ct.pipeline import process_volume
-
-    result = process_volume(volume, staging, options, be)
+    result = analyse(volume, options, be)
     meshes = {
         name: (np.asarray(surface.vertices), np.asarray(surface.faces))
         for name, surface in result.surfaces.items()
     }
     return {
+        "case": result,
+        "options": options,
         "volume": volume,
-        "staging": staging,
         "settings": settings,
         "tissues": options.tissues,
         "backend": be.name,
         "status": result.status,
         "reason": result.reason,
-        "label_map": result.segmentation.labels if result.segmentation is not None else None,
+        "label_map": result.labels.array if result.labels is not None else None,
         "labels": options.tissues.labels_dict(),
         "metrics": result.metrics,
         "meshes": meshes,
-        "mesh_entries": result.meshes,
         "timings_s": result.timings_s,
         "seconds": round(time.perf_counter() - t0, 3),
     }
 
 
-def _tissue_config(tissues: Any) -> dict[str, Any]:
-    """A :class:`~medscan.ct.tissues.TissueTable` back as the ``tissues`` config mapping."""
+def save_case(result: dict[str, Any], output: str | Path, *, uniform: bool = False) -> Path:
+    """Write a :func:`run_case` result as ``output/<case_id>/`` with the one case writer.
 
-    def spec(t: Any, band: bool) -> dict[str, Any]:
-        out: dict[str, Any] = {"label": t.label, "color": list(t.color), "source": t.source}
-        if band:
-            out["hu"] = [t.hu_min, t.hu_max]
-        return out
-
-    return {
-        "name": tissues.name,
-        "bands": {t.name: spec(t, True) for t in tissues.bands},
-        "other": {tissues.other.name: spec(tissues.other, False)},
-        "structures": {t.name: spec(t, False) for t in tissues.structures},
-    }
-
-
-def save_case(result: dict[str, Any], output: str | Path) -> Path:
-    """Write a :func:`run_case` result as ``output/<case_id>/`` in the segment job's layout.
-
-    The folder appears atomically (:func:`medscan.batch.atomic_case_dir`), replacing an older
-    one; ``index.csv`` is rebuilt under its lock.
+    :func:`medscan.io.case.write_case` (atomic, replaces an older folder, rebuilds
+    ``index.csv``), with the same config hash as ``medscan segment`` for the same options
+    (:func:`medscan.ct.analyse.case_config`; ``uniform``: how the volume was loaded).
 
     Returns
     -------
     Path
         The case folder.
     """
-    from medscan.batch import atomic_case_dir, config_hash, hash_series, rebuild_index
-    from medscan.ct.job import versions
-    from medscan.ct.mesh import SPACE
-    from medscan.dicom.identity import secret_fingerprint
-    from medscan.io import MANIFEST, QC, read_json, write_json
-    from medscan.io.redact import FileRefs
-    from medscan.volume import Finding
+    from medscan.case import Provenance
+    from medscan.ct.analyse import case_config
+    from medscan.io.case import write_case
 
+    case = result["case"]
+    options = result["options"]
     volume: Volume = result["volume"]
-    staging = Path(result["staging"])
-    if not staging.is_dir():
-        raise FileNotFoundError(f"{staging}: staging folder of this result is gone; run again")
-    output = Path(output)
-    config = {
-        **result["settings"],
-        "tissues": _tissue_config(result["tissues"]),
-        "backend": {"name": result["backend"]},
-        "source": "napari CT segmentation widget",
-    }
-    # The output folder names inputs by slice position and content hash, never by path
-    # (archive folder names can carry identity; see medscan.io.redact).
-    sources = [Path(f) for f in volume.files if Path(f).is_file()]
-    inputs, input_hash = hash_series(sources) if sources else ([], "")
-    refs = FileRefs(sources, hashes={str(f): i["sha256"] for f, i in zip(sources, inputs,
-                                                                          strict=True)})
-    manifest = {
-        "case_id": volume.case_id,
-        "status": result["status"],
-        "reason": refs.text(result["reason"]),
-        "config": config,
-        "config_hash": config_hash(config),
-        "inputs": inputs,
-        "input_hash": input_hash,
-        "id_secret_fingerprint": secret_fingerprint(),
-        "versions": versions(),
-        "backend": result["backend"],
-        **SPACE,
-        "labels": result["labels"],
-        "meshes": result["mesh_entries"],
-        "timings_s": result["timings_s"],
-        "seconds": result["seconds"],
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    with atomic_case_dir(output, volume.case_id) as tmp:
-        shutil.copytree(staging, tmp, dirs_exist_ok=True)
-        if (tmp / QC).is_file():
-            qc = read_json(tmp / QC)
-            for key in ("loader_findings", "segmentation_findings"):
-                qc[key] = [refs.finding(Finding(**f)).to_dict() for f in qc.get(key, [])]
-            write_json(tmp / QC, qc)
-        write_json(tmp / MANIFEST, manifest)
-    rebuild_index(output)
-    return output / volume.case_id
-
+    config = case_config(options, uniform=uniform)
+    provenance = Provenance.for_files(list(volume.files), config, backend=result["backend"],
+                                      series=None)
+    provenance.seconds = result["seconds"]
+    return write_case(case, output, provenance, mesh_formats=options.mesh_formats,
+                      outputs=options.outputs)

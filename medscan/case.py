@@ -1,0 +1,249 @@
+"""The shape of one analysed case: :class:`CaseResult` (what was computed) and :class:`Provenance`.
+
+``medscan.ct.analyse.analyse`` returns a :class:`CaseResult` without touching the disk;
+``medscan.io.case.write_case`` writes it, with a :class:`Provenance` (where it came from, with
+which config), as one case folder; ``medscan.io.case.read_case`` reads such a folder back into a
+:class:`CaseResult`. The segment job, the napari widget and Python users go through these three.
+
+This module imports no ``medscan.ct`` and no writer of ``medscan.io``.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from medscan.hashing import config_hash, hash_series
+from medscan.volume import Finding, LabelMap, Volume
+
+#: Packages whose versions shape the outputs (recorded in every manifest).
+PACKAGES = ("medscan", "numpy", "scipy", "scikit-image", "connected-components-3d", "trimesh",
+            "fast-simplification", "nibabel", "isal", "pydicom", "matplotlib")
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the packages that shape the outputs (:data:`PACKAGES`)."""
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def utc_now() -> str:
+    """The current UTC time, ISO 8601 to the second (the manifest's ``created``)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class CaseResult:
+    """Everything computed for one case, in memory.
+
+    Parameters
+    ----------
+    case_id : str
+        Pseudonymous case id (the folder name).
+    status : str
+        ``"ok"`` or ``"failed"``.
+    reason : str
+        Why it failed (empty when ok).
+    volume : Volume or None
+        The HU volume (None when loading failed, or read back without arrays).
+    labels : LabelMap or None
+        The label map on the volume's grid, with its label table.
+    metrics : dict
+        The content of ``metrics.json`` (JSON-safe).
+    surfaces : dict of str to trimesh.Trimesh
+        Meshes per tissue name, vertices in LPS mm.
+    findings : list of Finding
+        Segmentation and measurement findings (``qc.json``'s ``segmentation_findings``).
+    loader_findings : list of Finding
+        Loader findings not held by ``volume.findings`` (a series that could not be loaded, or
+        a case read back from disk). ``qc.json``'s ``loader_findings`` are
+        ``volume.findings + loader_findings``.
+    timings_s : dict of str to float
+        Seconds per stage.
+    preview_png : bytes or None
+        The preview image (PNG bytes), when rendered.
+    provenance : Provenance or None
+        Set by ``read_case`` (the manifest's provenance fields).
+    manifest : dict
+        Set by ``read_case``: the manifest as stored.
+    folder : Path or None
+        Set by ``read_case``: the case folder.
+    files : dict
+        Set by ``read_case``: the files present, ``{"volume"|"labels"|"preview": Path}`` and
+        ``"meshes": {tissue: {format: Path}}``.
+    """
+
+    case_id: str
+    status: str = "ok"
+    reason: str = ""
+    volume: Volume | None = None
+    labels: LabelMap | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    surfaces: dict[str, Any] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    loader_findings: list[Finding] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    preview_png: bytes | None = None
+    provenance: Provenance | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+    folder: Path | None = None
+    files: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status not in ("ok", "failed"):
+            raise ValueError(f"status {self.status!r}: use 'ok' or 'failed'")
+
+    def fail(self, reason: str) -> None:
+        """Mark the case failed, appending ``reason`` to an earlier one."""
+        self.status = "failed"
+        self.reason = f"{self.reason}; {reason}" if self.reason else reason
+
+    def all_loader_findings(self) -> list[Finding]:
+        """``volume.findings`` (when a volume is held) followed by :attr:`loader_findings`."""
+        held = list(self.volume.findings) if self.volume is not None else []
+        return held + list(self.loader_findings)
+
+
+#: Provenance fields written into ``manifest.json``, in order.
+MANIFEST_FIELDS = ("config", "config_hash", "inputs", "input_hash", "id_secret_fingerprint",
+                   "versions", "backend", "series")
+
+
+@dataclass
+class Provenance:
+    """Where a case came from and how it was made (the manifest's provenance fields).
+
+    Parameters
+    ----------
+    config : dict
+        The config recorded in the manifest: no private keys (input/output paths, the id
+        secret); path values relative to the input root (``write_case`` checks).
+    config_hash : str
+        SHA-256 of the *case* config (``medscan.ct.analyse.case_config``): equal for the job and
+        the napari widget with the same options, so either's case is current for the other.
+    inputs : list of dict
+        ``{"slice": i, "sha256": hex}`` per input file (no paths).
+    input_hash : str
+        :func:`medscan.hashing.hash_series` over the inputs ("" when they could not be read).
+    id_secret_fingerprint : str
+        Fingerprint of the pseudonym secret in effect (never the secret).
+    versions : dict
+        Python and package versions (:func:`versions`).
+    backend : str
+        Array backend name (``cpu``, ``gpu``).
+    series : dict or None
+        Source series description (written when set).
+    created : str
+        UTC time the case was written (filled by ``write_case`` when empty).
+    seconds : float or None
+        Wall time of the case (filled by ``write_case`` from ``clock_start`` when None).
+    source_files : list of str
+        Input file paths, in slice order: never written; ``write_case`` rewrites any mention
+        of them in findings and reasons as ``slice <i> sha256:<hex>``.
+    source_root : str or None
+        The input root (never written; scrubbed from text like ``source_files``).
+    clock_start : float or None
+        ``time.perf_counter()`` when the case began (never written).
+    """
+
+    config: dict[str, Any] = field(default_factory=dict)
+    config_hash: str = ""
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    input_hash: str = ""
+    id_secret_fingerprint: str = ""
+    versions: dict[str, str] = field(default_factory=versions)
+    backend: str = "cpu"
+    series: dict[str, Any] | None = None
+    created: str = ""
+    seconds: float | None = None
+    source_files: list[str] = field(default_factory=list, repr=False)
+    source_root: str | None = field(default=None, repr=False)
+    clock_start: float | None = field(default=None, repr=False)
+
+    @classmethod
+    def for_files(
+        cls,
+        files: list[str] | list[Path],
+        config: dict[str, Any],
+        *,
+        case_config: dict[str, Any] | None = None,
+        root: str | Path | None = None,
+        backend: str = "cpu",
+        salt: str | None = None,
+        series: dict[str, Any] | None = None,
+        clock_start: float | None = None,
+    ) -> Provenance:
+        """Provenance of a case made from ``files`` (hashed here) with ``config``.
+
+        Parameters
+        ----------
+        files : list of str or Path
+            The series' files in slice order (missing files are left out of the hash: a volume
+            made in memory has none).
+        config : dict
+            The config to record (private keys already removed).
+        case_config : dict, optional
+            What :attr:`config_hash` covers (default: ``config``).
+        root : str or Path, optional
+            The input root.
+        backend : str
+            Backend name.
+        salt : str, optional
+            Explicit pseudonym secret (default: the one in effect); only its fingerprint is
+            kept.
+        series : dict, optional
+            Source series description.
+        clock_start : float, optional
+            ``time.perf_counter()`` at the start of the case.
+
+        Raises
+        ------
+        OSError
+            When an existing input file cannot be read.
+        medscan.dicom.identity.SecretError
+            When no pseudonym secret is available.
+        """
+        from medscan.dicom.identity import secret_fingerprint
+
+        present = [str(f) for f in files if Path(f).is_file()]
+        inputs, input_hash = hash_series(present) if present else ([], "")
+        return cls(
+            config=config,
+            config_hash=config_hash(config if case_config is None else case_config),
+            inputs=inputs, input_hash=input_hash,
+            id_secret_fingerprint=secret_fingerprint(salt), backend=backend, series=series,
+            source_files=present, source_root=None if root is None else str(root),
+            clock_start=clock_start,
+        )
+
+    def manifest_fields(self) -> dict[str, Any]:
+        """The fields written into ``manifest.json`` (``series`` only when set)."""
+        out = {k: getattr(self, k) for k in MANIFEST_FIELDS}
+        if self.series is None:
+            out.pop("series")
+        return out
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> Provenance:
+        """The provenance recorded in a manifest (inverse of :meth:`manifest_fields`)."""
+        return cls(
+            config=dict(manifest.get("config") or {}),
+            config_hash=str(manifest.get("config_hash", "")),
+            inputs=list(manifest.get("inputs") or []),
+            input_hash=str(manifest.get("input_hash", "")),
+            id_secret_fingerprint=str(manifest.get("id_secret_fingerprint", "")),
+            versions=dict(manifest.get("versions") or {}),
+            backend=str(manifest.get("backend", "")),
+            series=manifest.get("series"),
+            created=str(manifest.get("created", "")),
+            seconds=manifest.get("seconds"),
+        )

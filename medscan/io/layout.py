@@ -1,0 +1,62 @@
+"""The case folder's layout: every file name of medscan's CT output contract, in one place.
+
+::
+
+    DIR/<case_id>/volume.nii.gz        HU, RAS affine (= dcm2niix's)
+    DIR/<case_id>/labels.nii.gz        uint8 label map, same grid
+    DIR/<case_id>/meshes/<tissue>.<fmt>
+    DIR/<case_id>/metrics.json, qc.json, preview.png, manifest.json
+    DIR/index.csv                      one row per case (rebuilt from the manifests)
+
+Folders whose name starts with ``.`` (temporary case folders, Hydra logs, locks) are never
+cases. :func:`read_manifest` is the one reader of ``manifest.json`` (the case writer's commit
+and :func:`medscan.io.case.read_case` use it). Imports only :mod:`medscan.io.atomic`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from medscan.io.atomic import read_json
+
+VOLUME = "volume.nii.gz"
+LABELS = "labels.nii.gz"
+METRICS = "metrics.json"
+QC = "qc.json"
+PREVIEW = "preview.png"
+MANIFEST = "manifest.json"
+MESH_DIR = "meshes"
+INDEX = "index.csv"
+
+#: Keys of the lung metrics in ``metrics.json`` (null when no lungs were found); the lung
+#: columns of ``index.csv``. Part of the output contract, so defined here (``medscan.io``
+#: never imports ``medscan.ct``); :mod:`medscan.ct.measure` fills them.
+LUNG_KEYS = (
+    "lung_volume_ml",
+    "lung_left_ml",
+    "lung_right_ml",
+    "lung_complete",
+    "mean_lung_hu",
+    "laa950_percent",
+    "perc15_hu",
+)
+
+#: Columns of ``index.csv``, in order.
+INDEX_COLUMNS = ("case_id", "status", "reason", *LUNG_KEYS, "seconds")
+
+
+def read_manifest(case_dir: str | Path) -> dict[str, Any]:
+    """``manifest.json`` of a case folder.
+
+    Raises
+    ------
+    OSError, ValueError
+        When it is missing or not JSON.
+    """
+    return read_json(Path(case_dir) / MANIFEST)
+
+
+def mesh_path(tissue: str, fmt: str) -> str:
+    """Path of a mesh inside the case folder, e.g. ``"meshes/lung_left.ply"``."""
+    return f"{MESH_DIR}/{tissue}.{fmt}"

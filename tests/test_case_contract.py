@@ -1,0 +1,205 @@
+"""The case contract (issue 13): analyse -> CaseResult -> write_case / read_case.
+
+* the Python API (``analyse`` + ``write_case`` with the default options) and the CLI
+  (``medscan segment`` with its defaults) write the same files with equal metrics and labels,
+  and the API's case is current for a rerun of the job on the same tree;
+* ``LabelMap`` carries its geometry and label table through NIfTI (checked with nibabel);
+* the stored config and qc.json hold no absolute path, in a tree named like a patient;
+* one source of defaults: the dataclasses take every default from ``conf/segment.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+
+from medscan.case import Provenance
+from medscan.ct.analyse import CaseOptions, analyse, case_config
+from medscan.ct.mesh import MeshParams
+from medscan.ct.segment import SegmentParams
+from medscan.dicom import load_path
+from medscan.io import read_case, read_index, write_case
+from medscan.io.redact import relative_paths
+from medscan.volume import Finding, Label, LabelMap, Volume
+
+MEDSCAN = [sys.executable, "-m", "medscan.cli"]
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+def _files(case: Path) -> set[str]:
+    return {str(p.relative_to(case)) for p in case.rglob("*") if p.is_file()}
+
+
+def _segment(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*MEDSCAN, "segment", *args, "progress=false"], capture_output=True,
+                          text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def api_and_cli(sample_ct, tmp_path_factory):
+    """The sample written with the defaults by the Python API and by the CLI."""
+    root = tmp_path_factory.mktemp("contract")
+    r = _segment(f"input={sample_ct}", f"output={root / 'cli'}")
+    assert r.returncode == 0, r.stderr
+    volume = load_path(sample_ct, uniform=True)  # the job's default load (uniform=true)
+    options = CaseOptions.defaults()
+    result = analyse(volume, options)
+    provenance = Provenance.for_files(volume.files, case_config(options, uniform=True))
+    case = write_case(result, root / "api", provenance, mesh_formats=options.mesh_formats,
+                      outputs=options.outputs)
+    return root, case, root / "cli" / volume.case_id, result
+
+
+def test_api_and_cli_write_the_same_case(api_and_cli):
+    _, api, cli, result = api_and_cli
+    assert api.name == cli.name and _files(api) == _files(cli)
+    assert {"volume.nii.gz", "labels.nii.gz", "metrics.json", "qc.json", "preview.png",
+            "manifest.json", "meshes/lung_left.glb"} <= _files(api)
+    metrics = [json.loads((c / "metrics.json").read_text()) for c in (api, cli)]
+    assert metrics[0] == metrics[1] and metrics[0]["lung_volume_ml"] > 0
+    labels = [np.asarray(nib.load(c / "labels.nii.gz").dataobj) for c in (api, cli)]
+    assert labels[0].dtype == np.uint8 and np.array_equal(labels[0], labels[1])
+    np.testing.assert_array_equal(labels[0], result.labels.array.transpose(2, 1, 0))
+    manifests = [json.loads((c / "manifest.json").read_text()) for c in (api, cli)]
+    for key in ("config_hash", "input_hash", "inputs", "labels", "status",
+                "id_secret_fingerprint", "coordinate_space"):
+        assert manifests[0][key] == manifests[1][key], key
+    assert [(m["tissue"], m["format"], m["faces"]) for m in manifests[0]["meshes"]] == \
+        [(m["tissue"], m["format"], m["faces"]) for m in manifests[1]["meshes"]]
+    qc = [json.loads((c / "qc.json").read_text()) for c in (api, cli)]
+    assert qc[0] == qc[1]
+
+
+def test_api_case_is_current_for_a_job_rerun(api_and_cli, sample_ct):
+    root, api, _, _ = api_and_cli
+    before = (api / "manifest.json").read_bytes()
+    r = _segment(f"input={sample_ct}", f"output={root / 'api'}")
+    assert r.returncode == 0, r.stderr
+    (row,) = read_index(root / "api")
+    assert "1 skipped" in r.stderr and row["status"] == "ok"
+    assert (api / "manifest.json").read_bytes() == before  # not redone
+
+
+def test_read_case_gives_back_the_result(api_and_cli):
+    _, api, _, result = api_and_cli
+    back = read_case(api, meshes=True)
+    assert back.status == result.status and back.metrics == json.loads(
+        json.dumps(back.metrics))
+    assert np.array_equal(back.labels.array, result.labels.array)
+    assert back.labels.labels == result.labels.labels
+    np.testing.assert_allclose(back.labels.affine, result.volume.affine, atol=1e-5)
+    assert np.array_equal(back.volume.hu, result.volume.hu)
+    assert set(back.surfaces) == set(result.surfaces)
+    for name, mesh in back.surfaces.items():
+        assert len(mesh.faces) == len(result.surfaces[name].faces)
+    assert back.provenance.config_hash == back.manifest["config_hash"]
+    assert [f.code for f in back.findings] == [f.code for f in result.findings]
+
+
+def test_label_map_geometry_and_table(tmp_path):
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 4, size=(5, 6, 7), dtype=np.uint8)
+    affine = np.array([[0.0, 0.7, 0, -100], [-0.7, 0.0, 0, 50], [0, 0, 2.5, 10], [0, 0, 0, 1]])
+    table = {1: Label(1, "fat", (240, 200, 120)), 2: Label(2, "lung_left", (1, 2, 3)),
+             3: Label(3, "bone", (250, 250, 250))}
+    lm = LabelMap(array, affine, table, case_id="c")
+    assert lm.spacing == pytest.approx((2.5, 0.7, 0.7))
+    assert lm.voxel_volume_ml == pytest.approx(2.5 * 0.7 * 0.7 / 1000)
+    assert np.array_equal(lm.mask("bone"), array == 3)
+    assert LabelMap.table_from_dict(json.loads(json.dumps(lm.labels_dict()))) == table
+    path = lm.to_nifti(tmp_path / "labels.nii.gz")
+    img = nib.load(path)  # independent reader: RAS affine, x-fastest data
+    assert img.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(img.affine, np.diag([-1, -1, 1, 1]) @ affine, atol=1e-6)
+    assert np.array_equal(np.asarray(img.dataobj), array.transpose(2, 1, 0))
+    back = LabelMap.from_nifti(path, lm.labels_dict())
+    assert np.array_equal(back.array, array) and back.labels == table
+    assert back.same_grid(Volume(np.zeros((5, 6, 7), np.int16), affine))
+    with pytest.raises(ValueError, match="uint8"):
+        LabelMap(array.astype(np.int16), affine)
+    nib.save(nib.Nifti1Image(np.full((2, 2, 2), 0.5, np.float32), np.eye(4)),
+             tmp_path / "float.nii.gz")
+    with pytest.raises(ValueError, match="not a label map"):
+        LabelMap.from_nifti(tmp_path / "float.nii.gz")
+
+
+def test_spacing_is_derived_after_resampling(shared_ct_qa):
+    """An unevenly spaced series resampled on load: the written geometry has one spacing."""
+    volume = load_path(shared_ct_qa, uniform=True)
+    assert "resampled" in {f.code for f in volume.findings}
+    assert "spacing_mm" not in volume.metadata  # no stored copy that could disagree
+    step = next(f for f in volume.findings if f.code == "resampled").details["step_mm"]
+    assert volume.spacing[0] == pytest.approx(step, rel=1e-6)
+
+
+def test_no_absolute_path_in_config_or_qc(sample_ct, tmp_path):
+    """A tree named like a patient: manifest config and qc.json findings are path-free."""
+    tree = tmp_path / "DOE^JOHN 1957-03-02" / "CT chest"
+    shutil.copytree(sample_ct, tree)
+    volume = load_path(tree, uniform=True)
+    volume.findings.append(Finding(
+        "odd_slice", "warning", f"slice {volume.files[3]} looks odd (under {tree})",
+        files=[volume.files[3]], details={"file": volume.files[3]}))
+    options = CaseOptions.defaults()
+    options.mesh_labels, options.preview = ["lung_left"], False
+    result = analyse(volume, options)
+    config = {**case_config(options, uniform=True), "reference": str(tree / "notes.txt"),
+              "elsewhere": "/srv/archive/DOE^JOHN"}
+    provenance = Provenance.for_files(volume.files, config, case_config=case_config(options),
+                                      root=tree.parent)
+    case = write_case(result, tmp_path / "out", provenance, mesh_formats=["ply"])
+    for name in ("manifest.json", "qc.json"):
+        text = (case / name).read_text()
+        assert "DOE^JOHN" not in text and str(tmp_path) not in text, name
+    manifest = json.loads((case / "manifest.json").read_text())
+    assert manifest["config"]["reference"] == "CT chest/notes.txt"
+    assert manifest["config"]["elsewhere"] == "<path>"
+    (odd,) = [f for f in json.loads((case / "qc.json").read_text())["loader_findings"]
+              if f["code"] == "odd_slice"]
+    assert odd["files"][0].startswith("slice 3 sha256:")
+    assert odd["details"]["file"].startswith("slice 3 sha256:")
+    assert relative_paths({"a": [str(tree)]}, tree) == {"a": ["."]}
+
+
+def test_job_manifest_config_has_no_absolute_path(sample_ct, tmp_path):
+    tree = tmp_path / "SMITH^ANNA"
+    shutil.copytree(sample_ct, tree / "series")
+    r = _segment(f"input='{tree}'", f"output={tmp_path / 'out'}", f"scratch={tmp_path / 'scr'}",
+                 "preview=false", "mesh_labels=[lung_left]", "mesh_formats=[ply]")
+    assert r.returncode == 0, r.stderr
+    (case,) = [p for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")
+               and p.is_dir()]
+    for name in ("manifest.json", "qc.json"):
+        text = (case / name).read_text()
+        assert "SMITH" not in text and str(tmp_path) not in text, name
+    config = json.loads((case / "manifest.json").read_text())["config"]
+    assert not {"input", "output", "salt", "scratch"} & set(config)
+    assert config["uniform"] is True and config["mesh_formats"] == ["ply"]
+
+
+def test_defaults_come_from_the_yaml_only():
+    cfg = yaml.safe_load((CONF / "segment.yaml").read_text())
+    for cls, section in ((SegmentParams, "segment"), (MeshParams, "mesh")):
+        assert {f.name for f in dataclasses.fields(cls)} == set(cfg[section]), cls
+        assert cls() == cls.from_config(cfg[section])
+        # no literal default in the class body: every default is read from the YAML
+        body = inspect.getsource(cls).split('"""', 2)[2]
+        for line in body.splitlines():
+            if re.match(r"    \w+: [^=]+=", line):
+                assert "_YAML[" in line, line
+    options = CaseOptions.defaults()
+    for key in ("mesh_labels", "mesh_formats", "min_slices", "preview", "outputs"):
+        assert getattr(options, key) == cfg[key], key
+    assert case_config(options)["segment"] == SegmentParams.from_config(cfg["segment"]).to_dict()
+
