@@ -20,7 +20,7 @@ from medscan.ct.density import DensityBand, DensityBands, default_density_bands
 from medscan.ct.measure import MeasureOptions, measure_case
 from medscan.ct.segment import segment
 from medscan.ct.tissues import default_tissues
-from medscan.volume import Volume
+from medscan.volume import LabelMap, Volume
 
 #: LCTA defaults written out here (not read from conf/): the config must say the same.
 LCTA = [("emphysema", -1050, -950), ("inflated", -950, -750), ("infiltrated", -750, -400),
@@ -46,7 +46,7 @@ def case(request, sample_ct):
     metrics, _ = measure_case(volume, labels, default_tissues())
     out = Path(request.getfixturevalue("tmp_path_factory").mktemp("nifti"))
     volume.to_nifti(out / "volume.nii.gz")
-    volume.to_nifti(out / "labels.nii.gz", labels)
+    LabelMap(np.asarray(labels), volume.affine).to_nifti(out / "labels.nii.gz")
     return volume, labels, metrics, out
 
 

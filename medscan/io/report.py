@@ -23,7 +23,8 @@ from typing import Any
 from urllib.parse import quote
 
 from medscan.io.atomic import read_json, write_text
-from medscan.io.case import INDEX, MANIFEST, METRICS, PREVIEW, QC, iter_case_dirs
+from medscan.io.case import iter_case_dirs
+from medscan.io.layout import INDEX, MANIFEST, METRICS, PREVIEW, QC, read_manifest
 from medscan.io.tables import SUMMARY, MetricTable, format_value, metric_tables
 
 #: File name of the report, in a case folder and in a batch folder.
@@ -279,7 +280,7 @@ def write_case_report(folder: str | Path) -> Path:
         ``folder/report.html``.
     """
     folder = Path(folder)
-    manifest = read_json(folder / MANIFEST) if (folder / MANIFEST).is_file() else {}
+    manifest = read_manifest(folder) if (folder / MANIFEST).is_file() else {}
     metrics = read_json(folder / METRICS) if (folder / METRICS).is_file() else None
     qc = read_json(folder / QC) if (folder / QC).is_file() else None
     preview = (folder / PREVIEW).read_bytes() if (folder / PREVIEW).is_file() else None
