@@ -29,6 +29,7 @@ from typing import Any
 #: Hydra jobs: command -> module in ``medscan_jobs`` (the repository's ``jobs/``).
 HYDRA_JOBS = {
     "segment": "Segment CT series: tissues, lungs, measurements, meshes, previews.",
+    "measure": "Recompute CT metrics from existing label maps (cases, or NIfTI pairs).",
     "train": "Train the chest X-ray classifier.",
     "evaluate": "Evaluate a classifier checkpoint with clinical metrics.",
     "predict": "Predict PNEUMONIA/NORMAL for images or folders (optional Grad-CAM).",
@@ -57,6 +58,7 @@ _XRAY = ("torch", "torchvision", "timm", "sklearn")
 #: Modules each command imports beyond the core install (checked before it starts).
 NEEDS: dict[str, tuple[str, ...]] = {
     "segment": ("scipy", "skimage", "cc3d", "trimesh", "fast_simplification", "matplotlib"),
+    "measure": ("scipy", "trimesh"),
     "train": (*_XRAY, "matplotlib"),
     "evaluate": (*_XRAY, "matplotlib"),
     "predict": _XRAY,
@@ -67,6 +69,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
 #: Config keys of each Hydra job that name files or folders the job reads.
 INPUT_KEYS: dict[str, tuple[str, ...]] = {
     "segment": ("input",),
+    "measure": ("input", "volume", "labels", "label_table"),
     "train": ("data.root",),
     "evaluate": ("checkpoint", "data.root"),
     "predict": ("checkpoint", "input"),

@@ -446,6 +446,7 @@ def measure_case(
     *,
     surfaces: Mapping[str, Any] | None = None,
     be: Backend | None = None,
+    lungs_found: bool | None = None,
 ) -> tuple[dict[str, Any], list[Finding]]:
     """Every metric of ``metrics.json`` from a volume and a label map on its grid.
 
@@ -471,6 +472,8 @@ def measure_case(
         structure's ``surface_area_mm2`` (null for labels not meshed).
     be : Backend, optional
         Array backend for the base metrics (default CPU).
+    lungs_found : bool, optional
+        False: the lung metrics of :data:`LUNG_KEYS` are null (default: lung voxels present).
 
     Returns
     -------
@@ -500,7 +503,7 @@ def measure_case(
         raise ValueError("no label table: give tissues= or a LabelMap with labels")
     names = label_names(table)
     ml = volume.voxel_volume_ml
-    metrics = measure(volume.hu, array, names, ml, be=be)
+    metrics = measure(volume.hu, array, names, ml, lungs_found is not False, be=be)
     metrics["voxel_volume_ml"] = ml
     coverage, findings = lung_coverage(volume.hu, array, volume.affine, names,
                                        min_contact_cm2=options.min_contact_cm2)

@@ -1,0 +1,391 @@
+"""The ``medscan measure`` job: recompute ``metrics.json`` from existing label maps.
+
+Called by ``jobs/measure.py`` (the Hydra entry point) with the composed config
+(``conf/measure.yaml``); see ``docs/ct.md`` ("Re-measuring: medscan measure").
+
+Inputs (one of):
+
+* ``input=DIR/<case_id>`` -- one case folder (``medscan segment`` output, or a folder saved from
+  napari), or ``input=DIR`` -- a batch folder: every case folder under it, split over shards
+  like ``segment`` (``shard``/``num_shards``). The case's ``labels.nii.gz`` (perhaps edited by
+  hand) is measured against its ``volume.nii.gz``; ``metrics.json`` and the measurement
+  findings of ``qc.json`` are rewritten in place (each file atomically), every other file is
+  kept; ``index.csv`` is rebuilt.
+* ``volume=X.nii.gz labels=Y.nii.gz [label_table=T.json|yaml] output=DIR`` -- any label map on
+  the volume's grid (another tool's, a hand-made one) with its label table: a new case folder
+  ``DIR/<case_id>/`` (volume, labels, metrics, qc, manifest) written by
+  :func:`medscan.io.case.write_case`.
+
+A case that cannot be measured (missing or unreadable NIfTI, a label map on another grid, a
+label table that does not parse) is reported with its relative path and the reason, the rest of
+the batch goes on, and the job exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medscan.ct.measure import MeasureOptions, label_names, measure_case
+from medscan.io.redact import safe_text
+from medscan.volume import Finding, Label, LabelMap, Volume
+
+log = logging.getLogger("medscan.measure")
+
+#: Finding codes :func:`measure_case` makes: replaced in ``qc.json`` by a re-measurement.
+MEASURE_CODES = ("lung_truncated", "body_truncated", "mesh_stale")
+#: Config keys never written into an output folder.
+PRIVATE_KEYS = ("input", "output", "volume", "labels", "label_table")
+#: Grey for labels of a table without colours.
+DEFAULT_COLOR = (128, 128, 128)
+
+
+class MeasureError(Exception):
+    """A per-case problem: one line naming the (relative) path and the reason."""
+
+
+def _why(exc: BaseException, path: Path) -> str:
+    """``exc`` as text without the folders of ``path`` (archive paths may hold names)."""
+    text = str(getattr(exc, "strerror", None) or exc)
+    for folder in {str(path.parent), str(path.resolve().parent)}:
+        text = text.replace(folder + "/", "")
+    return safe_text(text)
+
+
+class JobError(Exception):
+    """A job-level problem (bad config, missing input): exit 2."""
+
+
+@dataclass
+class _Run:
+    cfg: dict[str, Any]
+    options: MeasureOptions
+    rows: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+def read_label_table(path: str | Path) -> dict[int, Label]:
+    """Read a label table from JSON or YAML.
+
+    Accepted forms: ``{id: name}``, ``{id: {name, color}}`` (the manifest's ``labels``) or a
+    tissues config (``conf/tissues/*.yaml``: ``bands`` / ``other`` / ``structures``).
+
+    Raises
+    ------
+    MeasureError
+        When the file cannot be read or parsed, or ids/names are invalid.
+    """
+    import yaml
+
+    from medscan.ct.tissues import TissueTable
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+        data = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise MeasureError(f"label_table {p.name}: cannot read it: {_why(exc, p)}") from None
+    if not isinstance(data, Mapping):
+        raise MeasureError(f"label_table {p.name}: expected a mapping of label id -> name")
+    try:
+        if "bands" in data and "structures" in data:
+            tissues = TissueTable.from_config(data)
+            return {t.label: Label(t.label, t.name, t.color) for t in tissues.all}
+        table: dict[int, Label] = {}
+        for key, value in data.items():
+            color = DEFAULT_COLOR
+            if isinstance(value, Mapping) and value.get("color") is not None:
+                color = tuple(int(c) for c in value["color"])  # type: ignore[assignment]
+            table[int(key)] = Label(int(key), "", color)
+        names = label_names(data)
+        return {i: Label(i, names[i], table[i].color) for i in names}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MeasureError(f"label_table {p.name}: {exc}") from None
+
+
+def read_label_map(path: str | Path, table: dict[int, Label] | None, volume: Volume
+                   ) -> LabelMap:
+    """A label map file on ``volume``'s grid, with its label table.
+
+    NIfTI (``.nii``, ``.nii.gz``) today; DICOM SEG input (issue 14, ``seg14``) plugs in here
+    (``medscan.io.dicom_seg.read_seg`` -> LabelMap, resampled to nothing: same grid required).
+
+    Raises
+    ------
+    MeasureError
+        Unreadable file, values outside 0..255, or not on the volume's grid.
+    """
+    p = Path(path)
+    try:
+        labels = LabelMap.from_nifti(p, table, case_id=volume.case_id)
+    except (OSError, ValueError) as exc:
+        raise MeasureError(f"{p.name}: cannot read the label map: {_why(exc, p)}") from None
+    _check_grid(labels, volume, p.name)
+    if table is None:
+        return labels
+    unknown = sorted(set(np.flatnonzero(np.bincount(labels.array.ravel(), minlength=256)))
+                     - {0} - set(table))
+    if unknown:
+        raise MeasureError(f"{p.name}: label value(s) {unknown} are not in the label table")
+    return labels
+
+
+def _check_grid(labels: LabelMap, volume: Volume, name: str) -> None:
+    if labels.array.shape != volume.hu.shape:
+        raise MeasureError(f"{name}: label map shape {labels.array.shape} differs from the "
+                           f"volume's {volume.hu.shape}")
+    if not np.allclose(labels.affine, volume.affine, atol=1e-3):
+        raise MeasureError(f"{name}: label map and volume have different affines (not the "
+                           "same grid)")
+
+
+def _unchanged(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """A label's voxels are unchanged since ``old`` was measured (count and centroid equal)."""
+    return bool(old) and old.get("voxels") == new.get("voxels") and \
+        old.get("centroid_lps_mm") == new.get("centroid_lps_mm")
+
+
+def remeasure(result: Any, options: MeasureOptions) -> tuple[dict[str, Any], list[Finding]]:
+    """New metrics and measurement findings of a case read back with ``read_case``.
+
+    Surface areas come from the case's meshes, but only for labels whose voxels are unchanged
+    since the previous ``metrics.json`` (same count and centroid): an edited label's mesh no
+    longer describes it, so its area is null and a ``mesh_stale`` finding says so.
+    """
+    if result.volume is None or result.labels is None:
+        raise MeasureError(f"{result.case_id}: no volume.nii.gz / labels.nii.gz to measure"
+                           + (f" (segment failed: {result.reason})" if result.reason else ""))
+    _check_grid(result.labels, result.volume, "labels.nii.gz")
+    metrics, findings = measure_case(result.volume, result.labels, None, options,
+                                     surfaces=result.surfaces)
+    before = (result.metrics or {}).get("structures") or {}
+    old_tissues = (result.metrics or {}).get("tissues") or {}
+    stale = []
+    for name, entry in metrics.get("structures", {}).items():
+        if entry.get("surface_area_mm2") is None:
+            continue
+        old = before.get(name)
+        same = _unchanged(old, entry) if old else (
+            old_tissues.get(name, {}).get("voxels") == entry["voxels"])
+        if not same:
+            entry["surface_area_mm2"] = None
+            stale.append(name)
+    if stale:
+        findings.append(Finding(
+            "mesh_stale", "warning",
+            f"label(s) {', '.join(stale)} changed since their meshes were made: the meshes and "
+            "preview.png show the old labels and no surface area is reported for them (rerun "
+            "`medscan segment` to re-mesh, or mesh the edited labels in napari)",
+            details={"structures": stale}))
+    return metrics, findings
+
+
+def _replace_findings(old: list[Finding], new: list[Finding]) -> list[Finding]:
+    """Segmentation findings with the measurement ones replaced by a new measurement's."""
+    return [f for f in old if f.code not in MEASURE_CODES] + list(new)
+
+
+def measure_case_dir(case_dir: Path, options: MeasureOptions) -> tuple[str, str]:
+    """Re-measure one case folder in place; returns its (status, reason) for the summary.
+
+    ``metrics.json`` and ``qc.json`` are rewritten, each atomically (``medscan.io``): qc first,
+    then metrics; every other file of the folder (meshes, preview, DICOM SEG, manifest) is
+    kept as it is.
+
+    Raises
+    ------
+    MeasureError
+        The folder cannot be read or measured (the folder is left untouched).
+    """
+    from medscan.io import METRICS, QC, write_json
+    from medscan.io.case import read_case
+
+    try:
+        result = read_case(case_dir, arrays=True, meshes=True)
+    except (OSError, ValueError) as exc:
+        raise MeasureError(f"{case_dir.name}: cannot read the case: {_why(exc, case_dir)}"
+                           ) from None
+    metrics, findings = remeasure(result, options)
+    qc = {"case_id": result.case_id,
+          "loader_findings": [f.to_dict() for f in result.loader_findings],
+          "segmentation_findings": [f.to_dict() for f in
+                                    _replace_findings(result.findings, findings)]}
+    write_json(case_dir / QC, qc)
+    write_json(case_dir / METRICS, metrics)
+    return result.status, result.reason
+
+
+def measure_pair(cfg: Mapping[str, Any], options: MeasureOptions, output: Path) -> tuple[str, str]:
+    """Measure ``volume=`` + ``labels=`` (+ ``label_table=``) into a new case folder.
+
+    Raises
+    ------
+    MeasureError
+        Unreadable inputs, label map not on the volume's grid, bad label table.
+    """
+    from medscan.case import CaseResult, Provenance
+    from medscan.io.case import write_case
+
+    volume_path, labels_path = Path(str(cfg["volume"])), Path(str(cfg["labels"]))
+    case_id = str(cfg.get("case_id") or labels_path.name.split(".")[0])
+    try:
+        volume = Volume.from_nifti(volume_path, case_id=case_id)
+    except (OSError, ValueError) as exc:
+        raise MeasureError(f"{volume_path.name}: cannot read the volume: "
+                           f"{_why(exc, volume_path)}") from None
+    table = read_label_table(cfg["label_table"]) if cfg.get("label_table") else _default_table(cfg)
+    labels = read_label_map(labels_path, table, volume)
+    t0 = time.perf_counter()
+    metrics, findings = measure_case(volume, labels, None, options)
+    result = CaseResult(case_id=case_id, volume=volume, labels=labels, metrics=metrics,
+                        findings=findings,
+                        timings_s={"measure": round(time.perf_counter() - t0, 4)})
+    config = {k: v for k, v in cfg.items() if k not in PRIVATE_KEYS}
+    files = [volume_path, labels_path] + ([Path(str(cfg["label_table"]))]
+                                          if cfg.get("label_table") else [])
+    provenance = Provenance.for_files(files, config, root=volume_path.parent,
+                                      clock_start=t0, salt=cfg.get("salt"))
+    write_case(result, output, provenance, mesh_formats=(), outputs=("nifti",), index=False)
+    return result.status, result.reason
+
+
+def _default_table(cfg: Mapping[str, Any]) -> dict[int, Label] | None:
+    """The ``tissues`` table of the config (medscan's own labels), None without one."""
+    from medscan.ct.tissues import TissueTable
+
+    if not cfg.get("tissues"):
+        return None
+    tissues = TissueTable.from_config(cfg["tissues"])
+    return {t.label: Label(t.label, t.name, t.color) for t in tissues.all}
+
+
+def _cases(source: Path) -> list[Path]:
+    """The case folders of ``input``: itself (a case folder) or those under it (a batch).
+
+    Raises
+    ------
+    JobError
+        When ``input`` is neither.
+    """
+    from medscan.io.case import is_case_dir, iter_case_dirs
+
+    if is_case_dir(source):
+        return [source]
+    found = list(iter_case_dirs(source))
+    if not found:
+        raise JobError(f"input {source} is neither a case folder (no manifest.json) nor a "
+                       "batch folder holding case folders")
+    return found
+
+
+def check_config(cfg: Mapping[str, Any]) -> MeasureOptions:
+    """Job-level checks: one input form, paths exist, options parse.
+
+    Raises
+    ------
+    JobError
+        One line naming the key and the reason.
+    """
+    pair = [k for k in ("volume", "labels") if cfg.get(k)]
+    if cfg.get("input") and pair:
+        raise JobError("give either input=CASE_OR_BATCH_FOLDER or volume=... labels=..., "
+                       "not both")
+    if not cfg.get("input") and len(pair) != 2:
+        raise JobError("nothing to measure: give input=CASE_OR_BATCH_FOLDER, or volume=X.nii.gz "
+                       "labels=Y.nii.gz [label_table=T.json] output=DIR")
+    if pair and not cfg.get("output"):
+        raise JobError("volume=/labels= need output=DIR (the new case folder goes there)")
+    for key in ("input", "volume", "labels", "label_table"):
+        if cfg.get(key) and not Path(str(cfg[key])).exists():
+            raise JobError(f"{key} {cfg[key]} does not exist")
+    try:
+        from medscan.batch import select_shard
+
+        select_shard([], int(cfg.get("shard", 0)), int(cfg.get("num_shards", 1)))
+        return MeasureOptions.from_config(cfg)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise JobError(f"bad configuration: {exc}") from None
+
+
+def run_measure(cfg: dict[str, Any]) -> int:
+    """Run ``medscan measure`` as described by ``cfg`` (the resolved ``conf/measure.yaml``).
+
+    Returns
+    -------
+    int
+        0 when every case was measured, 1 when one could not be (named on stderr with the
+        reason; the others are still measured), 2 for a job-level error.
+    """
+    try:
+        options = check_config(cfg)
+    except JobError as exc:
+        print(f"medscan measure: {exc}", file=sys.stderr)
+        return 2
+    run = _Run(dict(cfg), options)
+    if cfg.get("input"):
+        _measure_batch(run, Path(str(cfg["input"])))
+    else:
+        output = Path(str(cfg["output"]))
+        name = Path(str(cfg["labels"])).name
+        _one(run, name, lambda: measure_pair(cfg, options, output))
+        _rebuild_index(output)
+    _summary(run.rows)
+    return 1 if any(status == "error" for _, status, _ in run.rows) else 0
+
+
+def _measure_batch(run: _Run, source: Path) -> None:
+    from medscan.batch import case_lock, select_shard
+
+    try:
+        cases = _cases(source)
+    except JobError as exc:
+        run.rows.append((source.name, "error", str(exc)))
+        log.error("%s", exc)
+        return
+    root = source if len(cases) > 1 or cases[0] != source else source.parent
+    by_id = {c.name: c for c in cases}
+    mine = select_shard(list(by_id), int(run.cfg.get("shard", 0)),
+                        int(run.cfg.get("num_shards", 1)))
+    for case_id in mine:
+        folder = by_id[case_id]
+        # the same per-case lock as `medscan segment`: never measure a case being rewritten
+        with case_lock(root, case_id) as held:
+            if held:
+                _one(run, case_id, lambda f=folder: measure_case_dir(f, run.options))
+    _rebuild_index(root)
+
+
+def _one(run: _Run, name: str, work: Any) -> None:
+    """Run one case's ``work``; a :class:`MeasureError` (or a failure to write) is its row."""
+    try:
+        status, reason = work()
+        run.rows.append((name, status, reason))
+    except MeasureError as exc:
+        run.rows.append((name, "error", str(exc)))
+        log.error("cannot measure %s", exc)
+    except OSError as exc:
+        run.rows.append((name, "error", f"{name}: {exc.strerror or exc}"))
+        log.error("cannot measure %s: %s", name, exc.strerror or exc)
+
+
+def _rebuild_index(output: Path) -> None:
+    from medscan.batch import rebuild_index
+
+    if output.is_dir():
+        rebuild_index(output)
+
+
+def _summary(rows: list[tuple[str, str, str]]) -> None:
+    for name, status, reason in rows:
+        line = f"{name}: {status}" + (f" ({reason})" if reason else "")
+        print(f"medscan measure: {line}", file=sys.stderr)
+    errors = sum(s == "error" for _, s, _ in rows)
+    print(f"medscan measure: {len(rows) - errors} measured, {errors} could not be measured",
+          file=sys.stderr)
