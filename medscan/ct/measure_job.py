@@ -181,8 +181,8 @@ def remeasure(result: Any, options: MeasureOptions) -> tuple[dict[str, Any], lis
         findings.append(Finding(
             "mesh_stale", "warning",
             f"label(s) {', '.join(stale)} changed since their meshes were made: the meshes and "
-            "preview.png show the old labels and no surface area is reported for them (rerun "
-            "`medscan segment` to re-mesh, or mesh the edited labels in napari)",
+            "preview.png show the old labels and no surface area is reported for them "
+            "(medscan measure does not re-mesh)",
             details={"structures": stale}))
     return metrics, findings
 
