@@ -125,7 +125,7 @@ def read_label_map(path: str | Path, table: dict[int, Label] | None, volume: Vol
     p = Path(path)
     try:
         labels = LabelMap.from_nifti(p, table, case_id=volume.case_id)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # nibabel's ImageFileError is no OSError
         raise MeasureError(f"{p.name}: cannot read the label map: {_why(exc, p)}") from None
     _check_grid(labels, volume, p.name)
     if table is None:
@@ -209,7 +209,7 @@ def measure_case_dir(case_dir: Path, options: MeasureOptions) -> tuple[str, str]
 
     try:
         result = read_case(case_dir, arrays=True, meshes=True)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # nibabel's ImageFileError, a broken mesh, bad JSON: one line
         raise MeasureError(f"{case_dir.name}: cannot read the case: {_why(exc, case_dir)}"
                            ) from None
     metrics, findings = remeasure(result, options)
@@ -237,7 +237,7 @@ def measure_pair(cfg: Mapping[str, Any], options: MeasureOptions, output: Path) 
     case_id = str(cfg.get("case_id") or labels_path.name.split(".")[0])
     try:
         volume = Volume.from_nifti(volume_path, case_id=case_id)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # nibabel's ImageFileError is no OSError
         raise MeasureError(f"{volume_path.name}: cannot read the volume: "
                            f"{_why(exc, volume_path)}") from None
     table = read_label_table(cfg["label_table"]) if cfg.get("label_table") else _default_table(cfg)
@@ -370,9 +370,10 @@ def _one(run: _Run, name: str, work: Any) -> None:
     except MeasureError as exc:
         run.rows.append((name, "error", str(exc)))
         log.error("cannot measure %s", exc)
-    except OSError as exc:
-        run.rows.append((name, "error", f"{name}: {exc.strerror or exc}"))
-        log.error("cannot measure %s: %s", name, exc.strerror or exc)
+    except Exception as exc:  # one bad case must not stop the batch
+        why = safe_text(str(getattr(exc, "strerror", None) or exc))
+        run.rows.append((name, "error", f"{name}: {type(exc).__name__}: {why}"))
+        log.error("cannot measure %s: %s: %s", name, type(exc).__name__, why)
 
 
 def _rebuild_index(output: Path) -> None:
