@@ -334,7 +334,7 @@ def run_measure(cfg: dict[str, Any]) -> int:
     else:
         output = Path(str(cfg["output"]))
         name = Path(str(cfg["labels"])).name
-        _one(run, name, lambda: measure_pair(cfg, options, output))
+        _one(run, name, lambda: measure_pair(cfg, options, output), Path(str(cfg["labels"])).parent)
         _rebuild_index(output)
     _summary(run.rows)
     return 1 if any(status == "error" for _, status, _ in run.rows) else 0
@@ -358,12 +358,15 @@ def _measure_batch(run: _Run, source: Path) -> None:
         # the same per-case lock as `medscan segment`: never measure a case being rewritten
         with case_lock(root, case_id) as held:
             if held:
-                _one(run, case_id, lambda f=folder: measure_case_dir(f, run.options))
+                _one(run, case_id, lambda f=folder: measure_case_dir(f, run.options), root)
     _rebuild_index(root)
 
 
-def _one(run: _Run, name: str, work: Any) -> None:
-    """Run one case's ``work``; a :class:`MeasureError` (or a failure to write) is its row."""
+def _one(run: _Run, name: str, work: Any, root: Path) -> None:
+    """Run one case's ``work``; a :class:`MeasureError` (or any failure) is its row.
+
+    Messages name paths relative to ``root`` (the input folder), never absolute ones.
+    """
     try:
         status, reason = work()
         run.rows.append((name, status, reason))
@@ -371,7 +374,7 @@ def _one(run: _Run, name: str, work: Any) -> None:
         run.rows.append((name, "error", str(exc)))
         log.error("cannot measure %s", exc)
     except Exception as exc:  # one bad case must not stop the batch
-        why = safe_text(str(getattr(exc, "strerror", None) or exc))
+        why = _why(exc, root / "_")
         run.rows.append((name, "error", f"{name}: {type(exc).__name__}: {why}"))
         log.error("cannot measure %s: %s: %s", name, type(exc).__name__, why)
 
