@@ -20,7 +20,7 @@ from medscan.ct.density import DensityBand, DensityBands, default_density_bands
 from medscan.ct.measure import MeasureOptions, measure_case
 from medscan.ct.segment import segment
 from medscan.ct.tissues import default_tissues
-from medscan.volume import LabelMap, Volume
+from medscan.volume import Label, LabelMap, Volume
 
 #: LCTA defaults written out here (not read from conf/): the config must say the same.
 LCTA = [("emphysema", -1050, -950), ("inflated", -950, -750), ("infiltrated", -750, -400),
@@ -45,8 +45,12 @@ def case(request, sample_ct):
     volume, labels = _case(str(folder))
     metrics, _ = measure_case(volume, labels, default_tissues())
     out = Path(request.getfixturevalue("tmp_path_factory").mktemp("nifti"))
+    import nibabel as nib
+
     volume.to_nifti(out / "volume.nii.gz")
-    LabelMap(np.asarray(labels), volume.affine).to_nifti(out / "labels.nii.gz")
+    # the label map written by nibabel itself, (x, y, z) with the volume's RAS affine
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(labels.transpose(2, 1, 0)),
+                             volume.nifti_affine()), str(out / "labels.nii.gz"))
     return volume, labels, metrics, out
 
 
@@ -322,3 +326,12 @@ def test_label_map_must_share_the_grid(sample_ct):
         measure_case(volume, labels[1:], default_tissues())
     with pytest.raises(ValueError, match="uint8"):
         measure_case(volume, labels.astype(np.int32), default_tissues())
+    shifted = volume.affine.copy()
+    shifted[0, 3] += 5.0
+    with pytest.raises(ValueError, match="affine"):
+        measure_case(volume, LabelMap(np.asarray(labels), shifted), default_tissues())
+    # a LabelMap on the grid carries its own table: the same numbers as the tissue table's
+    table = {t.label: Label(t.label, t.name, t.color) for t in default_tissues().all}
+    own, _ = measure_case(volume, LabelMap(np.asarray(labels), volume.affine, table))
+    ref, _ = measure_case(volume, labels, default_tissues())
+    assert own == ref
