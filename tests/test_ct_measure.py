@@ -335,3 +335,30 @@ def test_label_map_must_share_the_grid(sample_ct):
     own, _ = measure_case(volume, LabelMap(np.asarray(labels), volume.affine, table))
     ref, _ = measure_case(volume, labels, default_tissues())
     assert own == ref
+
+
+def test_gantry_tilted_head_ct_regions_and_boxes_in_patient_space(shared_ct_qa):
+    """A real gantry-tilted series (sheared affine): regions, centroid and box through it."""
+    from nibabel.affines import apply_affine
+
+    volume = load_series(str(shared_ct_qa / "ge-head-tilt-uneven"))
+    assert abs(volume.affine[2, 1]) > 0.1  # rows run partly along S: the tilt
+    labels = segment(volume, default_tissues()).labels
+    # the head's soft tissue measured as if it were a lung: regions need only a lung label
+    metrics, _ = measure_case(volume, labels, {4: "lung_right", 5: "bone"})
+    vol_t = volume.hu.transpose(2, 1, 0)
+    for label, name in ((4, "lung_right"), (5, "bone")):
+        mask = (labels == label).transpose(2, 1, 0)
+        lps = apply_affine(volume.affine, np.argwhere(mask))
+        entry = metrics["structures"][name]
+        assert entry["centroid_lps_mm"] == pytest.approx(lps.mean(axis=0), abs=0.01)
+        assert entry["bbox_lps_mm"]["min"] == pytest.approx(lps.min(axis=0), abs=0.01)
+        assert entry["bbox_lps_mm"]["max"] == pytest.approx(lps.max(axis=0), abs=0.01)
+    mask = (labels == 4).transpose(2, 1, 0)
+    ref = _reference_regions(vol_t, mask, volume.nifti_affine())
+    ref.pop("_values")
+    by_index = np.argwhere(mask)[:, 2]  # slice index: what a by-array split would use
+    for name, sel in ref.items():
+        assert metrics["regions"]["lung_right"][name]["voxels"] == np.count_nonzero(sel), name
+    k_cut = by_index.min() + 2 * (by_index.max() - by_index.min()) / 3
+    assert np.count_nonzero(ref["upper"]) != np.count_nonzero(by_index >= k_cut)
