@@ -190,3 +190,17 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path):
     proc = subprocess.run([*MEDSCAN, "measure", f"labels={tmp_path}"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2 and "volume=" in proc.stderr
+
+
+def test_lone_case_folder_leaves_its_parent_alone(segmented, tmp_path):
+    """A case folder outside any batch: measured, and nothing written beside it."""
+    _, case = _batch_copy(segmented, tmp_path / "src")
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.move(str(case), lone / "case")
+    _edit_labels(lone / "case")
+    assert run_measure(_config("measure", input=lone / "case")) == 0
+    assert sorted(p.name for p in lone.iterdir()) == ["case"]
+    ref = _reference(lone / "case", LUNG_LEFT)
+    metrics = json.loads((lone / "case" / "metrics.json").read_text())
+    assert metrics["lung_left_ml"] == pytest.approx(ref["ml"], abs=1e-3)

@@ -23,6 +23,7 @@ the batch goes on, and the job exits 1.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -349,17 +350,28 @@ def _measure_batch(run: _Run, source: Path) -> None:
         run.rows.append((source.name, "error", str(exc)))
         log.error("%s", exc)
         return
-    root = source if len(cases) > 1 or cases[0] != source else source.parent
+    from medscan.io.layout import INDEX
+
+    single = cases == [source]
+    root = source.parent if single else source
+    # a batch: the input folder, or the folder around a single case when it holds index.csv;
+    # only then are its locks taken and its index rebuilt (never in an arbitrary parent)
+    batch = not single or (root / INDEX).is_file()
     by_id = {c.name: c for c in cases}
     mine = select_shard(list(by_id), int(run.cfg.get("shard", 0)),
                         int(run.cfg.get("num_shards", 1)))
     for case_id in mine:
         folder = by_id[case_id]
+        work = functools.partial(measure_case_dir, folder, run.options)
+        if not batch:
+            _one(run, case_id, work, root)
+            continue
         # the same per-case lock as `medscan segment`: never measure a case being rewritten
         with case_lock(root, case_id) as held:
             if held:
-                _one(run, case_id, lambda f=folder: measure_case_dir(f, run.options), root)
-    _rebuild_index(root)
+                _one(run, case_id, work, root)
+    if batch:
+        _rebuild_index(root)
 
 
 def _one(run: _Run, name: str, work: Any, root: Path) -> None:
