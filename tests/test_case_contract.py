@@ -143,6 +143,22 @@ def test_spacing_is_derived_after_resampling(shared_ct_qa):
     assert volume.spacing[0] == pytest.approx(step, rel=1e-6)
 
 
+def test_manifest_holds_no_second_geometry(shared_ct_qa, tmp_path):
+    """The resampled series' case: the grid is the NIfTI's only (read back with nibabel)."""
+    r = _segment(f"input={shared_ct_qa}", f"output={tmp_path}", "preview=false",
+                 "mesh_labels=[]")
+    (case,) = [p for p in tmp_path.iterdir() if (p / "manifest.json").is_file()]
+    manifest = json.loads((case / "manifest.json").read_text())
+    assert r.returncode in (0, 1), r.stderr
+    assert not {"shape", "spacing", "affine"} & set(manifest["series"]), manifest["series"]
+    assert "spacing_mm" not in manifest["series"]["metadata"]
+    img = nib.load(case / "volume.nii.gz")
+    qc = json.loads((case / "qc.json").read_text())
+    step = next(f for f in qc["loader_findings"] if f["code"] == "resampled")["details"]
+    assert img.header.get_zooms()[2] == pytest.approx(step["step_mm"], rel=1e-5)
+    assert img.shape[2] == step["n_slices"]
+
+
 def test_no_absolute_path_in_config_or_qc(sample_ct, tmp_path):
     """A tree named like a patient: manifest config and qc.json findings are path-free."""
     tree = tmp_path / "DOE^JOHN 1957-03-02" / "CT chest"

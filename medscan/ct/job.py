@@ -44,6 +44,8 @@ log = logging.getLogger("medscan.segment")
 
 #: Config keys never written into an output folder (archive and node-local paths, the id secret).
 PRIVATE_KEYS = ("input", "output", "salt", "scratch")
+#: Keys of the series summary left out of the manifest (the written grid is in the NIfTI files).
+SOURCE_GEOMETRY = ("shape", "spacing", "affine")
 #: Errors writing into the output folder that stop the job (exit 2) instead of failing a case.
 OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 #: Bytes written (and synced) by the output probe before any work.
@@ -358,7 +360,10 @@ def _write_case(job: _Job, series: Any, refs: FileRefs, inputs: list[dict[str, A
     """Load, analyse and commit one case; returns its status and reason."""
     from medscan.dicom import SeriesError, load
 
-    series_dict = {k: v for k, v in series.to_dict().items() if k not in ("files", "findings")}
+    # the source series' geometry (shape, spacing, affine) is left out: after resampling it is
+    # not the written grid's, which volume.nii.gz / labels.nii.gz carry in their headers
+    series_dict = {k: v for k, v in series.to_dict().items()
+                   if k not in ("files", "findings", *SOURCE_GEOMETRY)}
     series_dict["metadata"] = series_metadata(series.metadata, bool(job.cfg.get("free_text")))
     provenance = job.provenance(series.files, inputs, input_hash, series_dict, t0)
     timings: dict[str, float] = {}
