@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import yaml
 
-from medscan.case import Provenance
+from medscan.case import CaseResult, Provenance
 from medscan.ct.analyse import CaseOptions, analyse, case_config
 from medscan.ct.mesh import MeshParams
 from medscan.ct.segment import SegmentParams
@@ -219,3 +219,51 @@ def test_defaults_come_from_the_yaml_only():
         assert getattr(options, key) == cfg[key], key
     assert case_config(options)["segment"] == SegmentParams.from_config(cfg["segment"]).to_dict()
 
+
+
+def _small_result(case_id: str, status: str = "ok") -> CaseResult:
+    """A tiny synthetic case (the writer's mechanics do not need a real series)."""
+    rng = np.random.default_rng(1)
+    hu = rng.integers(-1000, 1000, size=(4, 5, 6)).astype(np.int16)
+    affine = np.diag([0.8, 0.8, 2.0, 1.0])
+    labels = LabelMap((hu > 0).astype(np.uint8), affine, {1: Label(1, "dense", (9, 9, 9))},
+                      case_id)
+    return CaseResult(case_id, status, "" if status == "ok" else "broken",
+                      volume=Volume(hu, affine, case_id), labels=labels, metrics={"n": 1})
+
+
+def test_write_case_is_atomic_and_keeps_an_ok_case(tmp_path, monkeypatch):
+    """A writer that fails leaves the old case and no temporary folder; a failed result of the
+    same inputs does not replace an ok case; the extension point takes new outputs."""
+    from medscan.io.case import OUTPUT_WRITERS, write_case_folder
+
+    provenance = Provenance(input_hash="same")
+    case = write_case(_small_result("c1"), tmp_path, provenance, mesh_formats=[])
+    before = {p: (case / p).read_bytes() for p in _files(case)}
+    assert set(before) == {"volume.nii.gz", "labels.nii.gz", "metrics.json", "qc.json",
+                           "manifest.json"}
+
+    def boom(result, folder, prov):
+        (folder / "partial.bin").write_bytes(b"x")
+        raise RuntimeError("disk trouble")
+
+    monkeypatch.setitem(OUTPUT_WRITERS, "boom", boom)
+    with pytest.raises(RuntimeError, match="disk trouble"):
+        write_case(_small_result("c1"), tmp_path, provenance, outputs=["nifti", "boom"])
+    assert {p: (case / p).read_bytes() for p in _files(case)} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
+    write = write_case_folder(_small_result("c1", "failed"), tmp_path, provenance)
+    assert write.kept and not write.committed
+    assert json.loads((case / "manifest.json").read_text())["status"] == "ok"
+
+    def extra(result, folder, prov):
+        (folder / "extra.txt").write_text(result.case_id)
+        return ["extra.txt"]
+
+    monkeypatch.setitem(OUTPUT_WRITERS, "extra", extra)
+    case2 = write_case(_small_result("c2"), tmp_path, Provenance(), outputs=["extra"])
+    assert (case2 / "extra.txt").read_text() == "c2" and not (case2 / "volume.nii.gz").exists()
+    with pytest.raises(ValueError, match="unknown output"):
+        write_case(_small_result("c3"), tmp_path, Provenance(), outputs=["nope"])
+    assert not (tmp_path / "c3").exists()
+    assert [r["case_id"] for r in read_index(tmp_path)] == ["c1", "c2"]

@@ -1,6 +1,6 @@
 """``OUT/index.html``: a static gallery of every case of a batch (preview, status, metrics, links).
 
-Written by :func:`medscan.batch.rebuild_index` next to ``index.csv``, from the same rows and
+Written by :func:`medscan.io.case.rebuild_index` next to ``index.csv``, from the same rows and
 under the same lock, atomically (a browser never loads half a page). The page is plain HTML and
 CSS with relative links only: it works from ``file://``, from any static web server, and when
 the output folder is copied elsewhere. Failed cases come first (they need a look), each with its
