@@ -83,28 +83,28 @@ def _hu_stats_float(hu: np.ndarray, labels: np.ndarray, ids: np.ndarray, slab: i
     return out
 
 
-def _index_moments(labels: np.ndarray, slab: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Voxel counts per label id and per-axis projections ``(axis length, 256)``.
+def _index_moments(labels: np.ndarray, slab: int
+                   ) -> tuple[np.ndarray, dict[int, tuple[tuple[slice, ...], list[np.ndarray]]]]:
+    """Voxel counts per label id, and per label its index box and per-axis projections.
 
-    ``proj[a][t, l]`` is the number of voxels of label ``l`` whose array index along axis ``a``
-    (``z, y, x``) is ``t``: enough for exact centroid sums and index bounding boxes.
+    ``proj[a][t]`` is the number of the label's voxels whose array index along axis ``a``
+    (``z, y, x``) is ``box[a].start + t``: enough for exact centroid sums. The boxes come from
+    ``scipy.ndimage.find_objects`` (one pass in C); the projections count inside each box only.
     """
-    nz, ny, nx = labels.shape
-    proj = [np.zeros((nz, 256), np.int64), np.zeros((ny, 256), np.int64),
-            np.zeros((nx, 256), np.int64)]
-    for k in range(0, nz, slab):
-        lab = labels[k : k + slab].astype(np.int64)
-        depth = lab.shape[0]
-        for axis, size in ((0, depth), (1, ny), (2, nx)):
-            shape = [1, 1, 1]
-            shape[axis] = size
-            index = np.arange(size, dtype=np.int64).reshape(shape) * 256 + lab
-            counts = np.bincount(index.ravel(), minlength=size * 256).reshape(size, 256)
-            if axis == 0:
-                proj[0][k : k + depth] += counts
-            else:
-                proj[axis] += counts
-    return proj[0].sum(axis=0), proj
+    from scipy import ndimage
+
+    counts = np.zeros(256, np.int64)
+    for k in range(0, labels.shape[0], slab):
+        counts += np.bincount(labels[k : k + slab].ravel(), minlength=256)
+    boxes = ndimage.find_objects(labels)
+    moments = {}
+    for label in np.flatnonzero(counts[1:]) + 1:
+        box = boxes[label - 1]
+        mask = labels[box] == label
+        moments[int(label)] = (box, [np.count_nonzero(mask, axis=(1, 2)),
+                                     np.count_nonzero(mask, axis=(0, 2)),
+                                     np.count_nonzero(mask, axis=(0, 1))])
+    return counts, moments
 
 
 def _axis_aligned(affine: np.ndarray) -> bool:
@@ -167,7 +167,7 @@ def structure_stats(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray,
         raise ValueError(f"labels must be uint8, got {labels.dtype}")
     affine = np.asarray(affine, np.float64)
     voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
-    counts, proj = _index_moments(labels, slab)
+    counts, moments = _index_moments(labels, slab)
     present = np.flatnonzero(counts[1:]) + 1
     if present.size == 0:
         hu_stats: dict[int, dict[str, float]] = {}
@@ -189,10 +189,10 @@ def structure_stats(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray,
             out[name] = entry
             continue
         entry.update({k: round(v, 3) for k, v in hu_stats[label].items()})
-        centre_zyx = [float((np.arange(p.shape[0]) * p[:, label]).sum()) / n for p in proj]
+        box, proj = moments[label]
+        centre_zyx = [float(((np.arange(p.size) + b.start) * p).sum()) / n
+                      for p, b in zip(proj, box, strict=True)]
         centroid = _lps(affine, np.array([centre_zyx[::-1]]))[0]
-        box = tuple(slice(int(np.flatnonzero(p[:, label])[0]),
-                          int(np.flatnonzero(p[:, label])[-1]) + 1) for p in proj)
         lo, hi = _lps_bbox(labels, affine, label, box)  # type: ignore[arg-type]
         entry["centroid_lps_mm"] = [round(float(c), 2) for c in centroid]
         entry["bbox_lps_mm"] = {"min": [round(float(c), 2) for c in lo],
