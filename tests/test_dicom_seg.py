@@ -322,3 +322,45 @@ def test_seg_passes_dciodvfy(even_seg) -> None:
     report = out.stdout + out.stderr
     assert "Segmentation" in report  # it recognised the IOD
     assert not [line for line in report.splitlines() if line.startswith("Error")], report
+
+
+def test_segment_job_writes_seg(sample_ct: Path, tmp_path: Path) -> None:
+    """`outputs=[nifti,dicom_seg]`: seg.dcm holds the case's labels.nii.gz on the source slices."""
+    from medscan.ct.job import run_segment
+    from medscan.io import iter_case_dirs, read_manifest
+    from tests.test_segment_job import config
+
+    out = tmp_path / "out"
+    cfg = config(input=sample_ct, output=out, progress=False, mesh_formats="[ply]",
+                 outputs="[nifti,dicom_seg]")
+    assert run_segment(cfg) == 0
+    (case,) = iter_case_dirs(out)
+    labels = LabelMap.from_nifti(case / "labels.nii.gz")
+    back = read_seg(case / "seg.dcm")
+    np.testing.assert_array_equal(back.array, labels.array)
+    np.testing.assert_allclose(back.affine, labels.affine, atol=1e-4)
+    table = read_manifest(case)["labels"]
+    assert {str(v): lab.name for v, lab in back.labels.items()} == {
+        k: v["name"] for k, v in table.items() if int(k) in np.unique(labels.array)}
+    files = sorted(str(f) for f in sample_ct.glob("*.dcm"))
+    check_references(case / "seg.dcm", files)
+    assert "dicom_seg" in read_manifest(case)["config"]["outputs"]
+    assert (case / "report.html").is_file() and (out / "report.html").is_file()
+
+
+def test_segment_job_seg_refused_is_a_failed_case(shared_ct_qa: Path, tmp_path: Path) -> None:
+    """A SEG that cannot be placed (uneven stack kept with uniform=false) fails the case with
+    the reason; nothing of it is left behind."""
+    from medscan.ct.job import run_segment
+    from medscan.io import iter_case_dirs, read_manifest
+    from tests.test_segment_job import config
+
+    out = tmp_path / "out"
+    cfg = config(input=shared_ct_qa / TILT, output=out, progress=False, mesh_formats="[]",
+                 outputs="[nifti,dicom_seg]", uniform=False, preview=False)
+    assert run_segment(cfg) == 1
+    (case,) = iter_case_dirs(out)
+    manifest = read_manifest(case)
+    assert manifest["status"] == "failed"
+    assert "SegGeometryError" in manifest["reason"] and "uniform=True" in manifest["reason"]
+    assert not (case / "seg.dcm").exists()

@@ -55,6 +55,8 @@ class CaseOptions:
         Render the preview image.
     outputs : list of str
         Optional outputs (``medscan.io.case.OUTPUT_WRITERS``; used by ``write_case``).
+    report : bool
+        Write ``report.html`` into the case folder (used by ``write_case``).
     measure : MeasureOptions
         Density bands and the metric blocks (:func:`medscan.ct.measure.measure_case`).
     """
@@ -67,6 +69,7 @@ class CaseOptions:
     min_slices: int = field(default_factory=lambda: _default("min_slices"))
     preview: bool = field(default_factory=lambda: _default("preview"))
     outputs: list[str] = field(default_factory=lambda: _default("outputs"))
+    report: bool = field(default_factory=lambda: _default("report"))
     measure: MeasureOptions = field(default_factory=MeasureOptions)
 
     def __post_init__(self) -> None:
@@ -107,6 +110,7 @@ class CaseOptions:
             min_slices=int(cfg.get("min_slices", _default("min_slices"))),
             preview=bool(cfg.get("preview", _default("preview"))),
             outputs=list(cfg.get("outputs", _default("outputs")) or []),
+            report=bool(cfg.get("report", _default("report"))),
             measure=MeasureOptions.from_config(cfg),
         )
 
@@ -129,7 +133,7 @@ def case_config(options: CaseOptions, uniform: bool = True,
     -------
     dict
         JSON-safe, keys ``tissues, segment, mesh, mesh_labels, mesh_formats, min_slices,
-        preview, outputs, density, measure, uniform, free_text``.
+        preview, outputs, report, density, measure, uniform, free_text``.
     """
     measure = options.measure
     return {
@@ -141,6 +145,7 @@ def case_config(options: CaseOptions, uniform: bool = True,
         "min_slices": int(options.min_slices),
         "preview": bool(options.preview),
         "outputs": list(options.outputs),
+        "report": bool(options.report),
         "density": measure.density.to_dict(),
         "measure": {"regions": bool(measure.regions), "structures": bool(measure.structures),
                     "min_contact_cm2": float(measure.min_contact_cm2)},

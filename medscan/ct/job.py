@@ -98,7 +98,7 @@ def write_volume_case(
                                       clock_start=t0)
     result = analyse(volume, options, be)
     write = write_case_folder(result, output, provenance, mesh_formats=options.mesh_formats,
-                              outputs=options.outputs)
+                              outputs=options.outputs, report=options.report)
     return dict(write.manifest or {})
 
 
@@ -268,7 +268,8 @@ class _Job:
         """:func:`~medscan.io.case.write_case_folder` with this run's settings."""
         return write_case_folder(
             result, self.output, provenance, mesh_formats=self.options.mesh_formats,
-            outputs=self.options.outputs, label_table=self.options.tissues.labels_dict(),
+            outputs=self.options.outputs, report=self.options.report,
+            label_table=self.options.tissues.labels_dict(),
             lease_s=float(self.cfg.get("lease_s") or LEASE_S), scratch=_scratch(self.cfg),
             index=False)
 

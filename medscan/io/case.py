@@ -34,12 +34,14 @@ from medscan.io.layout import (
     METRICS,
     PREVIEW,
     QC,
+    SEG,
     VOLUME,
     mesh_path,
     read_manifest,
 )
 from medscan.io.mesh import FORMATS, SPACE, export_mesh, mesh_summary
 from medscan.io.redact import FileRefs, relative_paths, safe_text
+from medscan.io.report import write_batch_report, write_case_report
 from medscan.volume import Finding, LabelMap, Volume
 
 #: ``index.csv``'s lock file (held while the index is rebuilt).
@@ -62,9 +64,31 @@ def _write_nifti(result: CaseResult, folder: Path, provenance: Provenance) -> li
     return written
 
 
+def _write_dicom_seg(result: CaseResult, folder: Path, provenance: Provenance) -> list[str]:
+    """``seg.dcm``: the label map as a DICOM SEG on the source slices (:mod:`.dicom_seg`).
+
+    Raises
+    ------
+    ValueError
+        When the case has labels but no source DICOM files (a NIfTI input), or the label map
+        cannot be placed on the source slices (:class:`~medscan.io.dicom_seg.SegGeometryError`
+        says why); the job then records the case as failed with that reason.
+    """
+    if result.labels is None:
+        return []
+    from medscan.io.dicom_seg import write_seg
+
+    files = list(result.volume.files) if result.volume is not None else []
+    if not files:
+        raise ValueError("outputs=[dicom_seg] needs the source DICOM series; this case has no "
+                         "DICOM files (a NIfTI input?)")
+    write_seg(result.labels, files, folder / SEG)
+    return [SEG]
+
+
 #: Optional outputs by name (``write_case(..., outputs=[...])``). Extension point: a module
-#: adds its writer here, e.g. ``OUTPUT_WRITERS["dicom_seg"] = write_dicom_seg``.
-OUTPUT_WRITERS: dict[str, OutputWriter] = {"nifti": _write_nifti}
+#: adds its writer here.
+OUTPUT_WRITERS: dict[str, OutputWriter] = {"nifti": _write_nifti, "dicom_seg": _write_dicom_seg}
 
 
 def write_case(
@@ -78,6 +102,7 @@ def write_case(
     lease_s: float = LEASE_S,
     scratch: str | Path | None = None,
     index: bool = True,
+    report: bool = True,
 ) -> Path:
     """Write ``result`` as ``output/<case_id>/``, atomically, the manifest last.
 
@@ -85,7 +110,7 @@ def write_case(
     """
     write = write_case_folder(result, output, provenance, mesh_formats=mesh_formats,
                               outputs=outputs, label_table=label_table, lease_s=lease_s,
-                              scratch=scratch, index=index)
+                              scratch=scratch, index=index, report=report)
     return Path(output) / result.case_id if write.committed or write.kept else write.path
 
 
@@ -100,12 +125,14 @@ def write_case_folder(
     lease_s: float = LEASE_S,
     scratch: str | Path | None = None,
     index: bool = True,
+    report: bool = True,
 ) -> CaseWrite:
     """Write ``result`` as ``output/<case_id>/`` and report how the commit went.
 
-    Files: the optional ``outputs`` (default ``nifti``: ``volume.nii.gz``, ``labels.nii.gz``),
-    ``meshes/<tissue>.<fmt>`` for each surface and format, ``metrics.json`` (when there are
-    metrics), ``qc.json`` (always), ``preview.png`` (when rendered), then ``manifest.json``.
+    Files: the optional ``outputs`` (default ``nifti``: ``volume.nii.gz``, ``labels.nii.gz``;
+    ``dicom_seg``: ``seg.dcm``), ``meshes/<tissue>.<fmt>`` for each surface and format,
+    ``metrics.json`` (when there are metrics), ``qc.json`` (always), ``preview.png`` (when
+    rendered), ``report.html`` (``report``), then ``manifest.json``.
     Findings and the reason name input files as ``slice <i> sha256:<hex>`` and other paths as
     ``<path>``; path values of the stored config are made relative to the input root.
 
@@ -129,6 +156,9 @@ def write_case_folder(
         Node-local folder to build the case in.
     index : bool
         Rebuild ``output/index.csv`` afterwards (the job rebuilds it once at the end instead).
+    report : bool
+        Write ``report.html`` (:func:`medscan.io.report.write_case_report`, from the files
+        written, before the manifest).
 
     Returns
     -------
@@ -171,6 +201,8 @@ def write_case_folder(
             write_bytes(folder / PREVIEW, result.preview_png)
         timings = {**result.timings_s, "write": round(time.perf_counter() - t0, 4)}
         manifest = build_manifest(result, provenance, refs, meshes, timings, label_table)
+        if report:
+            write_case_report(folder, manifest)
         write_json(folder / MANIFEST, manifest)
         write.manifest = manifest
     if index:
@@ -372,6 +404,7 @@ def rebuild_index(output: str | Path) -> Path:
                 rows.append(row)
             write_text(root / INDEX, buf.getvalue())
             write_gallery(root, rows)  # index.html: the same rows, with previews
+            write_batch_report(root, rows, INDEX_COLUMNS)  # report.html: table + histograms
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return root / INDEX

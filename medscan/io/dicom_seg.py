@@ -45,9 +45,6 @@ if TYPE_CHECKING:
 
     from medscan.volume import LabelMap
 
-#: File name of the DICOM SEG in a case folder.
-SEG_FILE = "seg.dcm"
-
 #: In-plane tolerance of the check "source slice lies on the label grid", in pixels.
 INPLANE_TOL_PX = 0.1
 #: Slice-position tolerance (fraction of the slice step) for "same slice".

@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from medscan.io.atomic import write_text
-from medscan.io.layout import MANIFEST, METRICS, PREVIEW, QC
+from medscan.io.layout import MANIFEST, METRICS, PREVIEW, QC, REPORT
 
 GALLERY = "index.html"
 
@@ -87,7 +87,7 @@ def _card(root: Path, row: Mapping[str, str]) -> str:
              for key, label, unit in CARD_METRICS if row.get(key) not in (None, "")]
     if cells:
         parts.append('<table class="metrics">' + "".join(cells) + "</table>")
-    links = [f'<a href="{href}/{name}">{name}</a>' for name in (METRICS, QC, MANIFEST)
+    links = [f'<a href="{href}/{name}">{name}</a>' for name in (REPORT, METRICS, QC, MANIFEST)
              if (case / name).is_file()]
     parts.append('<p class="links">' + "".join(links) + "</p>")
     parts.append("</section>")
@@ -119,7 +119,8 @@ def render_gallery(root: str | Path, rows: Iterable[Mapping[str, str]],
     n_ok = sum(r.get("status") == "ok" for r in rows)
     n_failed = sum(r.get("status") == "failed" for r in rows)
     summary = (f"{len(rows)} case(s): {n_ok} ok, {n_failed} failed. "
-               f'Table: <a href="index.csv">index.csv</a>.')
+               f'Table: <a href="index.csv">index.csv</a>; '
+               f'report with distributions: <a href="{REPORT}">{REPORT}</a>.')
     cards = "\n".join(_card(root, r) for r in rows) or "<p>No cases yet.</p>"
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"

@@ -6,7 +6,10 @@
     DIR/<case_id>/labels.nii.gz        uint8 label map, same grid
     DIR/<case_id>/meshes/<tissue>.<fmt>
     DIR/<case_id>/metrics.json, qc.json, preview.png, manifest.json
+    DIR/<case_id>/report.html          self-contained report (report=true, the default)
+    DIR/<case_id>/seg.dcm              DICOM SEG on the source slices (outputs=[..., dicom_seg])
     DIR/index.csv                      one row per case (rebuilt from the manifests)
+    DIR/index.html, DIR/report.html    gallery and batch report (rebuilt with the index)
 
 Folders whose name starts with ``.`` (temporary case folders, Hydra logs, locks) are never
 cases. :func:`read_manifest` is the one reader of ``manifest.json`` (the case writer's commit
@@ -28,6 +31,8 @@ PREVIEW = "preview.png"
 MANIFEST = "manifest.json"
 MESH_DIR = "meshes"
 INDEX = "index.csv"
+SEG = "seg.dcm"
+REPORT = "report.html"
 
 #: Keys of the lung metrics in ``metrics.json`` (null when no lungs were found); the lung
 #: columns of ``index.csv``. Part of the output contract, so defined here (``medscan.io``

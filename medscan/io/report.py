@@ -23,12 +23,8 @@ from typing import Any
 from urllib.parse import quote
 
 from medscan.io.atomic import read_json, write_text
-from medscan.io.case import iter_case_dirs
-from medscan.io.layout import INDEX, MANIFEST, METRICS, PREVIEW, QC, read_manifest
+from medscan.io.layout import INDEX, MANIFEST, METRICS, PREVIEW, QC, REPORT, read_manifest
 from medscan.io.tables import SUMMARY, MetricTable, format_value, metric_tables
-
-#: File name of the report, in a case folder and in a batch folder.
-REPORT = "report.html"
 
 #: Plain-language headline of each QC finding code (the finding's message gives the numbers).
 FINDING_TITLES = {
@@ -264,15 +260,18 @@ def case_findings(qc: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
     return out
 
 
-def write_case_report(folder: str | Path) -> Path:
+def write_case_report(folder: str | Path, manifest: Mapping[str, Any] | None = None) -> Path:
     """Atomically write ``folder/report.html`` from the case folder's own files.
 
     Parameters
     ----------
     folder : str or Path
-        A case folder (or the temporary folder a case is being built in) holding
-        ``manifest.json`` and whichever of ``metrics.json``, ``qc.json`` and ``preview.png``
+        A case folder (or the temporary folder a case is being built in) holding whichever of
+        ``metrics.json``, ``qc.json`` (its findings already name no path) and ``preview.png``
         were written; the report shows exactly what they hold.
+    manifest : mapping, optional
+        The case's manifest (default: ``folder/manifest.json``); ``write_case`` passes it
+        because it writes ``manifest.json`` last.
 
     Returns
     -------
@@ -280,7 +279,8 @@ def write_case_report(folder: str | Path) -> Path:
         ``folder/report.html``.
     """
     folder = Path(folder)
-    manifest = read_manifest(folder) if (folder / MANIFEST).is_file() else {}
+    if manifest is None:
+        manifest = read_manifest(folder) if (folder / MANIFEST).is_file() else {}
     metrics = read_json(folder / METRICS) if (folder / METRICS).is_file() else None
     qc = read_json(folder / QC) if (folder / QC).is_file() else None
     preview = (folder / PREVIEW).read_bytes() if (folder / PREVIEW).is_file() else None
@@ -434,5 +434,6 @@ def write_batch_report(output: str | Path, rows: Iterable[Mapping[str, Any]] | N
     rows = list(rows)
     if columns is None:
         columns = list(rows[0]) if rows else ["case_id", "status"]
-    reports = [case.name for case in iter_case_dirs(root) if (case / REPORT).is_file()]
+    reports = [str(r.get("case_id")) for r in rows
+               if r.get("case_id") and (root / str(r["case_id"]) / REPORT).is_file()]
     return write_text(root / REPORT, render_batch_report(rows, columns, reports))

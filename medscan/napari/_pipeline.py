@@ -114,4 +114,4 @@ def save_case(result: dict[str, Any], output: str | Path, *, uniform: bool = Fal
                                       series=None)
     provenance.seconds = result["seconds"]
     return write_case(case, output, provenance, mesh_formats=options.mesh_formats,
-                      outputs=options.outputs)
+                      outputs=options.outputs, report=options.report)
