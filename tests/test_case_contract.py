@@ -241,7 +241,7 @@ def test_write_case_is_atomic_and_keeps_an_ok_case(tmp_path, monkeypatch):
     case = write_case(_small_result("c1"), tmp_path, provenance, mesh_formats=[])
     before = {p: (case / p).read_bytes() for p in _files(case)}
     assert set(before) == {"volume.nii.gz", "labels.nii.gz", "metrics.json", "qc.json",
-                           "manifest.json"}
+                           "report.html", "manifest.json"}
 
     def boom(result, folder, prov):
         (folder / "partial.bin").write_bytes(b"x")
