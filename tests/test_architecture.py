@@ -58,8 +58,7 @@ def _sources(exclude: tuple[str, ...] = ()) -> dict[str, str]:
 
 
 def test_one_manifest_builder_and_one_manifest_reader():
-    # napari/_reader.py is moved onto read_case by the napari half of issue 13
-    sources = _sources(exclude=("napari/_reader.py",))
+    sources = _sources()
     literal = {f for f, text in sources.items() if '"manifest.json"' in text}
     assert literal == {"io/layout.py"}, "file names are constants of medscan/io/layout.py"
     writes = {f for f, text in sources.items()

@@ -331,8 +331,8 @@ def test_ct_segmentation_widget_end_to_end(
         return widget.result
 
     first = run()
-    assert first["status"] == "ok", first["reason"]
-    case_id = first["volume"].case_id
+    assert first.status == "ok", first.reason
+    case_id = first.case_id
     assert case_id == case_dir.name  # same loader, same pseudonymous id as the job
     layers = viewer.layers
     widget_labels = layers[f"{case_id} labels"]
@@ -349,12 +349,20 @@ def test_ct_segmentation_widget_end_to_end(
         for i in range(widget.metrics_table.rowCount())
     }
     assert shown["lung_volume_ml"] == f"{job_metrics['lung_volume_ml']:.2f}"
+    # Saved with the job's defaults it is the job's case: same voxels in the same storage
+    # order and affine, same label map, same metrics.
+    same = widget.save(tmp_path / "first")
+    for name in ("volume.nii.gz", "labels.nii.gz"):
+        mine, job = Volume.from_nifti(same / name), Volume.from_nifti(case_dir / name)
+        np.testing.assert_array_equal(mine.hu, job.hu)
+        np.testing.assert_allclose(mine.affine, job.affine, atol=1e-6)
+    assert json.loads((same / "metrics.json").read_text()) == job_metrics
 
     # A narrower fat band on the slider gives less fat.
-    fat_before = first["metrics"]["tissues"]["fat"]["volume_ml"]
+    fat_before = first.metrics["tissues"]["fat"]["volume_ml"]
     widget.sliders["fat"].value = (-100, -29)
     second = run()
-    assert second["metrics"]["tissues"]["fat"]["volume_ml"] < fat_before
+    assert second.metrics["tissues"]["fat"]["volume_ml"] < fat_before
 
     saved = widget.save(tmp_path / "saved")
     manifest = json.loads((saved / "manifest.json").read_text())
@@ -364,7 +372,8 @@ def test_ct_segmentation_widget_end_to_end(
     assert (tmp_path / "saved" / "index.csv").read_text().count(case_id) == 1
     reopened = _layers(str(saved))
     assert [type(la).__name__ for la in reopened][:2] == ["Image", "Labels"]
-    np.testing.assert_array_equal(np.asarray(reopened[1].data), second["label_map"])
+    shown_now = np.asarray(viewer.layers[f"{case_id} labels"].data)  # the second run's
+    np.testing.assert_array_equal(np.asarray(reopened[1].data), shown_now)
 
 
 @pytest.mark.napari
@@ -457,3 +466,9 @@ def test_every_metric_is_in_one_table_cell(case_dir):
     assert names == list(metrics[DENSITY]["total"]["bands"])
     total_ml = sum(r["total mL"] for r in bands["rows"])
     assert total_ml == pytest.approx(metrics[DENSITY]["total"]["volume_ml"], abs=0.01)
+    shown = {r["name"]: (r.get("HU"), tip) for r, tip in zip(bands["rows"], bands["tips"],
+                                                              strict=True)}
+    for band in metrics[DENSITY]["definition"]["bands"]:  # HU range and source per band
+        hu, tip = shown[band["name"]]
+        assert hu == f"[{band['hu_min']:g}, {band['hu_max']:g})"
+        assert tip.get("HU") == band["source"]

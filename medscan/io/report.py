@@ -232,6 +232,8 @@ def render_case_report(
         for table in tables:
             title = "Summary" if table.title == SUMMARY else table.title
             parts.append(f"<h3>{_esc(title)}</h3>")
+            if table.note:  # band definitions, region bounds (medscan.io.tables)
+                parts.append(f'<p class="note">{_esc(table.note)}</p>')
             parts.append(table_html(table))
     if about:
         text = "; ".join(f"{_esc(k)}: {_esc(v)}" for k, v in about.items() if v not in (None, ""))

@@ -10,8 +10,9 @@ mean):
 * ``density_bands``: one row per lung density band (in the order of the metrics) with its HU
   range from ``definition`` and a ``<group> mL`` / ``<group> %`` column pair per group
   (``lung_right``, ``lung_left``, ``total``); the band definition (name, source, groups) is the
-  table's note. ``density_bands per lung``: one row per group, its numbers (volume,
-  parenchyma, functional and affected mL and %, mean HU, %LAA-950, ...);
+  table's note, each band's source the tip of its row. ``density_bands per lung``: one row per
+  group, its numbers (volume, parenchyma, functional and affected mL and %, mean HU, %LAA-950,
+  ...);
 * ``regions``: one row per lung and region (``lung_right upper``, ... ``total dorsal``), the
   region's numbers and each band's mL and % as columns; each lung's ``bounds`` (where the
   thirds and halves were cut) in the note;
@@ -66,7 +67,9 @@ class MetricTable:
     sources : list of dict
         Per row, ``{column: key path in metrics.json}`` of every cell but the row name.
     note : str
-        Text shown with the table (band definitions, region bounds).
+        Text shown with the table (band definition, region bounds).
+    tips : list of dict
+        Per row, ``{column: text}`` explaining a cell (a band's literature source).
     """
 
     title: str
@@ -74,9 +77,12 @@ class MetricTable:
     rows: list[dict[str, Any]] = field(default_factory=list)
     sources: list[dict[str, Path]] = field(default_factory=list)
     note: str = ""
+    tips: list[dict[str, str]] = field(default_factory=list)
 
-    def add(self, name: str, cells: Mapping[str, tuple[Any, Path]]) -> None:
+    def add(self, name: str, cells: Mapping[str, tuple[Any, Path]],
+            tips: Mapping[str, str] | None = None) -> None:
         """Append a row: ``cells`` maps each column to ``(value, key path in the metrics)``."""
+        self.tips.append(dict(tips or {}))
         row: dict[str, Any] = {ROW: name}
         for column, (value, _) in cells.items():
             if column not in self.columns:
@@ -92,13 +98,14 @@ class MetricTable:
         return format_value(self.rows[row][column])
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"title", "columns", "rows", "sources", "note"}`` (JSON-safe, for layer metadata)."""
+        """``{"title", "columns", "rows", "sources", "note", "tips"}`` (JSON-safe)."""
         return {
             "title": self.title,
             "columns": list(self.columns),
             "rows": [dict(r) for r in self.rows],
             "sources": [{c: list(p) for c, p in s.items()} for s in self.sources],
             "note": self.note,
+            "tips": [dict(t) for t in self.tips],
         }
 
 
@@ -170,14 +177,16 @@ def _hu_range(definition: Mapping[str, Any], names: list[str]) -> dict[str, str]
 
 
 def _definition_note(definition: Mapping[str, Any]) -> str:
-    """One paragraph: name, source, interval, groups and each band's source."""
+    """One line: the definition's name, source, interval and groups (bands' sources: tips)."""
     if not definition:
         return ""
-    parts = [f"{k}: {format_value(v)}" for k, v in definition.items() if _is_cell(v)]
-    for band in definition.get("bands") or []:
-        if isinstance(band, Mapping) and band.get("source"):
-            parts.append(f"{band.get('name')}: {band['source']}")
-    return "; ".join(parts)
+    return "; ".join(f"{k}: {format_value(v)}" for k, v in definition.items() if _is_cell(v))
+
+
+def _band_sources(definition: Mapping[str, Any]) -> dict[str, str]:
+    """``{band: source}`` of a band definition."""
+    return {str(b["name"]): str(b["source"]) for b in definition.get("bands") or []
+            if isinstance(b, Mapping) and "name" in b and b.get("source")}
 
 
 def band_table(block: Mapping[str, Any]) -> MetricTable:
@@ -190,6 +199,7 @@ def band_table(block: Mapping[str, Any]) -> MetricTable:
             if band not in bands:
                 bands.append(band)
     ranges = _hu_range(definition, bands)
+    sources = _band_sources(definition)
     table = MetricTable(DENSITY, columns=[ROW, "HU"] if ranges else [ROW])
     for band in bands:
         cells: dict[str, tuple[Any, Path]] = {}
@@ -200,7 +210,8 @@ def band_table(block: Mapping[str, Any]) -> MetricTable:
             for key, unit in BAND_COLUMNS.items():
                 if key in entry:
                     cells[f"{group} {unit}"] = (entry[key], (DENSITY, group, "bands", band, key))
-        table.add(band, cells)
+        table.add(band, cells, {ROW: sources[band], "HU": sources[band]} if band in sources
+                  else None)
     table.note = _definition_note(definition)
     return table
 

@@ -2,9 +2,10 @@
 
 What opens, and as what (see ``docs/napari.md``):
 
-* a case folder from ``medscan segment`` (``manifest.json`` and/or ``volume.nii.gz``): the HU
-  volume (Image), the label map (Labels with tissue names and colours), every mesh (Surface,
-  one per tissue, in its colour), metrics in ``layer.metadata["medscan"]`` and label features;
+* a case folder (``manifest.json`` inside: :func:`medscan.io.is_case_dir`), read by
+  :func:`medscan.io.read_case` (the one reader of the output contract): the HU volume (Image),
+  the label map (Labels with tissue names and colours), every mesh (Surface, one per tissue, in
+  its colour), metrics and their tables in ``layer.metadata["medscan"]`` and label features;
 * a batch output folder (``index.csv`` or case sub-folders): every case, the first visible;
 * one ``*.nii``/``*.nii.gz`` (``labels*`` -> Labels, otherwise Image) or one mesh file;
 * a folder of DICOM files: the first CT series, through :func:`medscan.dicom.load_path`;
@@ -16,17 +17,16 @@ All layers share the medscan world (LPS mm in array order): see :mod:`medscan.na
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medscan.io.dicom_seg import is_dicom_seg
+from medscan.io.layout import INDEX
 from medscan.io.tables import label_metrics, metric_tables
 from medscan.napari.layers import (
     MESH_FORMATS,
@@ -37,6 +37,9 @@ from medscan.napari.layers import (
     load_mesh,
     surface_layer,
 )
+
+if TYPE_CHECKING:
+    from medscan.case import CaseResult
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 MESH_SUFFIXES = tuple(f".{fmt}" for fmt in MESH_FORMATS)
@@ -78,7 +81,7 @@ def classify(path: str | Path) -> str | None:
         return None
     if is_case_folder(p):
         return "case"
-    if (p / "index.csv").is_file() or any(is_case_folder(c) for c in _subdirs(p)):
+    if (p / INDEX).is_file() or any(is_case_folder(c) for c in _subdirs(p)):
         return "batch"
     if _looks_like_dicom_folder(p):
         return "dicom"
@@ -86,8 +89,10 @@ def classify(path: str | Path) -> str | None:
 
 
 def is_case_folder(path: Path) -> bool:
-    """True for a folder in the ``medscan segment`` case layout."""
-    return (path / "manifest.json").is_file() or (path / "volume.nii.gz").is_file()
+    """True for a case folder of the output contract (:func:`medscan.io.is_case_dir`)."""
+    from medscan.io import is_case_dir
+
+    return is_case_dir(Path(path))
 
 
 def read(path: str | Sequence[str]) -> list[LayerDataTuple]:
@@ -142,98 +147,87 @@ def _looks_like_dicom_folder(path: Path, limit: int = 64) -> bool:
     return False
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        warnings.warn(f"{path}: unreadable JSON ({exc}); ignored", stacklevel=2)
-        return {}
-
-
-def _read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``(array (z, y, x), LPS affine)`` of a NIfTI (via ``Volume.from_nifti``)."""
-    from medscan.volume import Volume
-
-    volume = Volume.from_nifti(path)
-    return volume.hu, volume.affine
-
-
-def case_meshes(folder: Path, manifest: dict[str, Any]) -> dict[str, Path]:
-    """``{tissue: mesh path}`` of a case, one file per tissue (ply > obj > stl > glb)."""
-    candidates: list[Path] = []
-    for entry in manifest.get("meshes") or []:
-        rel = entry if isinstance(entry, str) else (entry.get("path") or entry.get("file"))
-        if rel:
-            candidates.append(folder / rel)
-    mesh_dir = folder / "meshes"
-    if mesh_dir.is_dir():
-        candidates += sorted(mesh_dir.iterdir())
+def _mesh_files(result: CaseResult) -> dict[str, Path]:
+    """``{tissue: mesh path}`` of a case read back, one file per tissue (ply > obj > stl > glb)."""
     chosen: dict[str, Path] = {}
-    rank = {f".{fmt}": i for i, fmt in enumerate(MESH_FORMATS)}
-    for path in candidates:
-        suffix = path.suffix.lower()
-        if suffix not in rank or not path.is_file():
-            continue
-        tissue = path.stem
-        if tissue not in chosen or rank[suffix] < rank[chosen[tissue].suffix.lower()]:
-            chosen[tissue] = path
+    for tissue, by_format in (result.files.get("meshes") or {}).items():
+        for fmt in MESH_FORMATS:
+            if fmt in by_format:
+                chosen[tissue] = Path(by_format[fmt])
+                break
     return dict(sorted(chosen.items()))
 
 
-def read_case(path: str | Path, visible: bool = True) -> list[LayerDataTuple]:
-    """Layers of one case folder: CT image, labels, one surface per mesh.
+def _qc(result: CaseResult) -> dict[str, Any]:
+    """The case's findings in the ``qc.json`` form."""
+    return {
+        "case_id": result.case_id,
+        "loader_findings": [f.to_dict() for f in result.all_loader_findings()],
+        "segmentation_findings": [f.to_dict() for f in result.findings],
+    }
+
+
+def _surface_arrays(surface: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(vertices LPS mm, faces)`` of a trimesh surface or a ``(vertices, faces)`` pair."""
+    if isinstance(surface, tuple):
+        return np.asarray(surface[0]), np.asarray(surface[1])
+    return np.asarray(surface.vertices), np.asarray(surface.faces)
+
+
+def case_layers(
+    result: CaseResult, visible: bool = True, image: bool = True, source: str | None = None
+) -> list[LayerDataTuple]:
+    """Layers of one :class:`~medscan.case.CaseResult`: CT image, labels, one surface per mesh.
+
+    The reader (a case folder read by :func:`medscan.io.read_case`) and the CT segmentation
+    widget (a result of :func:`medscan.ct.analyse.analyse`) both show a case through this.
 
     Parameters
     ----------
-    path : str or Path
-        A ``medscan segment`` case folder.
+    result : CaseResult
+        The case; ``volume``, ``labels`` and ``surfaces`` become layers when present.
     visible : bool
         Initial visibility of the layers (batch folders show only their first case).
+    image : bool
+        Make the CT Image layer (the widget leaves the image it analysed alone).
+    source : str, optional
+        Where the case came from (``metadata["medscan"]["source"]``).
 
     Returns
     -------
     list of tuple
         Layer-data tuples named ``"<case_id> CT"``, ``"<case_id> labels"`` and
-        ``"<case_id> <tissue> mesh"``.
+        ``"<case_id> <tissue> mesh"``. ``metadata["medscan"]`` of every layer holds
+        ``case_id, case_dir, status, reason, metrics, tables`` (:func:`metric_tables`),
+        ``manifest`` and ``qc``.
     """
-    folder = Path(path)
-    manifest = _read_json(folder / "manifest.json")
-    metrics = _read_json(folder / "metrics.json")
-    qc = _read_json(folder / "qc.json")
-    case_id = str(manifest.get("case_id") or folder.name)
-    status = manifest.get("status", "ok")
-    if status != "ok":
-        warnings.warn(
-            f"{folder}: case status {status!r}: {manifest.get('reason') or 'no reason given'}",
-            stacklevel=2,
-        )
-    table = label_table(manifest.get("labels"))
-    common = {
+    case_id = result.case_id
+    metrics = dict(result.metrics or {})
+    common: dict[str, Any] = {
         "case_id": case_id,
-        "case_dir": str(folder),
-        "status": status,
+        "case_dir": str(result.folder) if result.folder is not None else None,
+        "status": result.status,
+        "reason": result.reason,
         "metrics": metrics,
         "tables": [t.to_dict() for t in metric_tables(metrics)],
-        "manifest": manifest,
-        "qc": qc,
+        "manifest": dict(result.manifest or {}),
+        "qc": _qc(result),
     }
+    if source:
+        common["source"] = source
     layers: list[LayerDataTuple] = []
-    volume_path = folder / "volume.nii.gz"
-    if volume_path.is_file():
-        hu, affine = _read_volume(volume_path)
-        layers.append(image_layer(hu, affine, f"{case_id} CT", common, visible=visible))
-    labels_path = folder / "labels.nii.gz"
-    if labels_path.is_file():
-        labels, affine = _read_volume(labels_path)
-        if not table:
-            table = {int(v): {"name": f"label {v}", "color": None} for v in np.unique(labels) if v}
-            table = label_table(table)
+    if image and result.volume is not None:
+        volume = result.volume
+        layers.append(
+            image_layer(volume.hu, volume.affine, f"{case_id} CT", common, visible=visible)
+        )
+    table: dict[int, dict[str, Any]] = {}
+    if result.labels is not None:
+        table = label_table(result.labels.labels_dict())
         layers.append(
             labels_layer(
-                labels,
-                affine,
+                result.labels.array,
+                result.labels.affine,
                 f"{case_id} labels",
                 table,
                 tissue_metrics=label_metrics(metrics),
@@ -242,31 +236,63 @@ def read_case(path: str | Path, visible: bool = True) -> list[LayerDataTuple]:
             )
         )
     colors = {entry["name"]: entry["color"] for entry in table.values()}
-    for tissue, mesh_path in case_meshes(folder, manifest).items():
-        try:
-            vertices, faces = load_mesh(mesh_path)
-        except (ValueError, OSError) as exc:
-            warnings.warn(f"{mesh_path}: cannot read mesh ({exc}); skipped", stacklevel=2)
-            continue
+    tissue_metrics = metrics.get("tissues") or {}
+    for tissue, surface in result.surfaces.items():
+        vertices, faces = _surface_arrays(surface)
         meta = {
             "case_id": case_id,
-            "case_dir": str(folder),
+            "case_dir": common["case_dir"],
+            "status": result.status,
             "tissue": tissue,
-            "path": str(mesh_path),
-            "coordinate_space": manifest.get("coordinate_space", "LPS"),
-            "units": manifest.get("units", "mm"),
-            "metrics": (metrics.get("tissues") or {}).get(tissue, {}),
+            "coordinate_space": (result.manifest or {}).get("coordinate_space", "LPS"),
+            "units": (result.manifest or {}).get("units", "mm"),
+            "metrics": tissue_metrics.get(tissue, {}),
         }
+        if result.folder is not None and tissue in result.files.get("mesh_paths", {}):
+            meta["path"] = str(result.files["mesh_paths"][tissue])
+        if source:
+            meta["source"] = source
         layers.append(
             surface_layer(
-                vertices,
-                faces,
-                f"{case_id} {tissue} mesh",
-                colors.get(tissue),
-                metadata=meta,
-                visible=visible,
+                vertices, faces, f"{case_id} {tissue} mesh", colors.get(tissue),
+                metadata=meta, visible=visible,
             )
         )
+    return layers
+
+
+def read_case(path: str | Path, visible: bool = True) -> list[LayerDataTuple]:
+    """Layers of one case folder, read by :func:`medscan.io.read_case` (the one case reader).
+
+    Parameters
+    ----------
+    path : str or Path
+        A case folder (``manifest.json`` inside; see ``docs/ct.md``).
+    visible : bool
+        Initial visibility of the layers (batch folders show only their first case).
+
+    Returns
+    -------
+    list of tuple
+        See :func:`case_layers`; a mesh file that cannot be read is skipped with a warning.
+    """
+    from medscan.io import read_case as read_case_folder
+
+    folder = Path(path)
+    result = read_case_folder(folder, arrays=True, meshes=False)
+    if result.status != "ok":
+        warnings.warn(
+            f"{folder}: case status {result.status!r}: {result.reason or 'no reason given'}",
+            stacklevel=2,
+        )
+    paths = _mesh_files(result)
+    for tissue, mesh_path in paths.items():
+        try:
+            result.surfaces[tissue] = load_mesh(mesh_path)
+        except (ValueError, OSError) as exc:
+            warnings.warn(f"{mesh_path}: cannot read mesh ({exc}); skipped", stacklevel=2)
+    result.files["mesh_paths"] = {t: p for t, p in paths.items() if t in result.surfaces}
+    layers = case_layers(result, visible=visible)
     if not layers:
         raise ValueError(f"{folder}: case folder has no volume, labels or meshes")
     return layers
@@ -275,20 +301,21 @@ def read_case(path: str | Path, visible: bool = True) -> list[LayerDataTuple]:
 def read_batch(path: str | Path) -> list[LayerDataTuple]:
     """Layers of every case in a batch output folder; only the first case starts visible.
 
-    Cases are taken from ``index.csv`` when present (its order), else from the sub-folders. A
-    case that cannot be read is reported with a warning naming it, and the others still open.
+    Cases are taken from ``index.csv`` when present (its order), else from the case folders
+    (:func:`medscan.io.iter_case_dirs`). A case that cannot be read is reported with a warning
+    naming it, and the others still open.
     """
+    from medscan.io import iter_case_dirs, read_index
+
     folder = Path(path)
     case_dirs: list[Path] = []
-    index = folder / "index.csv"
-    if index.is_file():
-        with index.open(newline="") as handle:
-            for row in csv.DictReader(handle):
-                case_dir = folder / str(row.get("case_id", ""))
-                if row.get("case_id") and case_dir.is_dir():
-                    case_dirs.append(case_dir)
+    if (folder / INDEX).is_file():
+        for row in read_index(folder):
+            case_dir = folder / str(row.get("case_id") or "")
+            if row.get("case_id") and case_dir.is_dir():
+                case_dirs.append(case_dir)
     if not case_dirs:
-        case_dirs = [c for c in _subdirs(folder) if is_case_folder(c)]
+        case_dirs = list(iter_case_dirs(folder))
     layers: list[LayerDataTuple] = []
     for case_dir in case_dirs:
         try:
@@ -300,37 +327,50 @@ def read_batch(path: str | Path) -> list[LayerDataTuple]:
     return layers
 
 
-def _parent_manifest(path: Path) -> tuple[Path | None, dict[str, Any]]:
+def _parent_case(path: Path) -> CaseResult | None:
+    """The case a file sits in (``case/labels.nii.gz``, ``case/meshes/x.ply``), without arrays."""
+    from medscan.io import read_case as read_case_folder
+
     for folder in (path.parent, path.parent.parent):
-        if (folder / "manifest.json").is_file():
-            return folder, _read_json(folder / "manifest.json")
-    return None, {}
+        if is_case_folder(folder):
+            try:
+                return read_case_folder(folder, arrays=False)
+            except (OSError, ValueError) as exc:
+                warnings.warn(f"{folder}: unreadable case ({exc}); file read alone", stacklevel=2)
+                return None
+    return None
 
 
 def read_nifti(path: str | Path) -> list[LayerDataTuple]:
-    """One NIfTI: a label map when its name starts with ``labels``, otherwise a HU image."""
+    """One NIfTI: a label map when its name starts with ``labels``, otherwise a HU image.
+
+    Inside a case folder the label names, colours and metrics come from that case.
+    """
+    from medscan.volume import LabelMap, Volume
+
     p = Path(path)
-    folder, manifest = _parent_manifest(p)
-    case_id = str(manifest.get("case_id") or p.name.split(".")[0])
-    array, affine = _read_volume(p)
-    meta = {"case_id": case_id, "path": str(p), "manifest": manifest}
+    case = _parent_case(p)
+    case_id = case.case_id if case is not None else p.name.split(".")[0]
+    meta: dict[str, Any] = {"case_id": case_id, "path": str(p)}
+    if case is not None:
+        meta["manifest"] = case.manifest
     stem = p.name.split(".")[0]
     if p.name.lower().startswith("labels"):
-        table = label_table(manifest.get("labels"))
-        if not table:
-            table = label_table({int(v): {"name": f"label {v}"} for v in np.unique(array) if v})
-        metrics = _read_json(folder / "metrics.json") if folder else {}
+        table = (case.manifest.get("labels") if case is not None else None) or None
+        labels = LabelMap.from_nifti(p, table, case_id=case_id)
+        metrics = case.metrics if case is not None else {}
         return [
             labels_layer(
-                array.astype(np.int32, copy=False) if array.dtype.kind == "f" else array,
-                affine,
+                labels.array,
+                labels.affine,
                 f"{case_id} {stem}",
-                table,
+                label_table(labels.labels_dict()),
                 tissue_metrics=label_metrics(metrics),
                 metadata=meta,
             )
         ]
-    return [image_layer(array, affine, f"{case_id} {stem}", meta)]
+    volume = Volume.from_nifti(p, case_id=case_id)
+    return [image_layer(volume.hu, volume.affine, f"{case_id} {stem}", meta)]
 
 
 def read_dicom_seg(path: str | Path) -> list[LayerDataTuple]:
@@ -338,37 +378,53 @@ def read_dicom_seg(path: str | Path) -> list[LayerDataTuple]:
     from medscan.io.dicom_seg import read_seg
 
     p = Path(path)
-    _, manifest = _parent_manifest(p)
-    labels = read_seg(p, case_id=str(manifest.get("case_id") or p.stem))
-    table = label_table({v: {"name": lab.name, "color": list(lab.color)}
-                         for v, lab in labels.labels.items()})
+    case = _parent_case(p)
+    labels = read_seg(p, case_id=case.case_id if case is not None else p.stem)
     meta = {"case_id": labels.case_id, "source": "dicom_seg"}
-    return [labels_layer(labels.array, labels.affine, f"{labels.case_id} seg", table,
-                         metadata=meta)]
+    return [labels_layer(labels.array, labels.affine, f"{labels.case_id} seg",
+                         label_table(labels.labels_dict()), metadata=meta)]
 
 
 def read_mesh(path: str | Path) -> list[LayerDataTuple]:
-    """One mesh file (LPS mm), coloured from its case manifest when it sits in a case folder."""
+    """One mesh file (LPS mm), coloured from its case when it sits in a case folder."""
     p = Path(path)
-    _, manifest = _parent_manifest(p)
-    colors = {e["name"]: e["color"] for e in label_table(manifest.get("labels")).values()}
-    case_id = str(manifest.get("case_id") or "")
+    case = _parent_case(p)
+    labels = case.manifest.get("labels") if case is not None else None
+    colors = {e["name"]: e["color"] for e in label_table(labels).values()}
+    case_id = case.case_id if case is not None else ""
     vertices, faces = load_mesh(p)
     name = f"{case_id} {p.stem} mesh".strip()
     meta = {"case_id": case_id, "tissue": p.stem, "path": str(p)}
     return [surface_layer(vertices, faces, name, colors.get(p.stem), metadata=meta)]
 
 
+def load_options() -> dict[str, bool]:
+    """The ``medscan segment`` loader settings that change a case (``uniform``, ``free_text``).
+
+    Their defaults (``conf/segment.yaml``): DICOM folders open as the job loads them, and the
+    CT segmentation widget records them in its provenance.
+    """
+    from medscan.defaults import segment_defaults
+
+    return {key: bool(segment_defaults(key)) for key in ("uniform", "free_text")}
+
+
 def read_dicom(path: str | Path) -> list[LayerDataTuple]:
-    """The first CT series under a DICOM folder, as a HU image (via the medscan loader)."""
+    """The first CT series under a DICOM folder, as a HU image (via the medscan loader).
+
+    Loaded with the ``medscan segment`` defaults (``uniform``), recorded in
+    ``metadata["medscan"]["load"]`` so the CT segmentation widget's provenance says how.
+    """
     from medscan.dicom import load_path
 
-    volume = load_path(path)
+    load = load_options()
+    volume = load_path(path, uniform=load["uniform"])
     meta = {
         "case_id": volume.case_id,
         "path": str(path),
         "findings": [f.to_dict() for f in volume.findings],
         "series": dict(volume.metadata),
         "files": list(volume.files),
+        "load": load,
     }
     return [image_layer(volume.hu, volume.affine, f"{volume.case_id} CT", meta)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,10 +20,16 @@ from qtpy.QtWidgets import (
 )
 
 from medscan.io.tables import SUMMARY, MetricTable, metric_tables
-from medscan.napari.layers import WINDOW_PRESETS, labels_layer, surface_layer
+from medscan.napari.layers import WINDOW_PRESETS
 
 if TYPE_CHECKING:
     import napari
+
+    from medscan.case import CaseResult
+
+#: ``metadata["medscan"]["source"]`` of layers the widget adds, and ``config.source`` of cases
+#: it saves.
+WIDGET_SOURCE = "napari CT segmentation widget"
 
 #: Slider range of the HU band sliders; a band end at either extreme means "unbounded".
 HU_SLIDER_MIN = -1024
@@ -58,24 +64,31 @@ def volume_from_layer(layer: napari.layers.Image):
     """A :class:`medscan.volume.Volume` (HU + LPS affine) from a CT Image layer.
 
     The LPS affine is read back from the layer's own transforms (what napari displays), so
-    any 3D image placed in the medscan world works, whoever made it.
+    any 3D image placed in the medscan world works, whoever made it. A layer opened by the
+    medscan reader goes back to the loader's voxel order
+    (:func:`~medscan.napari.geometry.restore_orientation`) and gets its loader findings and
+    source files back, so the widget analyses the volume ``medscan segment`` would.
     """
-    from medscan.napari.geometry import lps_affine_from_layer
-    from medscan.volume import Volume
+    from medscan.napari.geometry import lps_affine_from_layer, restore_orientation
+    from medscan.volume import Finding, Volume
 
     if layer.ndim != 3 or getattr(layer, "rgb", False):
         raise ValueError(f"layer {layer.name!r} is not a 3D CT volume")
     meta = layer.metadata.get("medscan", {})
     affine = lps_affine_from_layer(layer)
-    hu = np.ascontiguousarray(layer.data)
+    hu = np.asarray(layer.data)
+    if meta.get("source_lps_affine") is not None:
+        hu, affine = restore_orientation(hu, affine, np.asarray(meta["source_lps_affine"]))
     case_id = str(meta.get("case_id") or layer.name.split()[0])
     sources = meta.get("files") or ([meta["path"]] if meta.get("path") else [])
+    findings = [Finding(**f) for f in meta.get("findings") or []]
     return Volume(
-        hu=hu,
+        hu=np.ascontiguousarray(hu),
         affine=affine,
         case_id=case_id,
         metadata=dict(meta.get("series", {})),
         files=[str(f) for f in sources],
+        findings=findings,
     )
 
 
@@ -102,7 +115,8 @@ class CTSegmentationWidget(QWidget):
 
         self.viewer = napari_viewer
         self.tissues = default_tissues()
-        self.result: dict[str, Any] | None = None
+        self.result: CaseResult | None = None
+        self.made: dict[str, Any] = {}
         self.worker: Any = None
 
         self.layer_combo = ComboBox(label="CT image", choices=self._image_layers)
@@ -129,6 +143,7 @@ class CTSegmentationWidget(QWidget):
         self.tabs.addTab(self.metrics_table, SUMMARY)
         self.tables: dict[str, QTableWidget] = {SUMMARY: self.metrics_table}
 
+        self.setMinimumWidth(520)  # the band table (8 columns) without scrolling
         layout = QVBoxLayout(self)
         # a Container draws each control's label ("fat HU", ...) beside it
         controls = Container(widgets=[self.layer_combo, self.backend_combo,
@@ -165,23 +180,45 @@ class CTSegmentationWidget(QWidget):
         return dataclasses.replace(self.tissues, bands=bands)
 
     # ------------------------------------------------------------------ running
+    def case_options(self):
+        """``medscan segment``'s case options with the bands as set on the sliders."""
+        from medscan.ct.analyse import CaseOptions
+
+        return dataclasses.replace(CaseOptions.defaults(), tissues=self.tissue_table())
+
     def run(self) -> Any:
-        """Segment the chosen CT layer in a worker thread; returns the started worker."""
+        """Analyse the chosen CT layer in a worker thread; returns the started worker.
+
+        The worker calls :func:`medscan.ct.analyse.analyse` (what ``medscan segment`` runs for
+        each case); nothing is written until :meth:`save`.
+        """
         from napari.qt.threading import thread_worker
 
-        from medscan.napari import _pipeline
+        from medscan.backend import get_backend
+        from medscan.ct.analyse import analyse
+        from medscan.napari._reader import load_options
 
         layer = self.layer_combo.value
         if layer is None:
             self.status.setText("no CT image layer: open a DICOM folder or a volume.nii.gz")
             return None
         volume = volume_from_layer(layer)
-        table = self.tissue_table()
+        options = self.case_options()
         backend = self.backend_combo.value
+        meta = layer.metadata.get("medscan", {})
+        made = {
+            "options": options,
+            "load": {**load_options(), **dict(meta.get("load") or {})},
+            "source_root": str(meta["path"]) if meta.get("path") else None,
+            "series": dict(meta.get("series") or {}),
+        }
 
         @thread_worker
         def work():
-            return _pipeline.run_case(volume, table, backend=backend)
+            t0 = time.perf_counter()
+            be = get_backend(backend)
+            result = analyse(volume, options, be)
+            return result, {**made, "backend": be.name, "seconds": time.perf_counter() - t0}
 
         self.run_button.setEnabled(False)
         self.save_button.setEnabled(False)
@@ -196,58 +233,24 @@ class CTSegmentationWidget(QWidget):
     def _show_error(self, exc: Exception) -> None:
         self.status.setText(f"segmentation failed: {type(exc).__name__}: {exc}")
 
-    def _show_result(self, result: dict[str, Any]) -> None:
-        old = self.result
-        if old is not None and old.get("staging") != result.get("staging"):
-            shutil.rmtree(old["staging"], ignore_errors=True)
-        self.result = result
-        volume = result["volume"]
-        case_id = volume.case_id
-        table = {
-            int(k): {"name": v["name"], "color": v["color"]} for k, v in result["labels"].items()
-        }
-        from medscan.napari.layers import label_table
+    def _show_result(self, returned: tuple[CaseResult, dict[str, Any]]) -> None:
+        """Show a result: labels and meshes (as the reader shows a case), metric tables."""
+        from medscan.napari._reader import case_layers
 
-        table = label_table(table)
-        metrics = result["metrics"]
-        meta = {
-            "case_id": case_id,
-            "status": result["status"],
-            "metrics": metrics,
-            "source": "CT segmentation widget",
-        }
-        tuples = [
-            labels_layer(
-                result["label_map"],
-                volume.affine,
-                f"{case_id} labels",
-                table,
-                tissue_metrics=metrics.get("tissues"),
-                metadata=meta,
-            )
-        ]
-        colors = {entry["name"]: entry["color"] for entry in table.values()}
-        for tissue, (vertices, faces) in result["meshes"].items():
-            tuples.append(
-                surface_layer(
-                    vertices,
-                    faces,
-                    f"{case_id} {tissue} mesh",
-                    colors.get(tissue),
-                    metadata={**meta, "tissue": tissue},
-                )
-            )
-        for data, kwargs, kind in tuples:
+        result, made = returned
+        self.made = made
+        self.result = result
+        for data, kwargs, kind in case_layers(result, image=False, source=WIDGET_SOURCE):
             name = kwargs["name"]
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
             getattr(self.viewer, f"add_{kind}")(data, **kwargs)
-        self._fill_metrics(metrics)
+        self._fill_metrics(result.metrics)
         self.save_button.setEnabled(True)
         self.status.setText(
-            f"{case_id}: status {result['status']}"
-            + (f" ({result['reason']})" if result["reason"] else "")
-            + f"; {len(result['meshes'])} meshes; {result['seconds']:.1f} s"
+            f"{result.case_id}: status {result.status}"
+            + (f" ({result.reason})" if result.reason else "")
+            + f"; {len(result.surfaces)} meshes; {made['seconds']:.1f} s"
         )
 
     def _fill_metrics(self, metrics: dict[str, Any]) -> None:
@@ -266,14 +269,58 @@ class CTSegmentationWidget(QWidget):
             self.tabs.addTab(_with_note(view, table.note), table.title.replace("_", " "))
 
     def save(self, output: str | Path) -> Path:
-        """Write the last result as a case folder under ``output`` (the segment job's layout)."""
-        from medscan.napari import _pipeline
+        """Write the last result as ``output/<case_id>/`` with :func:`medscan.io.write_case`.
 
+        The provenance is the job's (:meth:`medscan.case.Provenance.for_files` over the
+        series' files, the hash of :func:`medscan.ct.analyse.case_config`), so with the
+        default bands a ``medscan segment`` rerun on the same DICOM tree finds the case
+        current and leaves it alone. ``index.csv`` is rebuilt.
+        """
         if self.result is None:
             raise RuntimeError("run the segmentation first")
-        case_dir = _pipeline.save_case(self.result, Path(output))
+        case_dir = save_result(self.result, self.made, output)
         self.status.setText(f"saved {case_dir}")
         return case_dir
+
+
+def save_result(result: CaseResult, made: dict[str, Any], output: str | Path) -> Path:
+    """Write a widget result with the job's writer and provenance (see :meth:`save`).
+
+    Parameters
+    ----------
+    result : CaseResult
+        From :func:`medscan.ct.analyse.analyse`.
+    made : dict
+        How it was made: ``options`` (CaseOptions), ``load`` (``uniform``, ``free_text``),
+        ``backend``, ``seconds``, ``source_root`` and ``series`` (the loader's metadata).
+    output : str or Path
+        Batch output folder.
+
+    Returns
+    -------
+    Path
+        The case folder.
+    """
+    from medscan.case import Provenance
+    from medscan.ct.analyse import case_config
+    from medscan.io import write_case
+    from medscan.io.redact import series_metadata
+
+    options = made["options"]
+    free_text = bool(made["load"].get("free_text"))
+    hashed = case_config(options, bool(made["load"].get("uniform")), free_text)
+    volume = result.volume
+    provenance = Provenance.for_files(
+        list(volume.files) if volume is not None else [],
+        {**hashed, "backend": {"name": made["backend"]}, "source": WIDGET_SOURCE},
+        case_config=hashed,
+        root=made.get("source_root"),
+        backend=made["backend"],
+        series={"metadata": series_metadata(made.get("series") or {}, free_text)},
+    )
+    provenance.seconds = round(float(made["seconds"]), 3)
+    return write_case(result, output, provenance, mesh_formats=options.mesh_formats,
+                      outputs=options.outputs)
 
 
 def _table_widget(header: list[str]) -> QTableWidget:
@@ -306,6 +353,10 @@ def _fill_table(view: QTableWidget, table: MetricTable, header: list[str] | None
     view.setHorizontalHeaderLabels(header or table.columns)
     view.setRowCount(len(table.rows))
     for i in range(len(table.rows)):
+        tips = table.tips[i] if i < len(table.tips) else {}
         for j, column in enumerate(table.columns):
-            view.setItem(i, j, QTableWidgetItem(table.cell(i, column)))
+            item = QTableWidgetItem(table.cell(i, column))
+            if column in tips:
+                item.setToolTip(tips[column])
+            view.setItem(i, j, item)
     view.resizeColumnsToContents()
