@@ -320,7 +320,7 @@ def save_result(result: CaseResult, made: dict[str, Any], output: str | Path) ->
     )
     provenance.seconds = round(float(made["seconds"]), 3)
     return write_case(result, output, provenance, mesh_formats=options.mesh_formats,
-                      outputs=options.outputs)
+                      outputs=options.outputs, report=options.report)
 
 
 def _table_widget(header: list[str]) -> QTableWidget:
