@@ -8,6 +8,7 @@ plain pydicom walk over the per-frame functional groups.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import highdicom as hd
@@ -20,6 +21,7 @@ from medscan.dicom import load_path
 from medscan.io.dicom_seg import (
     SEGMENT_CODES,
     SegGeometryError,
+    place_on_grid,
     read_seg,
     read_seg_labels,
     write_seg,
@@ -324,17 +326,26 @@ def test_seg_passes_dciodvfy(even_seg) -> None:
     assert not [line for line in report.splitlines() if line.startswith("Error")], report
 
 
-def test_segment_job_writes_seg(sample_ct: Path, tmp_path: Path) -> None:
-    """`outputs=[nifti,dicom_seg]`: seg.dcm holds the case's labels.nii.gz on the source slices."""
+@pytest.fixture(scope="module")
+def seg_job(sample_ct: Path, tmp_path_factory) -> tuple[Path, Path]:
+    """`medscan segment outputs=[nifti,dicom_seg]` on the embedded sample: (batch, case)."""
     from medscan.ct.job import run_segment
-    from medscan.io import iter_case_dirs, read_manifest
+    from medscan.io import iter_case_dirs
     from tests.test_segment_job import config
 
-    out = tmp_path / "out"
+    out = tmp_path_factory.mktemp("seg-job") / "out"
     cfg = config(input=sample_ct, output=out, progress=False, mesh_formats="[ply]",
                  outputs="[nifti,dicom_seg]")
     assert run_segment(cfg) == 0
     (case,) = iter_case_dirs(out)
+    return out, case
+
+
+def test_segment_job_writes_seg(sample_ct: Path, seg_job) -> None:
+    """`outputs=[nifti,dicom_seg]`: seg.dcm holds the case's labels.nii.gz on the source slices."""
+    from medscan.io import read_manifest
+
+    out, case = seg_job
     labels = LabelMap.from_nifti(case / "labels.nii.gz")
     back = read_seg(case / "seg.dcm")
     np.testing.assert_array_equal(back.array, labels.array)
@@ -364,3 +375,74 @@ def test_segment_job_seg_refused_is_a_failed_case(shared_ct_qa: Path, tmp_path: 
     assert manifest["status"] == "failed"
     assert "SegGeometryError" in manifest["reason"] and "uniform=True" in manifest["reason"]
     assert not (case / "seg.dcm").exists()
+
+
+def measure_config(**overrides) -> dict:
+    from tests.test_measure_job import _config
+
+    return _config("measure", **overrides)
+
+
+def test_measure_job_reads_seg_of_dicom_series(sample_ct: Path, seg_job, tmp_path: Path) -> None:
+    """`medscan measure volume=<DICOM series> labels=seg.dcm`: the SEG measured on its series
+    gives the metrics `segment` computed from the same labels."""
+    from medscan.ct.measure_job import run_measure
+    from medscan.io import iter_case_dirs
+
+    _, case = seg_job
+    out = tmp_path / "m"
+    assert run_measure(measure_config(volume=sample_ct, labels=case / "seg.dcm",
+                                      output=out)) == 0
+    (new,) = iter_case_dirs(out)
+    before = json.loads((case / "metrics.json").read_text())
+    after = json.loads((new / "metrics.json").read_text())
+    for key in ("lung_volume_ml", "lung_left_ml", "lung_right_ml", "mean_lung_hu",
+                "laa950_percent", "perc15_hu"):
+        assert after[key] == pytest.approx(before[key], rel=1e-9), key
+    for name, entry in after["tissues"].items():
+        assert entry["volume_ml"] == pytest.approx(before["tissues"][name]["volume_ml"])
+    np.testing.assert_array_equal(LabelMap.from_nifti(new / "labels.nii.gz").array,
+                                  LabelMap.from_nifti(case / "labels.nii.gz").array)
+
+
+def test_measure_refreshes_the_case_report(seg_job, tmp_path: Path) -> None:
+    """Re-measuring a case folder after editing its labels rewrites report.html too."""
+    import shutil
+
+    from medscan.ct.measure_job import run_measure
+    from medscan.io.tables import format_value
+
+    _, case = seg_job
+    copy = tmp_path / case.name
+    shutil.copytree(case, copy)
+    from medscan.io import read_manifest
+
+    labels = LabelMap.from_nifti(copy / "labels.nii.gz", read_manifest(copy)["labels"])
+    edited = labels.array.copy()
+    edited[edited == labels.by_name("lung_left").value] = labels.by_name("soft_tissue").value
+    LabelMap(edited, labels.affine, labels.labels).to_nifti(copy / "labels.nii.gz")
+    old = json.loads((copy / "metrics.json").read_text())["lung_volume_ml"]
+    assert run_measure(measure_config(input=copy)) == 0
+    new = json.loads((copy / "metrics.json").read_text())["lung_volume_ml"]
+    assert new < old
+    report = (copy / "report.html").read_text()
+    assert f">{format_value(new)} mL<" in report and f">{format_value(old)} mL<" not in report
+
+
+def test_seg_slab_is_placed_on_the_series_grid(even_seg, tmp_path: Path) -> None:
+    """A SEG whose first and last slices hold no label covers fewer slices than the series;
+    place_on_grid puts it back where it lies (zeros around), refusing a shifted grid."""
+    volume, labels, _ = even_seg
+    array = labels.array.copy()
+    array[:3] = 0
+    array[-2:] = 0
+    path = write_seg(LabelMap(array, labels.affine, labels.labels), volume.files,
+                     tmp_path / "slab.dcm")
+    slab = read_seg(path)
+    assert slab.array.shape[0] == array.shape[0] - 5
+    np.testing.assert_array_equal(
+        place_on_grid(slab.array, slab.affine, volume.shape, volume.affine), array)
+    shifted = volume.affine.copy()
+    shifted[:3, 3] += 0.5 * shifted[:3, 0]
+    with pytest.raises(SegGeometryError, match="between"):
+        place_on_grid(slab.array, slab.affine, volume.shape, shifted)

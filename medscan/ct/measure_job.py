@@ -12,7 +12,8 @@ Inputs (one of):
   findings of ``qc.json`` are rewritten in place (each file atomically), every other file is
   kept; ``index.csv`` is rebuilt.
 * ``volume=X.nii.gz labels=Y.nii.gz [label_table=T.json|yaml] output=DIR`` -- any label map on
-  the volume's grid (another tool's, a hand-made one) with its label table: a new case folder
+  the volume's grid (another tool's, a hand-made one) with its label table, or
+  ``volume=SERIES_FOLDER labels=seg.dcm`` -- a DICOM SEG of a DICOM series: a new case folder
   ``DIR/<case_id>/`` (volume, labels, metrics, qc, manifest) written by
   :func:`medscan.io.case.write_case`.
 
@@ -115,19 +116,26 @@ def read_label_map(path: str | Path, table: dict[int, Label] | None, volume: Vol
                    ) -> LabelMap:
     """A label map file on ``volume``'s grid, with its label table.
 
-    NIfTI (``.nii``, ``.nii.gz``) today; DICOM SEG input (issue 14, ``seg14``) plugs in here
-    (``medscan.io.dicom_seg.read_seg`` -> LabelMap, resampled to nothing: same grid required).
+    NIfTI (``.nii``, ``.nii.gz``) or a DICOM SEG (:func:`medscan.io.dicom_seg.read_seg`; its
+    segment names are the label table unless ``table`` is given; its slices, from the first to
+    the last frame, are placed on the volume's grid without resampling).
 
     Raises
     ------
     MeasureError
         Unreadable file, values outside 0..255, or not on the volume's grid.
     """
+    from medscan.io.dicom_seg import is_dicom_seg
+
     p = Path(path)
-    try:
-        labels = LabelMap.from_nifti(p, table, case_id=volume.case_id)
-    except Exception as exc:  # nibabel's ImageFileError is no OSError
-        raise MeasureError(f"{p.name}: cannot read the label map: {_why(exc, p)}") from None
+    if is_dicom_seg(p):
+        labels = _seg_on_volume(p, table, volume)
+        table = table or labels.labels
+    else:
+        try:
+            labels = LabelMap.from_nifti(p, table, case_id=volume.case_id)
+        except Exception as exc:  # nibabel's ImageFileError is no OSError
+            raise MeasureError(f"{p.name}: cannot read the label map: {_why(exc, p)}") from None
     _check_grid(labels, volume, p.name)
     if table is None:
         return labels
@@ -136,6 +144,20 @@ def read_label_map(path: str | Path, table: dict[int, Label] | None, volume: Vol
     if unknown:
         raise MeasureError(f"{p.name}: label value(s) {unknown} are not in the label table")
     return labels
+
+
+def _seg_on_volume(path: Path, table: dict[int, Label] | None, volume: Volume) -> LabelMap:
+    """A DICOM SEG's labels on ``volume``'s grid (``table`` overrides the SEG's names)."""
+    from medscan.io.dicom_seg import SegGeometryError, SegReadError, place_on_grid, read_seg
+
+    try:
+        seg = read_seg(path, case_id=volume.case_id)
+        array = place_on_grid(seg.array, seg.affine, volume.shape, volume.affine)
+    except (SegReadError, SegGeometryError) as exc:
+        text = str(exc)
+        raise MeasureError(text if text.startswith(path.name) else f"{path.name}: {text}"
+                           ) from None
+    return LabelMap(array, volume.affine, table or seg.labels, case_id=volume.case_id)
 
 
 def _check_grid(labels: LabelMap, volume: Volume, name: str) -> None:
@@ -197,8 +219,8 @@ def measure_case_dir(case_dir: Path, options: MeasureOptions) -> tuple[str, str]
     """Re-measure one case folder in place; returns its (status, reason) for the summary.
 
     ``metrics.json`` and ``qc.json`` are rewritten, each atomically (``medscan.io``): qc first,
-    then metrics; every other file of the folder (meshes, preview, DICOM SEG, manifest) is
-    kept as it is.
+    then metrics; ``report.html`` (when there) is rebuilt from them; every other file of the
+    folder (meshes, preview, DICOM SEG, manifest) is kept as it is.
 
     Raises
     ------
@@ -207,6 +229,8 @@ def measure_case_dir(case_dir: Path, options: MeasureOptions) -> tuple[str, str]
     """
     from medscan.io import METRICS, QC, write_json
     from medscan.io.case import read_case
+    from medscan.io.layout import REPORT
+    from medscan.io.report import write_case_report
 
     try:
         result = read_case(case_dir, arrays=True, meshes=True)
@@ -220,6 +244,8 @@ def measure_case_dir(case_dir: Path, options: MeasureOptions) -> tuple[str, str]
                                     _replace_findings(result.findings, findings)]}
     write_json(case_dir / QC, qc)
     write_json(case_dir / METRICS, metrics)
+    if (case_dir / REPORT).is_file():  # the report shows metrics and findings: refresh it
+        write_case_report(case_dir)
     return result.status, result.reason
 
 
@@ -233,15 +259,17 @@ def measure_pair(cfg: Mapping[str, Any], options: MeasureOptions, output: Path) 
     """
     from medscan.case import CaseResult, Provenance
     from medscan.io.case import write_case
+    from medscan.io.dicom_seg import is_dicom_seg
 
     volume_path, labels_path = Path(str(cfg["volume"])), Path(str(cfg["labels"]))
-    case_id = str(cfg.get("case_id") or labels_path.name.split(".")[0])
-    try:
-        volume = Volume.from_nifti(volume_path, case_id=case_id)
-    except Exception as exc:  # nibabel's ImageFileError is no OSError
-        raise MeasureError(f"{volume_path.name}: cannot read the volume: "
-                           f"{_why(exc, volume_path)}") from None
-    table = read_label_table(cfg["label_table"]) if cfg.get("label_table") else _default_table(cfg)
+    volume = _read_volume(volume_path, cfg.get("case_id") or labels_path.name.split(".")[0])
+    case_id = volume.case_id
+    if cfg.get("label_table"):
+        table = read_label_table(cfg["label_table"])
+    elif is_dicom_seg(labels_path):
+        table = None  # the SEG's own segment names
+    else:
+        table = _default_table(cfg)
     labels = read_label_map(labels_path, table, volume)
     t0 = time.perf_counter()
     metrics, findings = measure_case(volume, labels, None, options)
@@ -249,12 +277,29 @@ def measure_pair(cfg: Mapping[str, Any], options: MeasureOptions, output: Path) 
                         findings=findings,
                         timings_s={"measure": round(time.perf_counter() - t0, 4)})
     config = {k: v for k, v in cfg.items() if k not in PRIVATE_KEYS}
-    files = [volume_path, labels_path] + ([Path(str(cfg["label_table"]))]
-                                          if cfg.get("label_table") else [])
-    provenance = Provenance.for_files(files, config, root=volume_path.parent,
+    files = [*(volume.files or [volume_path]), labels_path] + (
+        [Path(str(cfg["label_table"]))] if cfg.get("label_table") else [])
+    root = volume_path if volume_path.is_dir() else volume_path.parent
+    provenance = Provenance.for_files(files, config, root=root,
                                       clock_start=t0, salt=cfg.get("salt"))
     write_case(result, output, provenance, mesh_formats=(), outputs=("nifti",), index=False)
     return result.status, result.reason
+
+
+def _read_volume(path: Path, case_id: str) -> Volume:
+    """Read ``volume=``: a NIfTI HU volume, or a DICOM series (folder or file).
+
+    A DICOM series is loaded as ``segment`` loads it (``uniform=True``: the grid a DICOM SEG of
+    it is read onto) and keeps its own pseudonymous case id.
+    """
+    try:
+        if path.name.lower().endswith((".nii", ".nii.gz")):
+            return Volume.from_nifti(path, case_id=case_id)
+        from medscan.dicom import load_path
+
+        return load_path(path, uniform=True)
+    except Exception as exc:  # nibabel's ImageFileError is no OSError; SeriesError
+        raise MeasureError(f"{path.name}: cannot read the volume: {_why(exc, path)}") from None
 
 
 def _default_table(cfg: Mapping[str, Any]) -> dict[int, Label] | None:

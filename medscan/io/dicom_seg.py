@@ -483,6 +483,56 @@ def is_dicom_seg(path: str | Path) -> bool:
     return sop in SEG_SOP_CLASSES or str(ds.get("Modality", "")) == "SEG"
 
 
+def place_on_grid(array: np.ndarray, affine: np.ndarray, shape_zyx: tuple[int, int, int],
+                  target_affine: np.ndarray) -> np.ndarray:
+    """Put a label array onto a larger grid it is part of (e.g. a SEG's slices on the volume).
+
+    A SEG covers the slices from its first to its last frame (empty frames are left out), so
+    its label map can be a slab of the series' grid. No resampling: the two grids must share
+    their axes and spacing, and the label array's origin must sit on a voxel of the target.
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        uint8 ``(z, y, x)`` labels.
+    affine : numpy.ndarray
+        4x4 index -> LPS of ``array``.
+    shape_zyx : tuple of int
+        Target grid shape.
+    target_affine : numpy.ndarray
+        4x4 index -> LPS of the target grid.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 array of ``shape_zyx``: the labels where they lie, 0 elsewhere.
+
+    Raises
+    ------
+    SegGeometryError
+        Other axes or spacing, an origin between voxels, or labels outside the target grid.
+    """
+    affine = np.asarray(affine, float)
+    target_affine = np.asarray(target_affine, float)
+    if not np.allclose(affine[:3, :3], target_affine[:3, :3], atol=1e-3):
+        raise SegGeometryError("the label map's axes or voxel spacing differ from the volume's "
+                               "(not the same grid)")
+    offset = np.linalg.solve(target_affine[:3, :3], affine[:3, 3] - target_affine[:3, 3])
+    start = np.rint(offset)
+    if float(np.abs(offset - start).max()) > 0.01:
+        raise SegGeometryError("the label map's voxels lie between the volume's (not the same "
+                               "grid)")
+    i0, j0, k0 = (int(v) for v in start)
+    nz, ny, nx = array.shape
+    if min(i0, j0, k0) < 0 or k0 + nz > shape_zyx[0] or j0 + ny > shape_zyx[1] \
+            or i0 + nx > shape_zyx[2]:
+        raise SegGeometryError(f"the label map ({nz}x{ny}x{nx} from voxel ({k0}, {j0}, {i0})) "
+                               f"reaches outside the volume's grid {tuple(shape_zyx)}")
+    out = np.zeros(shape_zyx, np.uint8)
+    out[k0:k0 + nz, j0:j0 + ny, i0:i0 + nx] = array
+    return out
+
+
 class SegReadError(ValueError):
     """A file is not a DICOM SEG medscan can turn into a label map (the message says why)."""
 
