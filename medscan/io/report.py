@@ -108,6 +108,7 @@ ul.findings { padding-left: 1.2rem; } ul.findings li { margin: .35rem 0; }
 .hist { display: flex; flex-wrap: wrap; gap: 1rem; }
 .hist svg { border: 1px solid #eee; font-family: system-ui, sans-serif; }
 .wide { overflow-x: auto; } td.name { white-space: nowrap; }
+p.note { font-size: .8rem; color: #555; margin: .2rem 0; }
 """
 
 
@@ -147,7 +148,8 @@ def table_html(table: MetricTable) -> str:
             for i, c in enumerate(table.columns)
         )
         rows.append(f"<tr>{cells}</tr>")
-    return f"<table>\n<tr>{head}</tr>\n" + "\n".join(rows) + "\n</table>"
+    return (f'<div class="wide"><table>\n<tr>{head}</tr>\n' + "\n".join(rows)
+            + "\n</table></div>")
 
 
 def _headline(metrics: Mapping[str, Any]) -> str:
