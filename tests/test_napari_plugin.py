@@ -127,9 +127,17 @@ def test_case_folder_layers(case_dir):
         np.testing.assert_allclose(rgba, parse_color(entry["color"]), atol=1 / 255 + 1e-6)
     # Metrics travel with the layers.
     assert image.metadata["medscan"]["metrics"] == metrics
-    for name, numbers in (metrics.get("tissues") or {}).items():
-        row = labels.features[labels.features["name"] == name]
-        assert float(row["volume_ml"].iloc[0]) == pytest.approx(numbers["volume_ml"])
+    # Every per-label number is a feature column (structures' more precise copy first).
+    seen = set()
+    for block in ("structures", "tissues"):
+        for name, numbers in (metrics.get(block) or {}).items():
+            row = labels.features[labels.features["name"] == name]
+            for key, value in numbers.items():
+                number = isinstance(value, int | float) and not isinstance(value, bool)
+                if number and key != "label" and (name, key) not in seen:
+                    seen.add((name, key))
+                    assert float(row[key].iloc[0]) == pytest.approx(value), (block, name, key)
+    assert {"p95_hu", "surface_area_mm2", "volume_ml"} <= set(labels.features.columns)
 
 
 def test_mesh_vertices_land_on_their_label_voxels(case_dir):

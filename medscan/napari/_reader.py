@@ -175,7 +175,11 @@ def _surface_arrays(surface: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def case_layers(
-    result: CaseResult, visible: bool = True, image: bool = True, source: str | None = None
+    result: CaseResult,
+    visible: bool = True,
+    image: bool = True,
+    source: str | None = None,
+    mesh_paths: dict[str, Path] | None = None,
 ) -> list[LayerDataTuple]:
     """Layers of one :class:`~medscan.case.CaseResult`: CT image, labels, one surface per mesh.
 
@@ -192,6 +196,8 @@ def case_layers(
         Make the CT Image layer (the widget leaves the image it analysed alone).
     source : str, optional
         Where the case came from (``metadata["medscan"]["source"]``).
+    mesh_paths : dict, optional
+        ``{tissue: file}`` the surfaces were read from (``metadata["medscan"]["path"]``).
 
     Returns
     -------
@@ -248,8 +254,8 @@ def case_layers(
             "units": (result.manifest or {}).get("units", "mm"),
             "metrics": tissue_metrics.get(tissue, {}),
         }
-        if result.folder is not None and tissue in result.files.get("mesh_paths", {}):
-            meta["path"] = str(result.files["mesh_paths"][tissue])
+        if tissue in (mesh_paths or {}):
+            meta["path"] = str(mesh_paths[tissue])
         if source:
             meta["source"] = source
         layers.append(
@@ -291,8 +297,7 @@ def read_case(path: str | Path, visible: bool = True) -> list[LayerDataTuple]:
             result.surfaces[tissue] = load_mesh(mesh_path)
         except (ValueError, OSError) as exc:
             warnings.warn(f"{mesh_path}: cannot read mesh ({exc}); skipped", stacklevel=2)
-    result.files["mesh_paths"] = {t: p for t, p in paths.items() if t in result.surfaces}
-    layers = case_layers(result, visible=visible)
+    layers = case_layers(result, visible=visible, mesh_paths=paths)
     if not layers:
         raise ValueError(f"{folder}: case folder has no volume, labels or meshes")
     return layers
