@@ -260,6 +260,26 @@ _TYPE2_PATIENT_STUDY = (
 )
 
 
+def _drop_broken_references(ds: pydicom.Dataset) -> None:
+    """Drop Referenced Study/Patient Sequence items without their type 1 SOP UIDs.
+
+    The sequences are optional (type 3); their items need ReferencedSOPClassUID and
+    ReferencedSOPInstanceUID (type 1). Some archives write them incomplete (Lung-PET-CT-Dx
+    A0001: no ReferencedSOPClassUID); highdicom copies the Patient and General Study modules
+    into the SEG, which the copies would make invalid (dciodvfy: "Missing attribute for Type 1
+    Required").
+    """
+    for key in ("ReferencedStudySequence", "ReferencedPatientSequence"):
+        if key not in ds:
+            continue
+        items = [item for item in ds[key].value
+                 if item.get("ReferencedSOPClassUID") and item.get("ReferencedSOPInstanceUID")]
+        if items:
+            setattr(ds, key, items)
+        else:
+            delattr(ds, key)
+
+
 def read_sources(files: Sequence[str | Path]) -> list[pydicom.Dataset]:
     """Read the headers of the source slices and check they form one series.
 
@@ -295,6 +315,7 @@ def read_sources(files: Sequence[str | Path]) -> list[pydicom.Dataset]:
         for key in _TYPE2_PATIENT_STUDY:  # type 2: present, may be empty (PS3.3 C.7.1.1, C.7.2.1)
             if key not in ds:
                 setattr(ds, key, "")
+        _drop_broken_references(ds)
     for n, ds in enumerate(datasets):
         for key in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
             if key not in ds:
