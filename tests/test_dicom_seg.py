@@ -312,17 +312,21 @@ def test_seg_from_reoriented_label_map(even_seg, tmp_path: Path) -> None:
         check_frames_pydicom(out, labels, uids, identity)
 
 
-def test_seg_passes_dciodvfy(even_seg, shared_ct: Path, tmp_path: Path) -> None:
+def test_seg_passes_dciodvfy(even_seg, shared_ct: Path, shared_ct_qa: Path,
+                             tmp_path: Path) -> None:
     """dicom3tools' IOD validator (an independent implementation) finds no error in the SEG,
-    also for A0001, whose headers carry an incomplete ReferencedStudySequence item."""
+    also for A0001 (its headers carry an incomplete ReferencedStudySequence item) and the GE
+    tilt series (PatientIdentityRemoved YES with an empty DeidentificationMethod)."""
     import shutil
     import subprocess
 
     tool = shutil.which("dciodvfy")
     if tool is None:
         pytest.skip("needs dciodvfy (Debian: apt-get install dicom3tools; in run.sh TEST_APT)")
-    a0001 = load_path(shared_ct / "lungdx-a0001-chest-5mm")
-    paths = [even_seg[2], write_seg(threshold_labels(a0001), a0001.files, tmp_path / "a1.dcm")]
+    paths = [even_seg[2]]
+    for n, series in enumerate((shared_ct / "lungdx-a0001-chest-5mm", shared_ct_qa / TILT)):
+        volume = load_path(series, uniform=True)
+        paths.append(write_seg(threshold_labels(volume), volume.files, tmp_path / f"{n}.dcm"))
     for path in paths:
         out = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=120)
         report = out.stdout + out.stderr

@@ -316,6 +316,11 @@ def read_sources(files: Sequence[str | Path]) -> list[pydicom.Dataset]:
             if key not in ds:
                 setattr(ds, key, "")
         _drop_broken_references(ds)
+        if (str(ds.get("PatientIdentityRemoved", "")).upper() == "YES"
+                and not ds.get("DeidentificationMethod")
+                and not ds.get("DeidentificationMethodCodeSequence")):
+            # type 1C then (PS3.3 C.7.1.1); the GE tilt series leaves it empty
+            ds.DeidentificationMethod = "not recorded in the source series"
     for n, ds in enumerate(datasets):
         for key in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
             if key not in ds:
