@@ -39,6 +39,16 @@ def segment_defaults(section: str | None = None) -> Any:
     return copy.deepcopy(cfg if section is None else cfg[section])
 
 
+def measure_defaults() -> dict[str, Any]:
+    """``conf/metrics/default.yaml`` as shipped (a copy): the ``measure`` block of both jobs.
+
+    ``medscan segment`` and ``medscan measure`` take it through their Hydra defaults list
+    (``metrics: default``, packaged at ``measure``);
+    :class:`~medscan.ct.measure.MeasureOptions` takes its field defaults from it.
+    """
+    return copy.deepcopy(_packaged("metrics/default.yaml"))
+
+
 def tissue_defaults(name: str = "default") -> dict[str, Any]:
     """``conf/tissues/<name>.yaml`` as shipped (a copy)."""
     return copy.deepcopy(_packaged(f"tissues/{name}.yaml"))

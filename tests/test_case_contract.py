@@ -220,6 +220,27 @@ def test_defaults_come_from_the_yaml_only():
     assert case_config(options)["segment"] == SegmentParams.from_config(cfg["segment"]).to_dict()
 
 
+def test_measure_defaults_have_one_source():
+    """Both jobs take the ``measure`` block from conf/metrics/default.yaml (their defaults
+    lists), and MeasureOptions / lung_coverage default to that same file: no literal copies."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from medscan.ct.measure import MeasureOptions, lung_coverage
+
+    block = yaml.safe_load((CONF / "metrics" / "default.yaml").read_text())
+    for job in ("segment", "measure"):
+        assert "measure" not in yaml.safe_load((CONF / f"{job}.yaml").read_text()), job
+        with initialize_config_dir(str(CONF.resolve()), version_base=None):
+            cfg = OmegaConf.to_container(compose(job), resolve=False)
+        assert cfg["measure"] == block, job
+        assert MeasureOptions.from_config(cfg) == MeasureOptions(), job
+    options = MeasureOptions()
+    assert {k: getattr(options, k) for k in block} == block
+    assert inspect.signature(lung_coverage).parameters["min_contact_cm2"].default is None
+    assert CaseOptions.defaults().measure == options
+
+
 
 def _small_result(case_id: str, status: str = "ok") -> CaseResult:
     """A tiny synthetic case (the writer's mechanics do not need a real series)."""

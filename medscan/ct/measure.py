@@ -30,6 +30,7 @@ from medscan.ct.orient import canonical_reorientation
 from medscan.ct.regions import lung_regions, lung_voxels
 from medscan.ct.structures import structure_stats
 from medscan.ct.tissues import LUNG_LEFT, LUNG_RIGHT, TissueTable
+from medscan.defaults import measure_defaults
 from medscan.io.layout import LUNG_KEYS  # the output contract (index.csv columns)
 from medscan.volume import AIR_HU, Finding, Volume
 
@@ -174,7 +175,7 @@ def lung_coverage(
     labels: np.ndarray,
     affine: np.ndarray,
     tissues: TissueTable,
-    min_contact_cm2: float = 0.5,
+    min_contact_cm2: float | None = None,
     padding_hu: float = AIR_HU,
 ) -> tuple[dict[str, Any], list[Finding]]:
     """Say whether each lung lies wholly inside the scanned region.
@@ -197,8 +198,9 @@ def lung_coverage(
         4x4 index ``(i, j, k)`` -> LPS mm.
     tissues : TissueTable or dict
         Lung label ids (a tissue table or any label table, see :func:`label_names`).
-    min_contact_cm2 : float
-        Contact area (cm²) below which a touch is ignored (a few noisy voxels).
+    min_contact_cm2 : float, optional
+        Contact area (cm²) below which a touch is ignored (a few noisy voxels); default
+        ``measure.min_contact_cm2`` of ``conf/metrics/default.yaml``.
     padding_hu : float
         Value of pixels outside the reconstructed field of view (the loader's padding).
 
@@ -210,6 +212,8 @@ def lung_coverage(
     findings : list of Finding
         One ``lung_truncated`` warning per incomplete lung.
     """
+    if min_contact_cm2 is None:
+        min_contact_cm2 = float(measure_defaults()["min_contact_cm2"])
     reo = canonical_reorientation(affine)
     lab = reo.to_canonical(labels)
     sx, sy, sz = np.linalg.norm(reo.canonical_affine(affine, labels.shape)[:3, :3], axis=0)
@@ -422,20 +426,21 @@ class MeasureOptions:
     """
 
     density: DensityBands = field(default_factory=default_density_bands)
-    regions: bool = True
-    structures: bool = True
-    min_contact_cm2: float = 0.5
+    regions: bool = field(default_factory=lambda: bool(measure_defaults()["regions"]))
+    structures: bool = field(default_factory=lambda: bool(measure_defaults()["structures"]))
+    min_contact_cm2: float = field(
+        default_factory=lambda: float(measure_defaults()["min_contact_cm2"]))
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> MeasureOptions:
         """From the ``density`` group and the ``measure`` block of a job config (may be None)."""
         cfg = cfg or {}
-        block = cfg.get("measure") or {}
+        block = {**measure_defaults(), **(cfg.get("measure") or {})}
         density = (DensityBands.from_config(cfg["density"]) if cfg.get("density")
                    else default_density_bands())
-        return cls(density=density, regions=bool(block.get("regions", True)),
-                   structures=bool(block.get("structures", True)),
-                   min_contact_cm2=float(block.get("min_contact_cm2", 0.5)))
+        return cls(density=density, regions=bool(block["regions"]),
+                   structures=bool(block["structures"]),
+                   min_contact_cm2=float(block["min_contact_cm2"]))
 
 
 def measure_case(

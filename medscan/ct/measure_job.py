@@ -218,19 +218,15 @@ def _replace_findings(old: list[Finding], new: list[Finding]) -> list[Finding]:
 def measure_case_dir(case_dir: Path, options: MeasureOptions) -> tuple[str, str]:
     """Re-measure one case folder in place; returns its (status, reason) for the summary.
 
-    ``metrics.json`` and ``qc.json`` are rewritten, each atomically (``medscan.io``): qc first,
-    then metrics; ``report.html`` (when there) is rebuilt from them; every other file of the
-    folder (meshes, preview, DICOM SEG, manifest) is kept as it is.
+    Only ``metrics.json`` and ``qc.json`` change (and ``report.html``, rebuilt from them), through
+    :func:`medscan.io.case.update_measurements`; every other file of the folder is kept.
 
     Raises
     ------
     MeasureError
         The folder cannot be read or measured (the folder is left untouched).
     """
-    from medscan.io import METRICS, QC, write_json
-    from medscan.io.case import read_case
-    from medscan.io.layout import REPORT
-    from medscan.io.report import write_case_report
+    from medscan.io.case import read_case, update_measurements
 
     try:
         result = read_case(case_dir, arrays=True, meshes=True)
@@ -238,14 +234,9 @@ def measure_case_dir(case_dir: Path, options: MeasureOptions) -> tuple[str, str]
         raise MeasureError(f"{case_dir.name}: cannot read the case: {_why(exc, case_dir)}"
                            ) from None
     metrics, findings = remeasure(result, options)
-    qc = {"case_id": result.case_id,
-          "loader_findings": [f.to_dict() for f in result.loader_findings],
-          "segmentation_findings": [f.to_dict() for f in
-                                    _replace_findings(result.findings, findings)]}
-    write_json(case_dir / QC, qc)
-    write_json(case_dir / METRICS, metrics)
-    if (case_dir / REPORT).is_file():  # the report shows metrics and findings: refresh it
-        write_case_report(case_dir)
+    result.metrics = metrics
+    result.findings = _replace_findings(result.findings, findings)
+    update_measurements(case_dir, result)
     return result.status, result.reason
 
 

@@ -17,7 +17,7 @@ _EXPORTS = {
     "medscan.io.layout": ("INDEX", "INDEX_COLUMNS", "LABELS", "LUNG_KEYS", "MANIFEST",
                           "MESH_DIR", "METRICS", "PREVIEW", "QC", "VOLUME", "read_manifest"),
     "medscan.io.case": ("OUTPUT_WRITERS", "is_case_dir", "iter_case_dirs", "read_case",
-                        "read_index", "write_case"),
+                        "read_index", "update_measurements", "write_case"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

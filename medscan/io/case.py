@@ -34,6 +34,7 @@ from medscan.io.layout import (
     METRICS,
     PREVIEW,
     QC,
+    REPORT,
     SEG,
     VOLUME,
     mesh_path,
@@ -192,11 +193,7 @@ def write_case_folder(
         meshes = _write_meshes(result, folder, mesh_formats)
         if result.metrics:
             write_json(folder / METRICS, result.metrics)
-        write_json(folder / QC, {
-            "case_id": result.case_id,
-            "loader_findings": [f.to_dict() for f in refs.findings(result.all_loader_findings())],
-            "segmentation_findings": [f.to_dict() for f in refs.findings(result.findings)],
-        })
+        write_json(folder / QC, _qc(result, refs.findings))
         if result.preview_png is not None:
             write_bytes(folder / PREVIEW, result.preview_png)
         timings = {**result.timings_s, "write": round(time.perf_counter() - t0, 4)}
@@ -208,6 +205,45 @@ def write_case_folder(
     if index:
         rebuild_index(output)
     return write
+
+
+def _qc(result: CaseResult, redact: Callable[[list[Finding]], list[Finding]]) -> dict[str, Any]:
+    """``qc.json`` of ``result``: its loader and segmentation findings, through ``redact``."""
+    return {
+        "case_id": result.case_id,
+        "loader_findings": [f.to_dict() for f in redact(result.all_loader_findings())],
+        "segmentation_findings": [f.to_dict() for f in redact(result.findings)],
+    }
+
+
+def update_measurements(case_dir: str | Path, result: CaseResult) -> None:
+    """Replace a finished case's ``metrics.json`` and ``qc.json`` by ``result``'s (re-measure).
+
+    The one way to change a case folder after :func:`write_case` (``medscan measure``): every
+    other file (volume, labels, meshes, preview, DICOM SEG, manifest) is kept. ``qc.json`` is
+    written first, then ``metrics.json``, each atomically; ``report.html``, when present, is
+    rebuilt from them. The caller holds the case's lock (:func:`medscan.io.casedir.case_lock`).
+
+    Parameters
+    ----------
+    case_dir : str or Path
+        A case folder (:func:`is_case_dir`).
+    result : CaseResult
+        The case as read back by :func:`read_case`, with new ``metrics`` and ``findings``
+        (already free of paths: they came from the written case).
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``case_dir`` is not a finished case folder (nothing is written).
+    """
+    folder = Path(case_dir)
+    if not is_case_dir(folder):
+        raise FileNotFoundError(f"{folder.name}: not a case folder (no {MANIFEST})")
+    write_json(folder / QC, _qc(result, list))
+    write_json(folder / METRICS, result.metrics)
+    if (folder / REPORT).is_file():  # the report shows metrics and findings: refresh it
+        write_case_report(folder)
 
 
 def build_manifest(
