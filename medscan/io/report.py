@@ -160,7 +160,7 @@ def _headline(metrics: Mapping[str, Any]) -> str:
                 f'<div class="card"><div class="v">{_esc(format_value(metrics[key]))} '
                 f'{_esc(unit)}</div><div class="l">{_esc(label)}</div></div>'
             )
-    if "lung_complete" in metrics:
+    if metrics.get("lung_complete") is not None and metrics.get("lung_volume_ml") is not None:
         word = "yes" if metrics["lung_complete"] else "no: cut off (see the findings)"
         cards.append(f'<div class="card"><div class="v">{_esc(word)}</div>'
                      '<div class="l">Lungs entirely in the scan</div></div>')
