@@ -209,3 +209,15 @@ def test_case_report_in_headless_chromium(sample_run, tmp_path) -> None:
     # the preview's orange left-lung mesh: absent when the embedded image fails to decode
     orange = ((red > 180) & (green > 100) & (green < 180) & (blue < 120)).sum()
     assert orange > 2000, f"the embedded preview did not render ({orange} orange pixels)"
+
+
+def test_no_lungs_is_not_reported_as_cut_off(sample_run) -> None:
+    """A case without lungs (lung metrics null) gets no 'lungs cut off' headline."""
+    from medscan.io.report import render_case_report
+
+    _, case = sample_run
+    metrics = json.loads((case / "metrics.json").read_text())
+    shown = render_case_report("c", "ok", metrics={**metrics, "lung_complete": False})
+    assert "Lungs entirely in the scan" in shown
+    none = {**metrics, "lung_volume_ml": None, "lung_complete": False}
+    assert "Lungs entirely in the scan" not in render_case_report("c", "failed", metrics=none)
