@@ -454,3 +454,47 @@ def test_seg_slab_is_placed_on_the_series_grid(even_seg, tmp_path: Path) -> None
     shifted[:3, 3] += 0.5 * shifted[:3, 0]
     with pytest.raises(SegGeometryError, match="between"):
         place_on_grid(slab.array, slab.affine, volume.shape, shifted)
+
+
+def other_tool_seg(volume: Volume, pixel_array: np.ndarray, kind: str, path: Path,
+                   n_segments: int, **kwargs) -> Path:
+    """A SEG as another tool writes it (highdicom directly: no medscan label values)."""
+    from pydicom.sr.codedict import codes
+
+    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in volume.files]
+    descriptions = [hd.seg.SegmentDescription(
+        segment_number=n, segment_label=f"thing {n}",
+        segmented_property_category=codes.SCT.Tissue, segmented_property_type=codes.SCT.Tissue,
+        algorithm_type="MANUAL") for n in range(1, n_segments + 1)]
+    seg = hd.seg.Segmentation(
+        source_images=sources, pixel_array=pixel_array, segmentation_type=kind,
+        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=7,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="other",
+        manufacturer_model_name="other", software_versions="1", device_serial_number="1",
+        **kwargs)
+    seg.save_as(path)
+    return path
+
+
+def test_read_seg_of_other_tools(even_seg, tmp_path: Path) -> None:
+    """LABELMAP and FRACTIONAL SEGs read back on the series' grid (segment numbers as values);
+    overlapping BINARY segments are refused (a label map holds one label per voxel)."""
+    from medscan.io.dicom_seg import SegReadError
+
+    volume, labels, _ = even_seg
+    lung = labels.array == labels.labels[8].value
+    bone = labels.array == labels.labels[5].value
+    expected = np.where(lung, 1, np.where(bone, 2, 0)).astype(np.uint8)
+    labelmap = other_tool_seg(volume, expected, "LABELMAP", tmp_path / "lm.dcm", 2)
+    fractional = other_tool_seg(volume, np.stack([lung, bone], -1).astype(np.float32),
+                                "FRACTIONAL", tmp_path / "fr.dcm", 2,
+                                fractional_type="PROBABILITY")
+    for path in (labelmap, fractional):
+        back = read_seg(path)
+        np.testing.assert_array_equal(back.array, expected)
+        np.testing.assert_allclose(back.affine, volume.affine, atol=1e-4)
+        assert {v: lab.name for v, lab in back.labels.items()} == {1: "thing 1", 2: "thing 2"}
+    overlap = np.stack([lung | bone, bone], -1).astype(np.uint8)
+    path = other_tool_seg(volume, overlap, "BINARY", tmp_path / "ov.dcm", 2)
+    with pytest.raises(SegReadError, match="overlap"):
+        read_seg(path)

@@ -706,7 +706,8 @@ def _segment_table(seg: Any) -> tuple[dict[int, tuple[str, tuple[int, int, int]]
     """``({value: (name, rgb)}, {segment number: value})`` from the SegmentSequence."""
     table: dict[int, tuple[str, tuple[int, int, int]]] = {}
     values: dict[int, int] = {}
-    items = list(seg.get("SegmentSequence", []))
+    # a LABELMAP SEG may describe its background as segment 0: not a label
+    items = [it for it in seg.get("SegmentSequence", []) if int(it.SegmentNumber) != 0]
     medscan_values = [_LABEL_VALUE.search(str(it.get("SegmentDescription", ""))) for it in items]
     own = all(medscan_values) and len({int(m.group(1)) for m in medscan_values}) == len(items)
     for item, match in zip(items, medscan_values, strict=True):
