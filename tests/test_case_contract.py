@@ -30,7 +30,7 @@ from medscan.ct.mesh import MeshParams
 from medscan.ct.segment import SegmentParams
 from medscan.dicom import load_path
 from medscan.io import read_case, read_index, write_case
-from medscan.io.redact import relative_paths
+from medscan.io.redact import FileRefs, relative_paths
 from medscan.volume import Finding, Label, LabelMap, Volume
 
 MEDSCAN = [sys.executable, "-m", "medscan.cli"]
@@ -186,6 +186,20 @@ def test_no_absolute_path_in_config_or_qc(sample_ct, tmp_path):
     assert odd["files"][0].startswith("slice 3 sha256:")
     assert odd["details"]["file"].startswith("slice 3 sha256:")
     assert relative_paths({"a": [str(tree)]}, tree) == {"a": ["."]}
+
+
+def test_file_refs_are_stable_under_a_second_pass(sample_ct):
+    """The job names files by reference for its log, then write_case redacts again: a
+    reference stays the same reference (it used to become "file (unreadable)")."""
+    files = sorted(str(f) for f in sample_ct.glob("*.dcm"))
+    refs = FileRefs(files, sample_ct)
+    found = [Finding("gap", "warning", f"gap after {files[2]}", files=[files[2], files[3]],
+                     details={"file": files[3]})]
+    once = refs.findings(found)
+    assert once[0].files[0].startswith("slice 2 sha256:")
+    for again in (refs.findings(once), FileRefs(files, sample_ct).findings(once),
+                  FileRefs([], None).findings(once)):
+        assert [f.to_dict() for f in again] == [f.to_dict() for f in once]
 
 
 def test_job_manifest_config_has_no_absolute_path(sample_ct, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -97,6 +98,7 @@ def test_shared_chest_series(shared_run, shared_ct):
         dcm_names = [f.name for f in (shared_ct / CHEST[0]).glob("*.dcm")]
         for name in [str(shared_ct), *CHEST, *dcm_names]:
             assert name not in text, name
+        assert_files_named_by_slice(case)
 
 
 @pytest.mark.slow
@@ -159,6 +161,26 @@ def test_head_ct_fails_with_reason_and_outputs(shared_ct_qa, tmp_path):
     assert {"volume", "labels", "preview"} <= set(c.files)
     assert "bone" in c.files["meshes"]
     assert any(f.code == "no_lungs" for f in c.findings)
+    # the uneven tilted series has gaps: missing_slices names the input files around them
+    assert_files_named_by_slice(tmp_path / row["case_id"], min_files=2)
+
+
+def assert_files_named_by_slice(case: Path, min_files: int = 0) -> None:
+    """Every file a qc.json finding names is a readable input: ``slice <i> sha256:<16 hex>``
+    with ``i`` a slice of the manifest's inputs and the hash that slice's (never
+    ``(unreadable)`` for a file the job read)."""
+    import json
+
+    qc = json.loads((case / "qc.json").read_text())
+    assert "(unreadable)" not in json.dumps(qc)
+    inputs = read_case(case, arrays=False).manifest["inputs"]
+    named = [ref for f in qc["loader_findings"] + qc["segmentation_findings"]
+             for ref in f["files"]]
+    assert len(named) >= min_files
+    for ref in named:
+        m = re.fullmatch(r"slice (\d+) sha256:([0-9a-f]{16})", ref)
+        assert m, ref
+        assert inputs[int(m[1])]["sha256"].startswith(m[2]), ref
 
 
 @pytest.mark.slow

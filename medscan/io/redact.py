@@ -37,6 +37,8 @@ _ABS_PATH = re.compile(r"(?:^|(?<=[\s'\"(\[=]))/[^\s'\"\]),;]+")
 _UNDER_ROOT = re.compile(r"\x00[^\s'\"\]),;]*")
 #: Digits of a content hash kept in a reference (64 bits).
 HASH_DIGITS = 16
+#: A reference made by :meth:`FileRefs.ref` (so a second pass leaves it as it is).
+_REF = re.compile(rf"(?:slice \d+|file) (?:sha256:[0-9a-f]{{{HASH_DIGITS}}}|\(unreadable\))")
 
 
 def _sha256(path: Path) -> str | None:
@@ -83,8 +85,15 @@ class FileRefs:
         return self.hashes[path]
 
     def ref(self, path: str | Path) -> str:
-        """``"slice <i> sha256:<hex>"`` for a series file, ``"file sha256:<hex>"`` otherwise."""
+        """``"slice <i> sha256:<hex>"`` for a series file, ``"file sha256:<hex>"`` otherwise.
+
+        A reference is returned unchanged: findings pass through :meth:`findings` once in the
+        job (so its log is path-free) and again in :func:`medscan.io.case.write_case` (for
+        every caller); the second pass must not hash the reference text as a file name.
+        """
         path = str(path)
+        if _REF.fullmatch(path):
+            return path
         digest = self.sha256(path)
         tail = f"sha256:{digest[:HASH_DIGITS]}" if digest else "(unreadable)"
         if path in self.position:
