@@ -435,6 +435,22 @@ def test_measure_refreshes_the_case_report(seg_job, tmp_path: Path) -> None:
     assert new < old
     report = (copy / "report.html").read_text()
     assert f">{format_value(new)} mL<" in report and f">{format_value(old)} mL<" not in report
+    qc = json.loads((copy / "qc.json").read_text())
+    assert [f["code"] for f in qc["segmentation_findings"]].count("dicom_seg_stale") == 1
+    assert "dicom_seg_stale" in report  # said in the report too
+
+
+def test_measure_unedited_case_keeps_its_seg_current(seg_job, tmp_path: Path) -> None:
+    import shutil
+
+    from medscan.ct.measure_job import run_measure
+
+    _, case = seg_job
+    copy = tmp_path / case.name
+    shutil.copytree(case, copy)
+    assert run_measure(measure_config(input=copy)) == 0
+    qc = json.loads((copy / "qc.json").read_text())
+    assert "dicom_seg_stale" not in [f["code"] for f in qc["segmentation_findings"]]
 
 
 def test_seg_slab_is_placed_on_the_series_grid(even_seg, tmp_path: Path) -> None:

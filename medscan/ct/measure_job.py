@@ -43,7 +43,7 @@ from medscan.volume import Finding, Label, LabelMap, Volume
 log = logging.getLogger("medscan.measure")
 
 #: Finding codes :func:`measure_case` makes: replaced in ``qc.json`` by a re-measurement.
-MEASURE_CODES = ("lung_truncated", "body_truncated", "mesh_stale")
+MEASURE_CODES = ("lung_truncated", "body_truncated", "mesh_stale", "dicom_seg_stale")
 #: Config keys never written into an output folder.
 PRIVATE_KEYS = ("input", "output", "volume", "labels", "label_table")
 #: Grey for labels of a table without colours.
@@ -234,10 +234,42 @@ def measure_case_dir(case_dir: Path, options: MeasureOptions) -> tuple[str, str]
         raise MeasureError(f"{case_dir.name}: cannot read the case: {_why(exc, case_dir)}"
                            ) from None
     metrics, findings = remeasure(result, options)
+    findings += _seg_stale(case_dir, result.labels)
     result.metrics = metrics
     result.findings = _replace_findings(result.findings, findings)
     update_measurements(case_dir, result)
     return result.status, result.reason
+
+
+def _seg_stale(case_dir: Path, labels: LabelMap) -> list[Finding]:
+    """A ``dicom_seg_stale`` warning when the case's ``seg.dcm`` no longer holds its labels.
+
+    ``measure`` cannot rewrite the SEG (a case folder keeps no path to the source DICOM files).
+    Checked when the SEG's frames lie on the label grid (an evenly spaced series); the SEG of
+    a resampled series is read back by nearest slice, so it is not compared.
+    """
+    from medscan.io.dicom_seg import SegGeometryError, SegReadError, place_on_grid, read_seg_labels
+    from medscan.io.layout import SEG
+
+    path = case_dir / SEG
+    if not path.is_file():
+        return []
+    try:
+        seg = read_seg_labels(path)
+        if seg.resampled:
+            return []
+        same = np.array_equal(place_on_grid(seg.array, seg.affine, labels.shape, labels.affine),
+                              labels.array)
+    except (SegReadError, SegGeometryError):
+        same = False
+    if same:
+        return []
+    return [Finding(
+        "dicom_seg_stale", "warning",
+        f"{SEG} holds other labels than the labels.nii.gz measured here (edited since "
+        "segment wrote it); medscan measure cannot rewrite it (the case folder keeps no path to "
+        "the source DICOM): write a new one with medscan.io.dicom_seg.write_seg(labels, "
+        "<the series' files>, path) before sending it to a PACS")]
 
 
 def measure_pair(cfg: Mapping[str, Any], options: MeasureOptions, output: Path) -> tuple[str, str]:
