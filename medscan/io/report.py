@@ -39,6 +39,8 @@ FINDING_TITLES = {
     "lungs_split": "The lungs were separated at a thin junction",
     "metal": "Metal in the scan (implant, wire, ...)",
     "too_short_to_mesh": "Too few slices to build surfaces",
+    "mesh_stale": "Meshes and preview show the labels from before an edit",
+    "dicom_seg_stale": "The DICOM SEG shows the labels from before an edit",
     "resampled": "Unevenly spaced slices were resampled to even spacing",
     "nonuniform_spacing": "The slices are not evenly spaced",
     "missing_slices": "Slices are missing from the series",
