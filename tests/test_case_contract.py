@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import inspect
 import json
 import re
@@ -256,6 +257,52 @@ def test_measure_defaults_have_one_source():
 
 
 
+def test_optional_output_failure_keeps_the_other_outputs(sample_ct, tmp_path):
+    """outputs=[nifti,dicom_seg] for a volume without its DICOM files (read from NIfTI): the
+    SEG cannot be made, so the case is failed with an output_failed finding naming it, and
+    every other file is written as without the SEG (volume, labels, metrics, meshes,
+    preview, findings); a writer's leftovers are removed."""
+    from medscan.io.case import OUTPUT_WRITERS
+
+    loaded = load_path(sample_ct, uniform=True)
+    loaded.to_nifti(tmp_path / "ct.nii.gz")
+    volume = Volume.from_nifti(tmp_path / "ct.nii.gz", case_id="nifti-case")
+    assert not volume.files
+    options = CaseOptions.defaults()
+    options.mesh_labels = ["lung_left"]
+    result = analyse(volume, options)
+    assert result.status == "ok"
+    plain = write_case(result, tmp_path / "plain", Provenance(), mesh_formats=["ply"])
+    case = write_case(result, tmp_path / "seg", Provenance(), mesh_formats=["ply"],
+                      outputs=["nifti", "dicom_seg"])
+    assert _files(case) == _files(plain) and not (case / "seg.dcm").exists()
+    manifest = json.loads((case / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "dicom_seg" in manifest["reason"]
+    assert "source DICOM" in manifest["reason"]
+    assert (case / "metrics.json").read_bytes() == (plain / "metrics.json").read_bytes()
+    qc, qc_plain = (json.loads((c / "qc.json").read_text()) for c in (case, plain))
+    assert qc["segmentation_findings"][:-1] == qc_plain["segmentation_findings"]
+    failed = qc["segmentation_findings"][-1]
+    assert failed["code"] == "output_failed" and failed["severity"] == "error"
+    assert failed["details"]["output"] == "dicom_seg"
+    assert result.status == "ok" and not any(f.code == "output_failed" for f in result.findings)
+    (row,) = read_index(tmp_path / "seg")
+    assert row["status"] == "failed" and row["lung_volume_ml"]
+
+    def leaves_a_part(result, folder, prov):
+        (folder / "extra").mkdir()
+        (folder / "extra" / "part.bin").write_bytes(b"x")
+        raise ValueError("refused")
+
+    OUTPUT_WRITERS["part"] = leaves_a_part
+    try:
+        case = write_case(result, tmp_path / "part", Provenance(), mesh_formats=["ply"],
+                          outputs=["nifti", "part"])
+    finally:
+        del OUTPUT_WRITERS["part"]
+    assert _files(case) == _files(plain) and not (case / "extra").exists()
+
+
 def _small_result(case_id: str, status: str = "ok") -> CaseResult:
     """A tiny synthetic case (the writer's mechanics do not need a real series)."""
     rng = np.random.default_rng(1)
@@ -280,11 +327,19 @@ def test_write_case_is_atomic_and_keeps_an_ok_case(tmp_path, monkeypatch):
 
     def boom(result, folder, prov):
         (folder / "partial.bin").write_bytes(b"x")
-        raise RuntimeError("disk trouble")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def nifti_boom(result, folder, prov):
+        (folder / "partial.bin").write_bytes(b"x")
+        raise RuntimeError("cannot write the volume")
 
     monkeypatch.setitem(OUTPUT_WRITERS, "boom", boom)
-    with pytest.raises(RuntimeError, match="disk trouble"):
+    with pytest.raises(OSError, match="No space"):  # the output folder broke: no case at all
         write_case(_small_result("c1"), tmp_path, provenance, outputs=["nifti", "boom"])
+    monkeypatch.setitem(OUTPUT_WRITERS, "nifti", nifti_boom)  # a required output
+    with pytest.raises(RuntimeError, match="cannot write the volume"):
+        write_case(_small_result("c1"), tmp_path, provenance)
+    monkeypatch.undo()
     assert {p: (case / p).read_bytes() for p in _files(case)} == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
     write = write_case_folder(_small_result("c1", "failed"), tmp_path, provenance)

@@ -369,7 +369,7 @@ def test_segment_job_writes_seg(sample_ct: Path, seg_job) -> None:
 
 def test_segment_job_seg_refused_is_a_failed_case(shared_ct_qa: Path, tmp_path: Path) -> None:
     """A SEG that cannot be placed (uneven stack kept with uniform=false) fails the case with
-    the reason; nothing of it is left behind."""
+    the reason; nothing of it is left behind, everything else of the case is."""
     from medscan.ct.job import run_segment
     from medscan.io import iter_case_dirs, read_manifest
     from tests.test_segment_job import config
@@ -383,6 +383,16 @@ def test_segment_job_seg_refused_is_a_failed_case(shared_ct_qa: Path, tmp_path: 
     assert manifest["status"] == "failed"
     assert "SegGeometryError" in manifest["reason"] and "uniform=True" in manifest["reason"]
     assert not (case / "seg.dcm").exists()
+    # the refusal costs the SEG only: every other output and finding of the case stays
+    assert {"volume.nii.gz", "labels.nii.gz", "metrics.json", "qc.json"} <= {
+        p.name for p in case.iterdir()}
+    qc = json.loads((case / "qc.json").read_text())
+    codes = [f["code"] for f in qc["segmentation_findings"]]
+    assert "no_lungs" in codes and "output_failed" in codes
+    (failed,) = [f for f in qc["segmentation_findings"] if f["code"] == "output_failed"]
+    assert failed["severity"] == "error" and failed["details"]["output"] == "dicom_seg"
+    assert "SegGeometryError" in failed["message"]
+    assert "no lungs" in manifest["reason"]  # the case's own reason is kept beside the SEG's
 
 
 def measure_config(**overrides) -> dict:

@@ -250,7 +250,8 @@ def test_bad_file_in_tree_does_not_stop_the_batch(shared_ct, tmp_path):
 
 
 @pytest.mark.parametrize(("args", "says"), [
-    (["mesh_formats=[xyz]"], "mesh format"), (["shard=3", "num_shards=2"], "shard"),
+    (["mesh_formats=[xyz]"], "mesh format"), (["outputs=[nifti,xyz]"], "unknown output"),
+    (["shard=3", "num_shards=2"], "shard"),
     (["num_shards=0"], "num_shards"), (["min_slices=-5"], "min_slices"),
     (["backend=gpu"], "backend=gpu"), (["salt=short"], "at least 16")])
 def test_bad_config_is_one_line_exit_2_before_any_output(sample_ct, tmp_path, args, says):

@@ -26,6 +26,7 @@ from medscan.ct.mesh import MeshParams, label_surface
 from medscan.ct.segment import SegmentParams, segment
 from medscan.ct.tissues import TissueTable
 from medscan.defaults import segment_defaults, tissue_defaults
+from medscan.io.case import check_outputs
 from medscan.io.mesh import FORMATS
 from medscan.volume import Finding, LabelMap, Volume
 
@@ -76,6 +77,7 @@ class CaseOptions:
         bad = [f for f in self.mesh_formats if f not in FORMATS]
         if bad:
             raise ValueError(f"unknown mesh format(s) {bad}: use {list(FORMATS)}")
+        self.outputs = check_outputs(self.outputs)
         if self.min_slices < 1:
             raise ValueError(f"min_slices={self.min_slices}: need at least 1")
         for name in self.mesh_labels:

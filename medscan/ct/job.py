@@ -7,7 +7,6 @@ Called by ``jobs/segment.py`` (the Hydra entry point) with the composed config; 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import socket
@@ -37,6 +36,7 @@ from medscan.ct.analyse import CaseOptions, analyse, case_config
 from medscan.dicom.discover import LostSeries
 from medscan.dicom.identity import SecretError, secret_fingerprint
 from medscan.io.case import write_case_folder
+from medscan.io.casedir import output_error
 from medscan.io.redact import FileRefs, relative_to_root, safe_text, series_metadata
 from medscan.volume import Finding, Volume
 
@@ -46,8 +46,6 @@ log = logging.getLogger("medscan.segment")
 PRIVATE_KEYS = ("input", "output", "salt", "scratch")
 #: Keys of the series summary left out of the manifest (the written grid is in the NIfTI files).
 SOURCE_GEOMETRY = ("shape", "spacing", "affine")
-#: Errors writing into the output folder that stop the job (exit 2) instead of failing a case.
-OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 #: Bytes written (and synced) by the output probe before any work.
 PROBE_BYTES = 1 << 20
 SAMPLE = "ct-lungdx-a0002-b40f"
@@ -207,21 +205,8 @@ def check_job(cfg: dict[str, Any]) -> tuple[Any, CaseOptions, str]:
 
 
 def _job_level(exc: BaseException, output: Path) -> OSError | None:
-    """The OSError in ``exc``'s chain that stops the whole job (disk full, output read-only)."""
-    seen: BaseException | None = exc
-    visited: set[int] = set()
-    while seen is not None and id(seen) not in visited:
-        visited.add(id(seen))
-        if isinstance(seen, OSError):
-            if seen.errno in OUTPUT_ERRNOS:
-                return seen
-            name = seen.filename
-            if seen.errno in (errno.EACCES, errno.EPERM) and name is not None:
-                with contextlib.suppress(ValueError, OSError):
-                    Path(os.fsdecode(name)).resolve().relative_to(output.resolve())
-                    return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
+    """The OSError in ``exc``'s chain that stops the whole job (:func:`output_error`)."""
+    return output_error(exc, output)
 
 
 def _traceback(exc: BaseException, refs: FileRefs) -> str:

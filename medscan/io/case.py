@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import fcntl
 import io
 import time
@@ -24,7 +25,7 @@ from typing import Any
 
 from medscan.case import CaseResult, Provenance, utc_now
 from medscan.io.atomic import read_json, write_bytes, write_json, write_text
-from medscan.io.casedir import LEASE_S, CaseWrite, case_writer
+from medscan.io.casedir import LEASE_S, CaseWrite, case_writer, output_error
 from medscan.io.gallery import write_gallery
 from medscan.io.layout import (
     INDEX,
@@ -90,6 +91,59 @@ def _write_dicom_seg(result: CaseResult, folder: Path, provenance: Provenance) -
 #: Optional outputs by name (``write_case(..., outputs=[...])``). Extension point: a module
 #: adds its writer here.
 OUTPUT_WRITERS: dict[str, OutputWriter] = {"nifti": _write_nifti, "dicom_seg": _write_dicom_seg}
+#: Outputs whose failure fails the whole write (the case's own data: ``read_case``,
+#: ``medscan measure`` and napari need them). Any other writer that raises is recorded as an
+#: ``output_failed`` finding on a failed case, and every other output is still written.
+REQUIRED_OUTPUTS = frozenset({"nifti"})
+
+
+def check_outputs(outputs: Iterable[str]) -> list[str]:
+    """``outputs`` as a list, every name a key of :data:`OUTPUT_WRITERS`.
+
+    Raises
+    ------
+    ValueError
+        Naming the unknown output(s) and the known ones (jobs check this before any work).
+    """
+    outputs = list(outputs)
+    unknown = [o for o in outputs if o not in OUTPUT_WRITERS]
+    if unknown:
+        raise ValueError(f"unknown output(s) {unknown}: use {sorted(OUTPUT_WRITERS)}")
+    return outputs
+
+
+def _write_outputs(result: CaseResult, folder: Path, provenance: Provenance,
+                   outputs: list[str], output: Path) -> CaseResult:
+    """Run the output writers; ``result``, or a failed copy of it when an optional one failed.
+
+    An optional writer (not in :data:`REQUIRED_OUTPUTS`) that raises loses only its own files:
+    whatever it left in ``folder`` is removed, and the returned copy of ``result`` is
+    ``failed`` (the output was asked for and not made: the job must not exit 0) with an
+    ``output_failed`` error finding naming the output and the reason. Errors of the output
+    folder itself (:func:`~medscan.io.casedir.output_error`) and failures of a required
+    output propagate.
+    """
+    failures: list[Finding] = []
+    for name in outputs:
+        before = {p for p in folder.rglob("*")}
+        try:
+            OUTPUT_WRITERS[name](result, folder, provenance)
+        except Exception as exc:
+            if name in REQUIRED_OUTPUTS or output_error(exc, output, folder) is not None:
+                raise
+            for path in sorted(set(folder.rglob("*")) - before, reverse=True):
+                with contextlib.suppress(OSError):
+                    path.rmdir() if path.is_dir() else path.unlink()
+            failures.append(Finding(
+                "output_failed", "error",
+                f"outputs=[{name}] not written: {type(exc).__name__}: {exc}",
+                details={"output": name, "error": type(exc).__name__}))
+    if not failures:
+        return result
+    said = "; ".join(f.message for f in failures)
+    reason = f"{result.reason}; {said}" if result.status != "ok" and result.reason else said
+    return dataclasses.replace(result, status="failed", reason=reason,
+                               findings=[*result.findings, *failures])
 
 
 def write_case(
@@ -134,6 +188,10 @@ def write_case_folder(
     ``dicom_seg``: ``seg.dcm``), ``meshes/<tissue>.<fmt>`` for each surface and format,
     ``metrics.json`` (when there are metrics), ``qc.json`` (always), ``preview.png`` (when
     rendered), ``report.html`` (``report``), then ``manifest.json``.
+    An optional output that cannot be made (a DICOM SEG refused for its geometry) fails the
+    case with an ``output_failed`` finding; every other file is still written (a failed case
+    keeps every output that could be made). Only :data:`REQUIRED_OUTPUTS` and errors of the
+    output folder itself abort the write.
     Findings and the reason name input files as ``slice <i> sha256:<hex>`` and other paths as
     ``<path>``; path values of the stored config are made relative to the input root.
 
@@ -173,11 +231,10 @@ def write_case_folder(
         For an unknown output or mesh format (before anything is written).
     OSError
         When the output folder cannot be written (nothing half-written stays behind).
+    Exception
+        Whatever a required output's writer raised (nothing half-written stays behind).
     """
-    outputs, mesh_formats = list(outputs), list(mesh_formats)
-    unknown = [o for o in outputs if o not in OUTPUT_WRITERS]
-    if unknown:
-        raise ValueError(f"unknown output(s) {unknown}: use {sorted(OUTPUT_WRITERS)}")
+    outputs, mesh_formats = check_outputs(outputs), list(mesh_formats)
     bad = [f for f in mesh_formats if f not in FORMATS]
     if bad:
         raise ValueError(f"unknown mesh format(s) {bad}: use {list(FORMATS)}")
@@ -188,8 +245,7 @@ def write_case_folder(
     t0 = time.perf_counter()
     with case_writer(output, result.case_id, lease_s, scratch=scratch) as write:
         folder = write.path
-        for name in outputs:
-            OUTPUT_WRITERS[name](result, folder, provenance)
+        result = _write_outputs(result, folder, provenance, outputs, output)
         meshes = _write_meshes(result, folder, mesh_formats)
         if result.metrics:
             write_json(folder / METRICS, result.metrics)

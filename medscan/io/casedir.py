@@ -15,6 +15,7 @@ The mechanics :func:`medscan.io.case.write_case` commits every case folder with 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import shutil
@@ -173,6 +174,39 @@ class _Renewer:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+
+
+#: Errors writing into the output folder that stop a job (exit 2) instead of failing a case.
+OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def output_error(exc: BaseException, *folders: str | Path) -> OSError | None:
+    """The OSError in ``exc``'s chain that means the output folder broke, else None.
+
+    Disk full, quota exceeded, read-only file system (:data:`OUTPUT_ERRNOS`) anywhere, or
+    permission denied on a path inside one of ``folders`` (the batch output folder, the case's
+    temporary folder): such errors stop a job (exit 2) instead of failing one case, and
+    :func:`medscan.io.case.write_case` never records them as a failed optional output.
+    """
+    roots = []
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            roots.append(Path(folder).resolve())
+    seen: BaseException | None = exc
+    visited: set[int] = set()
+    while seen is not None and id(seen) not in visited:
+        visited.add(id(seen))
+        if isinstance(seen, OSError):
+            if seen.errno in OUTPUT_ERRNOS:
+                return seen
+            name = seen.filename
+            if seen.errno in (errno.EACCES, errno.EPERM) and name is not None:
+                for root in roots:
+                    with contextlib.suppress(ValueError, OSError):
+                        Path(os.fsdecode(name)).resolve().relative_to(root)
+                        return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 @dataclass
