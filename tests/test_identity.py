@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import stat
 import subprocess
@@ -144,6 +145,32 @@ def test_short_or_empty_secret_is_one_line_exit_2(kind: str, sample_ct: Path, tm
         assert len(lines) == 1 and "at least 16" in lines[0], (name, r.stderr)
         assert "unreadable" not in r.stdout + r.stderr
     assert not out.exists()
+
+
+def test_secret_file_as_hex_text_or_raw_bytes(sample_ct: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The docs' "32 random bytes" file (``head -c 32 /dev/urandom``) is a key as it is, not a
+    codec error; medscan's own hex text file keeps giving the key (and the ids) it gave."""
+    monkeypatch.delenv(identity.SECRET_ENV, raising=False)
+    monkeypatch.delenv(identity.LEGACY_SALT_ENV, raising=False)
+    # deterministic stand-in for 32 random bytes: non-ASCII, whitespace bytes at both ends
+    raw = b"\n " + hashlib.sha256(b"medscan test key").digest()[:28] + b"\x9a\n"
+    hex_text = hashlib.sha256(b"hex key").hexdigest()
+    uid = discover(sample_ct).series[0].slices[0].series_uid
+    for content, key in ((raw, raw),  # byte for byte
+                         (f"  {hex_text}\n".encode(), hex_text.encode())):  # stripped, as before
+        path = tmp_path / f"secret-{len(content)}"
+        path.write_bytes(content)
+        path.chmod(0o600)
+        monkeypatch.setenv(identity.SECRET_FILE_ENV, str(path))
+        assert resolve_secret() == key
+        digest = hmac.new(key, b"case\x00" + uid.encode(), hashlib.sha256).hexdigest()
+        assert discover(sample_ct).series[0].case_id == "ct-" + digest[:10]
+    short = tmp_path / "short"
+    short.write_bytes(b"\x9a" * 8)
+    monkeypatch.setenv(identity.SECRET_FILE_ENV, str(short))
+    with pytest.raises(SecretError, match=r"holds 8 bytes; .* at least 16"):
+        resolve_secret()
 
 
 def test_salt_of_16_bytes_is_the_key(sample_ct: Path, fresh_secret: Path) -> None:

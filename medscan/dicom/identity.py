@@ -15,6 +15,9 @@ The key (see :func:`resolve_secret`) is, first found wins:
    ``$MEDSCAN_ID_SALT`` is read as the same thing (its old name);
 3. the secret file ``$MEDSCAN_ID_SECRET_FILE``, else ``$XDG_CONFIG_HOME/medscan/id-secret``
    (``~/.config/medscan/id-secret``): 32 random bytes (hex) made on first use, mode 0600.
+   The file holds the key as text (medscan writes 64 hex characters; ``openssl rand -hex 32``;
+   surrounding whitespace is ignored) or as raw bytes (``head -c 32 /dev/urandom``; content
+   that is not ASCII text is the key as it is, byte for byte), see :func:`key_from_file`.
 
 Every source must give at least :data:`MIN_SECRET_BYTES` (16) bytes, else
 :class:`SecretError` (one line, exit 2 in every command). There is no public default: with a
@@ -115,8 +118,32 @@ def _read_secret_file(path: Path) -> bytes:
         _WARNED.add(str(path))  # once per process, not once per file read
         log.warning("the pseudonym secret file is readable by others (mode %o); "
                     "chmod 600 it", stat.S_IMODE(mode))
-    text = path.read_text(encoding="ascii").strip()
-    return _checked(text.encode("ascii"), f"pseudonym secret file {path}")
+    return _checked(key_from_file(path.read_bytes()), f"pseudonym secret file {path}")
+
+
+def key_from_file(content: bytes) -> bytes:
+    """The HMAC key a secret file's ``content`` holds.
+
+    ASCII text (what medscan writes: 64 hex characters and a newline; any passphrase) is the
+    key without its surrounding whitespace, as it always was (the same file gives the same ids).
+    Anything else is binary (``head -c 32 /dev/urandom > id-secret``, the "32 random bytes"
+    of the docs) and is the key byte for byte: no decoding, no stripping (a random 0x0a or
+    0x20 at either end is part of the key).
+
+    Parameters
+    ----------
+    content : bytes
+        The file's bytes.
+
+    Returns
+    -------
+    bytes
+        The key (its length is checked by the caller).
+    """
+    try:
+        return content.decode("ascii").strip().encode("ascii")
+    except UnicodeDecodeError:
+        return content
 
 
 def mute_permission_warning() -> None:
