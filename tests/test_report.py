@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html.parser
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -221,3 +222,7 @@ def test_no_lungs_is_not_reported_as_cut_off(sample_run) -> None:
     assert "Lungs entirely in the scan" in shown
     none = {**metrics, "lung_volume_ml": None, "lung_complete": False}
     assert "Lungs entirely in the scan" not in render_case_report("c", "failed", metrics=none)
+    assert "n/a (no lungs found)" in render_case_report("c", "failed", metrics=none)
+    one = render_case_report("c", "ok", metrics={**metrics, "lung_left_ml": None})
+    assert re.search(r'"v">n/a</div><div class="l">Left lung<', one)
+    assert "None" not in one.split('<div class="cards">')[1].split("</div></div></div>")[0]

@@ -161,6 +161,8 @@ def test_head_ct_fails_with_reason_and_outputs(shared_ct_qa, tmp_path):
     assert {"volume", "labels", "preview"} <= set(c.files)
     assert "bone" in c.files["meshes"]
     assert any(f.code == "no_lungs" for f in c.findings)
+    report = (tmp_path / row["case_id"] / "report.html").read_text()
+    assert "n/a (no lungs found)" in report and "Lungs entirely in the scan" not in report
     # the uneven tilted series has gaps: missing_slices names the input files around them
     assert_files_named_by_slice(tmp_path / row["case_id"], min_files=2)
 

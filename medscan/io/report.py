@@ -154,18 +154,28 @@ def table_html(table: MetricTable) -> str:
             + "\n</table></div>")
 
 
+def _card(value: str, label: str) -> str:
+    return (f'<div class="card"><div class="v">{_esc(value)}</div>'
+            f'<div class="l">{_esc(label)}</div></div>')
+
+
 def _headline(metrics: Mapping[str, Any]) -> str:
+    """The headline cards.
+
+    Null lung metrics are never shown as numbers or as "cut off": no lungs at all gives one
+    "n/a (no lungs found)" card; a null item beside lungs (one lung found) reads "n/a".
+    """
+    if "lung_volume_ml" in metrics and metrics["lung_volume_ml"] is None:
+        return '<div class="cards">' + _card("n/a (no lungs found)", "Lungs") + "</div>"
     cards = []
     for key, label, unit in HEADLINE:
-        if key in metrics and metrics[key] is not None:
-            cards.append(
-                f'<div class="card"><div class="v">{_esc(format_value(metrics[key]))} '
-                f'{_esc(unit)}</div><div class="l">{_esc(label)}</div></div>'
-            )
+        if key in metrics:
+            value = metrics[key]
+            cards.append(_card("n/a" if value is None else f"{format_value(value)} {unit}",
+                               label))
     if metrics.get("lung_complete") is not None and metrics.get("lung_volume_ml") is not None:
         word = "yes" if metrics["lung_complete"] else "no: cut off (see the findings)"
-        cards.append(f'<div class="card"><div class="v">{_esc(word)}</div>'
-                     '<div class="l">Lungs entirely in the scan</div></div>')
+        cards.append(_card(word, "Lungs entirely in the scan"))
     return '<div class="cards">' + "".join(cards) + "</div>" if cards else ""
 
 
