@@ -113,6 +113,24 @@ class CaseResult:
         return held + list(self.loader_findings)
 
 
+#: Config keys never written into an output folder, for every job (``segment``, ``measure``,
+#: the napari widget, the Python API): input and output paths (archive and node-local folder or
+#: file names can carry identity), the pseudonym secret (``salt``: only its fingerprint is
+#: kept), the scratch folder, and ``medscan measure``'s input files. :class:`Provenance` drops
+#: them from its config (construction and :meth:`Provenance.manifest_fields`): the one place.
+PRIVATE_KEYS = frozenset({"input", "output", "salt", "scratch", "volume", "labels",
+                          "label_table"})
+
+
+def public_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` without the :data:`PRIVATE_KEYS` (top level; values are left as they are).
+
+    Absolute paths in the remaining values are made relative by
+    :func:`medscan.io.redact.relative_paths` when the manifest is written.
+    """
+    return {k: v for k, v in dict(config or {}).items() if k not in PRIVATE_KEYS}
+
+
 #: Provenance fields written into ``manifest.json``, in order.
 MANIFEST_FIELDS = ("config", "config_hash", "inputs", "input_hash", "id_secret_fingerprint",
                    "versions", "backend", "series")
@@ -125,8 +143,9 @@ class Provenance:
     Parameters
     ----------
     config : dict
-        The config recorded in the manifest: no private keys (input/output paths, the id
-        secret); path values relative to the input root (``write_case`` checks).
+        The config recorded in the manifest. Its :data:`PRIVATE_KEYS` (input/output paths, the
+        id secret) are dropped here, whoever builds the provenance; path values are made
+        relative to the input root by ``write_case``.
     config_hash : str
         SHA-256 of the *case* config (``medscan.ct.analyse.case_config``): equal for the job and
         the napari widget with the same options, so either's case is current for the other.
@@ -169,6 +188,9 @@ class Provenance:
     source_root: str | None = field(default=None, repr=False)
     clock_start: float | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        self.config = public_config(self.config)
+
     @classmethod
     def for_files(
         cls,
@@ -190,7 +212,7 @@ class Provenance:
             The series' files in slice order (missing files are left out of the hash: a volume
             made in memory has none).
         config : dict
-            The config to record (private keys already removed).
+            The config to record (its :data:`PRIVATE_KEYS` are dropped before hashing).
         case_config : dict, optional
             What :attr:`config_hash` covers (default: ``config``).
         root : str or Path, optional
@@ -216,9 +238,11 @@ class Provenance:
 
         present = [str(f) for f in files if Path(f).is_file()]
         inputs, input_hash = hash_series(present) if present else ([], "")
+        config = public_config(config)
         return cls(
             config=config,
-            config_hash=config_hash(config if case_config is None else case_config),
+            config_hash=config_hash(
+                config if case_config is None else public_config(case_config)),
             inputs=inputs, input_hash=input_hash,
             id_secret_fingerprint=secret_fingerprint(salt), backend=backend, series=series,
             source_files=present, source_root=None if root is None else str(root),
@@ -228,6 +252,7 @@ class Provenance:
     def manifest_fields(self) -> dict[str, Any]:
         """The fields written into ``manifest.json`` (``series`` only when set)."""
         out = {k: getattr(self, k) for k in MANIFEST_FIELDS}
+        out["config"] = public_config(self.config)  # also when config was replaced later
         if self.series is None:
             out.pop("series")
         return out

@@ -204,3 +204,203 @@ def test_lone_case_folder_leaves_its_parent_alone(segmented, tmp_path):
     ref = _reference(lone / "case", LUNG_LEFT)
     metrics = json.loads((lone / "case" / "metrics.json").read_text())
     assert metrics["lung_left_ml"] == pytest.approx(ref["ml"], abs=1e-3)
+
+
+# --- issue 14 fixes (fresh-eyes defects D1, D4, D6, D7, D12) ---------------------------------
+
+SECRET = "fix14a-test-secret-0123456789abcdef"
+
+
+def _private_values(value, found: list) -> list:
+    """Every string in a JSON value that is an absolute path."""
+    if isinstance(value, dict):
+        for v in value.values():
+            _private_values(v, found)
+    elif isinstance(value, list):
+        for v in value:
+            _private_values(v, found)
+    elif isinstance(value, str) and value.startswith(("/", "~")):
+        found.append(value)
+    return found
+
+
+def _texts(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): p.read_text(errors="replace")
+            for p in folder.rglob("*") if p.suffix in (".json", ".csv", ".html")}
+
+
+def test_no_job_writes_the_salt_or_an_absolute_path(segmented, tmp_path, sample_ct):
+    """segment, measure (case folder) and measure (pair) with salt=: fingerprint only."""
+    from medscan.dicom.identity import secret_fingerprint
+
+    seg_out = tmp_path / "seg"
+    assert run_segment(_config("segment", input=sample_ct, output=seg_out, progress=False,
+                               salt=SECRET, mesh_formats="[ply]")) == 0
+    _, case = _batch_copy(segmented, tmp_path / "batch")
+    assert run_measure(_config("measure", input=case, salt=SECRET)) == 0
+    pair = tmp_path / "pair"
+    assert run_measure(_config("measure", volume=case / "volume.nii.gz",
+                               labels=case / "labels.nii.gz", output=pair, salt=SECRET)) == 0
+    for root in (seg_out, case, pair):
+        manifests = list(root.rglob("manifest.json"))
+        assert manifests, root
+        for path in manifests:
+            manifest = json.loads(path.read_text())
+            assert not set(manifest["config"]) & {"salt", "input", "output", "volume",
+                                                  "labels", "label_table", "scratch"}
+            assert _private_values(manifest, []) == [], path
+        for name, text in _texts(root).items():
+            assert SECRET not in text, name
+            assert str(tmp_path) not in text, name
+    fingerprint = secret_fingerprint(SECRET)
+    for root in (seg_out, pair):
+        (path,) = root.rglob("manifest.json")
+        assert json.loads(path.read_text())["id_secret_fingerprint"] == fingerprint
+
+
+def test_provenance_drops_private_keys_for_any_caller():
+    """The one place: whoever builds a Provenance, its config has no private key."""
+    from medscan.case import PRIVATE_KEYS, Provenance
+
+    config = {k: f"/archive/{k}" for k in PRIVATE_KEYS} | {"salt": SECRET, "level": 3}
+    for made in (Provenance(config=dict(config)),
+                 Provenance.for_files([], dict(config), salt=SECRET)):
+        assert made.config == {"level": 3}
+        assert made.manifest_fields()["config"] == {"level": 3}
+        made.config = dict(config)  # replaced afterwards: still dropped when written
+        assert made.manifest_fields()["config"] == {"level": 3}
+    plain = Provenance.for_files([], {"level": 3}, salt=SECRET)
+    assert Provenance.for_files([], dict(config), salt=SECRET).config_hash == plain.config_hash
+
+
+def test_pair_case_is_named_by_a_pseudonym_not_the_file_name(segmented, tmp_path):
+    _, case = _batch_copy(segmented, tmp_path / "src")
+    named = tmp_path / "DOE^JOHN_12345.nii.gz"
+    shutil.copy(case / "labels.nii.gz", named)
+    out = tmp_path / "m"
+    for _ in range(2):  # the same files give the same id (a rerun rewrites the same folder)
+        assert run_measure(_config("measure", volume=case / "volume.nii.gz", labels=f"'{named}'",
+                                   output=out)) == 0
+        (folder,) = [p for p in out.iterdir() if p.is_dir()]
+        assert folder.name.startswith("ct-") and len(folder.name) == 13
+    for name, text in _texts(out).items():
+        assert "DOE" not in text and "12345" not in text, name
+    # other labels on the same volume: another case, not an overwrite
+    lab, img = _nifti(case / "labels.nii.gz")
+    lab = lab.copy()
+    lab[lab == LUNG_LEFT] = 4
+    nib.save(nib.Nifti1Image(lab, img.affine), str(named))
+    assert run_measure(_config("measure", volume=case / "volume.nii.gz", labels=f"'{named}'",
+                               output=out)) == 0
+    assert len([p for p in out.iterdir() if p.is_dir()]) == 2
+
+
+def _foreign(case: Path, tmp_path: Path, keep: dict[int, int], table: dict) -> tuple[Path, Path]:
+    """A label map with ``{our label: its id}`` and its table file."""
+    lab, img = _nifti(case / "labels.nii.gz")
+    out = np.zeros_like(lab)
+    for ours, theirs in keep.items():
+        out[lab == ours] = theirs
+    nib.save(nib.Nifti1Image(out, img.affine), str(tmp_path / "seg.nii.gz"))
+    (tmp_path / "table.json").write_text(json.dumps(table))
+    return tmp_path / "seg.nii.gz", tmp_path / "table.json"
+
+
+def _pair(case: Path, labels: Path, table: Path | None, out: Path) -> int:
+    extra = {"label_table": table} if table else {}
+    return run_measure(_config("measure", volume=case / "volume.nii.gz", labels=labels,
+                               output=out, case_id="c", **extra))
+
+
+def test_pair_manifest_records_the_label_table_used(segmented, tmp_path):
+    _, case = _batch_copy(segmented, tmp_path / "src")
+    labels, table = _foreign(case, tmp_path, {LUNG_RIGHT: 3, LUNG_LEFT: 2, BONE: 1},
+                             {"1": "body", "2": "lung_left", "3": "lung_right"})
+    assert _pair(case, labels, table, tmp_path / "m") == 0
+    manifest = json.loads((tmp_path / "m" / "c" / "manifest.json").read_text())
+    used = {k: v["name"] for k, v in manifest["config"]["tissues"].items()}
+    assert used == {"1": "body", "2": "lung_left", "3": "lung_right"}
+    assert manifest["config"]["tissues"] == manifest["labels"]
+    assert "table.json" not in json.dumps(manifest)
+
+
+def test_empty_label_map_is_a_failed_case(segmented, tmp_path, capsys):
+    _, case = _batch_copy(segmented, tmp_path / "src")
+    labels, table = _foreign(case, tmp_path, {}, {"1": "lung_right", "2": "lung_left"})
+    assert _pair(case, labels, table, tmp_path / "m") == 1
+    manifest = json.loads((tmp_path / "m" / "c" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "empty" in manifest["reason"]
+    qc = json.loads((tmp_path / "m" / "c" / "qc.json").read_text())
+    assert [f["code"] for f in qc["segmentation_findings"]][:1] == ["labels_empty"]
+    assert read_index(tmp_path / "m")[0]["status"] == "failed"
+    assert "seg.nii.gz: failed (the label map is empty" in capsys.readouterr().err
+
+
+def test_lung_table_without_lung_voxels_fails_like_segment(segmented, tmp_path):
+    _, case = _batch_copy(segmented, tmp_path / "src")
+    labels, table = _foreign(case, tmp_path, {BONE: 40},
+                             {"21": "lung_right", "22": "lung_left", "40": "ribs"})
+    assert _pair(case, labels, table, tmp_path / "m") == 1
+    folder = tmp_path / "m" / "c"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["reason"].startswith("no lungs")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["lung_volume_ml"] is None
+    lab, _ = _nifti(case / "labels.nii.gz")
+    assert metrics["structures"]["ribs"]["voxels"] == np.count_nonzero(lab == BONE)
+
+
+def test_table_without_lungs_measures_the_structures(segmented, tmp_path):
+    """Not a failure: no lung is expected; the finding says what is measured instead."""
+    _, case = _batch_copy(segmented, tmp_path / "src")
+    labels, table = _foreign(case, tmp_path, {BONE: 40, 4: 41}, {"40": "ribs", "41": "muscle"})
+    assert _pair(case, labels, table, tmp_path / "m") == 0
+    folder = tmp_path / "m" / "c"
+    assert json.loads((folder / "manifest.json").read_text())["status"] == "ok"
+    qc = json.loads((folder / "qc.json").read_text())
+    (info,) = [f for f in qc["segmentation_findings"] if f["code"] == "no_lung_labels"]
+    assert info["severity"] == "info" and "structures" in info["message"]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    lab, _ = _nifti(case / "labels.nii.gz")
+    assert metrics["structures"]["muscle"]["voxels"] == np.count_nonzero(lab == 4)
+    assert metrics["lung_volume_ml"] is None
+
+
+def test_bad_label_maps_are_explained(segmented, tmp_path, capsys):
+    _, case = _batch_copy(segmented, tmp_path / "src")
+    lab, img = _nifti(case / "labels.nii.gz")
+    bad = lab.copy()
+    bad[:2, :2, :2] = 42
+    nib.save(nib.Nifti1Image(bad, img.affine), str(tmp_path / "badid.nii.gz"))
+    nib.save(nib.Nifti1Image(lab[..., None], img.affine), str(tmp_path / "four.nii.gz"))
+    assert _pair(case, tmp_path / "badid.nii.gz", None, tmp_path / "m") == 1
+    err = capsys.readouterr().err
+    assert "label value(s) 42 are not in the label table" in err and "np." not in err
+    assert _pair(case, tmp_path / "four.nii.gz", None, tmp_path / "m") == 1
+    err = capsys.readouterr().err
+    assert "four.nii.gz: a label map must be 3-D (x, y, z)" in err
+    assert "axes don't match" not in err
+
+
+def test_truncated_labels_in_a_batch_named_once_and_case_kept(segmented, tmp_path, capsys):
+    out, case = _batch_copy(segmented, tmp_path / "out")
+    data = (case / "labels.nii.gz").read_bytes()
+    (case / "labels.nii.gz").write_bytes(data[: len(data) // 2])
+    before = {p.name: p.read_bytes() for p in case.iterdir() if p.is_file()}
+    assert run_measure(_config("measure", input=out)) == 1
+    err = capsys.readouterr().err
+    where = f"{case.name}/labels.nii.gz"
+    assert where in err and err.count("Compressed file ended") == 1
+    assert f"{case.name}: error" in err
+    assert {p.name: p.read_bytes() for p in case.iterdir() if p.is_file()} == before
+
+
+def test_stale_mesh_stays_stale_on_a_second_remeasure(segmented, tmp_path):
+    _, case = _batch_copy(segmented, tmp_path / "out")
+    _edit_labels(case)
+    assert run_measure(_config("measure", input=case)) == 0
+    assert run_measure(_config("measure", input=case)) == 0
+    metrics = json.loads((case / "metrics.json").read_text())
+    assert metrics["structures"]["lung_left"]["surface_area_mm2"] is None
+    qc = json.loads((case / "qc.json").read_text())
+    assert any(f["code"] == "mesh_stale" for f in qc["segmentation_findings"])

@@ -31,7 +31,7 @@ from medscan.batch import (
     remove_stale,
     select_shard,
 )
-from medscan.case import CaseResult, Provenance, versions
+from medscan.case import CaseResult, Provenance, public_config, versions
 from medscan.ct.analyse import CaseOptions, analyse, case_config
 from medscan.dicom.discover import LostSeries
 from medscan.dicom.identity import SecretError, secret_fingerprint
@@ -42,8 +42,6 @@ from medscan.volume import Finding, Volume
 
 log = logging.getLogger("medscan.segment")
 
-#: Config keys never written into an output folder (archive and node-local paths, the id secret).
-PRIVATE_KEYS = ("input", "output", "salt", "scratch")
 #: Keys of the series summary left out of the manifest (the written grid is in the NIfTI files).
 SOURCE_GEOMETRY = ("shape", "spacing", "affine")
 #: Bytes written (and synced) by the output probe before any work.
@@ -63,9 +61,9 @@ def job_config(cfg: dict[str, Any], options: CaseOptions) -> dict[str, Any]:
     """The config recorded in a manifest.
 
     The run's settings without input/output paths, the id secret and the scratch folder
-    (:data:`PRIVATE_KEYS`), and the case config (:func:`case_config`) as hashed.
+    (:data:`medscan.case.PRIVATE_KEYS`), and the case config (:func:`case_config`) as hashed.
     """
-    run = {k: v for k, v in cfg.items() if k not in PRIVATE_KEYS}
+    run = public_config(cfg)
     return {**run, **case_config(options, bool(cfg.get("uniform")), bool(cfg.get("free_text")))}
 
 

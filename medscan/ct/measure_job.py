@@ -37,15 +37,18 @@ from typing import Any
 import numpy as np
 
 from medscan.ct.measure import MeasureOptions, label_names, measure_case
+from medscan.ct.tissues import LUNG_LEFT, LUNG_RIGHT
 from medscan.io.redact import safe_text
 from medscan.volume import Finding, Label, LabelMap, Volume
 
 log = logging.getLogger("medscan.measure")
 
-#: Finding codes :func:`measure_case` makes: replaced in ``qc.json`` by a re-measurement.
-MEASURE_CODES = ("lung_truncated", "body_truncated", "mesh_stale", "dicom_seg_stale")
-#: Config keys never written into an output folder.
-PRIVATE_KEYS = ("input", "output", "volume", "labels", "label_table")
+#: Finding codes a measurement makes: replaced in ``qc.json`` by a re-measurement
+#: (``no_lungs`` too, see :func:`_replace_findings`).
+MEASURE_CODES = ("lung_truncated", "body_truncated", "mesh_stale", "dicom_seg_stale",
+                 "labels_empty", "no_lung_labels", "seg_reference_unchecked")
+#: Lung label names the lung metrics are measured from (``medscan.ct.tissues``).
+LUNG_NAMES = (LUNG_RIGHT, LUNG_LEFT)
 #: Grey for labels of a table without colours.
 DEFAULT_COLOR = (128, 128, 128)
 
@@ -132,6 +135,7 @@ def read_label_map(path: str | Path, table: dict[int, Label] | None, volume: Vol
         labels = _seg_on_volume(p, table, volume)
         table = table or labels.labels
     else:
+        _check_3d(p, volume)
         try:
             labels = LabelMap.from_nifti(p, table, case_id=volume.case_id)
         except Exception as exc:  # nibabel's ImageFileError is no OSError
@@ -139,11 +143,84 @@ def read_label_map(path: str | Path, table: dict[int, Label] | None, volume: Vol
     _check_grid(labels, volume, p.name)
     if table is None:
         return labels
-    unknown = sorted(set(np.flatnonzero(np.bincount(labels.array.ravel(), minlength=256)))
-                     - {0} - set(table))
+    present = np.flatnonzero(np.bincount(labels.array.ravel(), minlength=256))
+    unknown = sorted(int(v) for v in set(present.tolist()) - {0} - set(table))
     if unknown:
-        raise MeasureError(f"{p.name}: label value(s) {unknown} are not in the label table")
+        raise MeasureError(f"{p.name}: label value(s) {', '.join(map(str, unknown))} are not "
+                           "in the label table")
     return labels
+
+
+def _check_3d(path: Path, volume: Volume) -> None:
+    """Refuse a NIfTI label map that is not 3-D (nibabel reads only the header here)."""
+    import nibabel as nib
+
+    try:
+        shape = tuple(int(n) for n in nib.load(str(path)).shape)
+    except Exception as exc:  # nibabel's ImageFileError is no OSError
+        raise MeasureError(f"{path.name}: cannot read the label map: {_why(exc, path)}"
+                           ) from None
+    if len(shape) != 3:
+        grid = tuple(int(n) for n in volume.hu.shape[::-1])
+        raise MeasureError(f"{path.name}: a label map must be 3-D (x, y, z) on the volume's "
+                           f"grid {grid}; this one has {len(shape)} axes {shape}")
+
+
+def _series_uid(files: list[str]) -> str:
+    """SeriesInstanceUID of a DICOM volume's first file ("" for a NIfTI volume)."""
+    import pydicom
+
+    if not files:
+        return ""
+    try:
+        ds = pydicom.dcmread(files[0], stop_before_pixels=True,
+                             specific_tags=["SeriesInstanceUID"])
+    except Exception:  # not DICOM (a NIfTI volume's file): nothing to check against
+        return ""
+    return str(ds.get("SeriesInstanceUID", "") or "")
+
+
+def check_seg_reference(path: Path, volume: Volume) -> list[Finding]:
+    """Check that a DICOM SEG was made from ``volume``'s series.
+
+    A SEG names its source series (ReferencedSeriesSequence). When the volume is a DICOM
+    series, a SEG of another series is refused even on the same grid (two reconstructions of
+    one scan, e.g. b40f and b70f kernels, share the grid but are different images). When the
+    volume is NIfTI (no SeriesInstanceUID) or the SEG names no series, the reference cannot be
+    checked: a ``seg_reference_unchecked`` warning says so.
+
+    Returns
+    -------
+    list of Finding
+        Empty when the reference was checked and matches.
+
+    Raises
+    ------
+    MeasureError
+        The SEG references another series than the volume's.
+    """
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+        refs = {str(item.SeriesInstanceUID)
+                for item in ds.get("ReferencedSeriesSequence", [])
+                if item.get("SeriesInstanceUID")}
+    except Exception as exc:  # read_seg read it already; a header problem is one line
+        raise MeasureError(f"{path.name}: cannot read the DICOM SEG: {_why(exc, path)}"
+                           ) from None
+    series = _series_uid(list(volume.files))
+    if series and refs and series not in refs:
+        raise MeasureError(f"{path.name}: the DICOM SEG references another series than the "
+                           "volume's (ReferencedSeriesSequence does not name its "
+                           "SeriesInstanceUID); measure it on the series it was made from")
+    if series and refs:
+        return []
+    why = ("the volume is not a DICOM series (no SeriesInstanceUID)" if not series
+           else "the SEG names no referenced series")
+    return [Finding("seg_reference_unchecked", "warning",
+                    "whether the DICOM SEG (labels=) was made from the measured volume "
+                    f"could not be checked ({why}); only its grid was checked to match")]
 
 
 def _seg_on_volume(path: Path, table: dict[int, Label] | None, volume: Volume) -> LabelMap:
@@ -169,6 +246,58 @@ def _check_grid(labels: LabelMap, volume: Volume, name: str) -> None:
                            "same grid)")
 
 
+def label_content(labels: LabelMap) -> tuple[str, list[Finding], bool]:
+    """What a label map holds, as ``(failure reason, findings, lungs found)``.
+
+    The same semantics as ``medscan segment``'s "no lungs" failure, for label maps from
+    anywhere:
+
+    * no labelled voxel at all: the case fails (``labels_empty``, error): nothing to measure;
+    * the label table names lungs (``lung_right`` / ``lung_left``) but the map holds none of
+      their voxels: the case fails (``no_lungs``, error); the lung metrics are null, the
+      other labels' statistics (``structures``, ``tissues``) are still measured;
+    * the table names no lung at all (another tool's labels, a head CT's): the case is ok;
+      the lung metrics are null and an info finding (``no_lung_labels``) says that the
+      per-structure statistics are what is measured.
+
+    Parameters
+    ----------
+    labels : LabelMap
+        The label map with its table.
+
+    Returns
+    -------
+    reason : str
+        Why the case fails ("" when it does not).
+    findings : list of Finding
+        The finding described above (empty when lungs are present).
+    lungs_found : bool
+        Whether any lung voxel is present.
+    """
+    counts = np.bincount(labels.array.ravel(), minlength=256)
+    names = label_names(labels.labels)
+    lung_ids = [i for i, n in names.items() if n in LUNG_NAMES]
+    lungs_found = bool(sum(int(counts[i]) for i in lung_ids))
+    if not counts[1:].any():
+        # no file name in written text: a pair's label file may be named after the patient
+        reason = "the label map is empty (no labelled voxel): nothing to measure"
+        return reason, [Finding("labels_empty", "error", reason)], False
+    if lung_ids and not lungs_found:
+        listed = ", ".join(names[i] for i in lung_ids)
+        reason = (f"no lungs: the label table names {listed} but the label map has no voxel "
+                  "of them; lung metrics are null, the other labels are measured")
+        return reason, [Finding("no_lungs", "error", reason)], False
+    if not lung_ids:
+        measured = ", ".join(names[i] for i in names if counts[i]) or "none"
+        return "", [Finding(
+            "no_lung_labels", "info",
+            f"the label table names no lung ({' / '.join(LUNG_NAMES)}): lung metrics, density "
+            "bands and regions are null; per-structure statistics (structures) are measured "
+            f"for the labels present: {measured}",
+            details={"labels": [names[i] for i in names if counts[i]]})], False
+    return "", [], True
+
+
 def _unchanged(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
     """A label's voxels are unchanged since ``old`` was measured (count and centroid equal)."""
     return bool(old) and old.get("voxels") == new.get("voxels") and \
@@ -186,8 +315,12 @@ def remeasure(result: Any, options: MeasureOptions) -> tuple[dict[str, Any], lis
         raise MeasureError(f"{result.case_id}: no volume.nii.gz / labels.nii.gz to measure"
                            + (f" (segment failed: {result.reason})" if result.reason else ""))
     _check_grid(result.labels, result.volume, "labels.nii.gz")
+    reason, content, lungs_found = label_content(result.labels)
+    if reason and result.status == "ok":  # a failed case keeps its first reason
+        result.fail(reason)
     metrics, findings = measure_case(result.volume, result.labels, None, options,
-                                     surfaces=result.surfaces)
+                                     surfaces=result.surfaces, lungs_found=lungs_found)
+    findings = content + findings
     before = (result.metrics or {}).get("structures") or {}
     old_tissues = (result.metrics or {}).get("tissues") or {}
     stale = []
@@ -195,8 +328,9 @@ def remeasure(result: Any, options: MeasureOptions) -> tuple[dict[str, Any], lis
         if entry.get("surface_area_mm2") is None:
             continue
         old = before.get(name)
-        same = _unchanged(old, entry) if old else (
-            old_tissues.get(name, {}).get("voxels") == entry["voxels"])
+        # a mesh found stale once stays stale (its area was nulled: not the labels' any more)
+        same = (_unchanged(old, entry) and old.get("surface_area_mm2") is not None) if old \
+            else old_tissues.get(name, {}).get("voxels") == entry["voxels"]
         if not same:
             entry["surface_area_mm2"] = None
             stale.append(name)
@@ -211,8 +345,17 @@ def remeasure(result: Any, options: MeasureOptions) -> tuple[dict[str, Any], lis
 
 
 def _replace_findings(old: list[Finding], new: list[Finding]) -> list[Finding]:
-    """Segmentation findings with the measurement ones replaced by a new measurement's."""
-    return [f for f in old if f.code not in MEASURE_CODES] + list(new)
+    """Segmentation findings with the measurement ones replaced by a new measurement's.
+
+    An old ``no_lungs`` (``segment``'s, with its reason) stays while the labels still hold no
+    lung, and goes once they do (lungs painted by hand).
+    """
+    no_lungs = any(f.code == "no_lungs" for f in new)
+    kept = [f for f in old
+            if f.code not in MEASURE_CODES and (f.code != "no_lungs" or no_lungs)]
+    if any(f.code == "no_lungs" for f in kept):
+        new = [f for f in new if f.code != "no_lungs"]
+    return kept + list(new)
 
 
 def measure_case_dir(case_dir: Path, options: MeasureOptions) -> tuple[str, str]:
@@ -226,13 +369,9 @@ def measure_case_dir(case_dir: Path, options: MeasureOptions) -> tuple[str, str]
     MeasureError
         The folder cannot be read or measured (the folder is left untouched).
     """
-    from medscan.io.case import read_case, update_measurements
+    from medscan.io.case import update_measurements
 
-    try:
-        result = read_case(case_dir, arrays=True, meshes=True)
-    except Exception as exc:  # nibabel's ImageFileError, a broken mesh, bad JSON: one line
-        raise MeasureError(f"{case_dir.name}: cannot read the case: {_why(exc, case_dir)}"
-                           ) from None
+    result = _read_case(case_dir)
     metrics, findings = remeasure(result, options)
     findings += _seg_stale(case_dir, result.labels)
     result.metrics = metrics
@@ -272,6 +411,64 @@ def _seg_stale(case_dir: Path, labels: LabelMap) -> list[Finding]:
         "<the series' files>, path) before sending it to a PACS")]
 
 
+def _read_case(case_dir: Path) -> Any:
+    """``read_case`` of one folder; an unreadable file is named (``<case>/labels.nii.gz``).
+
+    The manifest and JSON files first, then each array and mesh file on its own, so that the
+    message says which file is truncated or broken.
+
+    Raises
+    ------
+    MeasureError
+        A file of the case cannot be read (nothing is written).
+    """
+    import trimesh
+
+    from medscan.io.case import read_case
+
+    try:
+        result = read_case(case_dir, arrays=False, meshes=False)
+    except Exception as exc:  # bad JSON, a missing manifest
+        raise MeasureError(f"{case_dir.name}: cannot read the case: {_why(exc, case_dir)}"
+                           ) from None
+    table = result.manifest.get("labels") or None
+    steps = []
+    if "volume" in result.files:
+        steps.append((result.files["volume"], "volume",
+                      lambda p: Volume.from_nifti(p, case_id=result.case_id)))
+    if "labels" in result.files:
+        steps.append((result.files["labels"], "labels",
+                      lambda p: LabelMap.from_nifti(p, table, case_id=result.case_id)))
+    for tissue, by_fmt in result.files.get("meshes", {}).items():
+        path = next(iter(by_fmt.values()))
+        steps.append((path, f"mesh:{tissue}",
+                      lambda p: trimesh.load(str(p), force="mesh", process=False)))
+    for path, key, load in steps:
+        try:
+            value = load(path)
+        except Exception as exc:  # nibabel's ImageFileError, gzip's EOFError, a bad mesh
+            rel = path.relative_to(case_dir.parent)
+            raise MeasureError(f"{rel}: cannot read it: {_why(exc, path)}") from None
+        if key.startswith("mesh:"):
+            result.surfaces[key[5:]] = value
+        else:
+            setattr(result, key, value)
+    return result
+
+
+def pair_case_id(input_hash: str, salt: str | None = None) -> str:
+    """Pseudonymous case id ``ct-<10 hex>`` of a ``volume=``/``labels=`` pair.
+
+    A keyed hash (:func:`medscan.dicom.identity.pseudonym`, HMAC under the id secret) of the
+    pair's input hash (SHA-256 over the volume's, the label map's and the label table's file
+    contents, as recorded in the manifest): stable for the same files, never the file names
+    (a label file named after the patient must not name the case folder).
+    """
+    from medscan.dicom.identity import pseudonym
+
+    return pseudonym("ct", input_hash, salt, domain="measure-pair")
+
+
 def measure_pair(cfg: Mapping[str, Any], options: MeasureOptions, output: Path) -> tuple[str, str]:
     """Measure ``volume=`` + ``labels=`` (+ ``label_table=``) into a new case folder.
 
@@ -285,8 +482,9 @@ def measure_pair(cfg: Mapping[str, Any], options: MeasureOptions, output: Path) 
     from medscan.io.dicom_seg import is_dicom_seg
 
     volume_path, labels_path = Path(str(cfg["volume"])), Path(str(cfg["labels"]))
-    volume = _read_volume(volume_path, cfg.get("case_id") or labels_path.name.split(".")[0])
-    case_id = volume.case_id
+    t0 = time.perf_counter()
+    volume = _read_volume(volume_path, "case")
+    findings: list[Finding] = []
     if cfg.get("label_table"):
         table = read_label_table(cfg["label_table"])
     elif is_dicom_seg(labels_path):
@@ -294,17 +492,27 @@ def measure_pair(cfg: Mapping[str, Any], options: MeasureOptions, output: Path) 
     else:
         table = _default_table(cfg)
     labels = read_label_map(labels_path, table, volume)
-    t0 = time.perf_counter()
-    metrics, findings = measure_case(volume, labels, None, options)
-    result = CaseResult(case_id=case_id, volume=volume, labels=labels, metrics=metrics,
-                        findings=findings,
-                        timings_s={"measure": round(time.perf_counter() - t0, 4)})
-    config = {k: v for k, v in cfg.items() if k not in PRIVATE_KEYS}
+    if is_dicom_seg(labels_path):
+        findings += check_seg_reference(labels_path, volume)
+    config = dict(cfg)
+    if table is None or cfg.get("label_table"):  # record the table used, never its path
+        config["tissues"] = labels.labels_dict()
     files = [*(volume.files or [volume_path]), labels_path] + (
         [Path(str(cfg["label_table"]))] if cfg.get("label_table") else [])
     root = volume_path if volume_path.is_dir() else volume_path.parent
+    # the private keys (paths, salt) are dropped by Provenance itself (medscan.case)
     provenance = Provenance.for_files(files, config, root=root,
                                       clock_start=t0, salt=cfg.get("salt"))
+    case_id = str(cfg.get("case_id") or pair_case_id(provenance.input_hash, cfg.get("salt")))
+    volume.case_id = labels.case_id = case_id
+    reason, content, lungs_found = label_content(labels)
+    t1 = time.perf_counter()
+    metrics, coverage = measure_case(volume, labels, None, options, lungs_found=lungs_found)
+    result = CaseResult(case_id=case_id, volume=volume, labels=labels, metrics=metrics,
+                        findings=findings + content + coverage,
+                        timings_s={"measure": round(time.perf_counter() - t1, 4)})
+    if reason:
+        result.fail(reason)
     write_case(result, output, provenance, mesh_formats=(), outputs=("nifti",), index=False)
     return result.status, result.reason
 
@@ -313,7 +521,7 @@ def _read_volume(path: Path, case_id: str) -> Volume:
     """Read ``volume=``: a NIfTI HU volume, or a DICOM series (folder or file).
 
     A DICOM series is loaded as ``segment`` loads it (``uniform=True``: the grid a DICOM SEG of
-    it is read onto) and keeps its own pseudonymous case id.
+    it is read onto). The caller sets the case id (:func:`pair_case_id`).
     """
     try:
         if path.name.lower().endswith((".nii", ".nii.gz")):
@@ -389,8 +597,9 @@ def run_measure(cfg: dict[str, Any]) -> int:
     Returns
     -------
     int
-        0 when every case was measured, 1 when one could not be (named on stderr with the
-        reason; the others are still measured), 2 for a job-level error.
+        0 when every case was measured and is ok, 1 when one could not be measured or is
+        failed (named on stderr with the reason; the others are still measured), 2 for a
+        job-level error.
     """
     try:
         options = check_config(cfg)
@@ -406,7 +615,7 @@ def run_measure(cfg: dict[str, Any]) -> int:
         _one(run, name, lambda: measure_pair(cfg, options, output), Path(str(cfg["labels"])).parent)
         _rebuild_index(output)
     _summary(run.rows)
-    return 1 if any(status == "error" for _, status, _ in run.rows) else 0
+    return 1 if any(status != "ok" for _, status, _ in run.rows) else 0
 
 
 def _measure_batch(run: _Run, source: Path) -> None:
@@ -416,7 +625,7 @@ def _measure_batch(run: _Run, source: Path) -> None:
         cases = _cases(source)
     except JobError as exc:
         run.rows.append((source.name, "error", str(exc)))
-        log.error("%s", exc)
+        print(f"medscan measure: {safe_text(str(exc))}", file=sys.stderr)
         return
     from medscan.io.layout import INDEX
 
@@ -445,18 +654,20 @@ def _measure_batch(run: _Run, source: Path) -> None:
 def _one(run: _Run, name: str, work: Any, root: Path) -> None:
     """Run one case's ``work``; a :class:`MeasureError` (or any failure) is its row.
 
-    Messages name paths relative to ``root`` (the input folder), never absolute ones.
+    The row is printed once, when the case is done. Messages name paths relative to ``root``
+    (the input folder), never absolute ones.
     """
     try:
         status, reason = work()
-        run.rows.append((name, status, reason))
+        row = (name, status, reason)
     except MeasureError as exc:
-        run.rows.append((name, "error", str(exc)))
-        log.error("cannot measure %s", exc)
+        row = (name, "error", str(exc))
     except Exception as exc:  # one bad case must not stop the batch
         why = _why(exc, root / "_")
-        run.rows.append((name, "error", f"{name}: {type(exc).__name__}: {why}"))
-        log.error("cannot measure %s: %s: %s", name, type(exc).__name__, why)
+        row = (name, "error", f"{name}: {type(exc).__name__}: {why}")
+    run.rows.append(row)
+    line = f"{name}: {row[1]}" + (f" ({row[2]})" if row[2] else "")
+    print(f"medscan measure: {safe_text(line)}", file=sys.stderr)
 
 
 def _rebuild_index(output: Path) -> None:
@@ -467,9 +678,8 @@ def _rebuild_index(output: Path) -> None:
 
 
 def _summary(rows: list[tuple[str, str, str]]) -> None:
-    for name, status, reason in rows:
-        line = f"{name}: {status}" + (f" ({reason})" if reason else "")
-        print(f"medscan measure: {line}", file=sys.stderr)
+    """The totals (each case's line was printed when it was done)."""
     errors = sum(s == "error" for _, s, _ in rows)
-    print(f"medscan measure: {len(rows) - errors} measured, {errors} could not be measured",
-          file=sys.stderr)
+    failed = sum(s == "failed" for _, s, _ in rows)
+    print(f"medscan measure: {len(rows) - errors} measured ({failed} failed), {errors} could "
+          "not be measured", file=sys.stderr)
