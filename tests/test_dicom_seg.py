@@ -524,3 +524,48 @@ def test_read_seg_of_other_tools(even_seg, tmp_path: Path) -> None:
     path = other_tool_seg(volume, overlap, "BINARY", tmp_path / "ov.dcm", 2)
     with pytest.raises(SegReadError, match="overlap"):
         read_seg(path)
+
+
+def _other_series(sample_ct: Path, dst: Path) -> Path:
+    """The sample series re-issued as another series (new Series/SOP Instance UIDs, same
+    pixels and grid): what a second reconstruction of the same scan looks like to a SEG."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    dst.mkdir()
+    series_uid = generate_uid(entropy_srcs=["fix14a other series"])
+    for i, path in enumerate(sorted(p for p in sample_ct.rglob("*") if p.is_file())):
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=["fix14a other series", str(i)])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(dst / f"{i:04d}.dcm")
+    return dst
+
+
+def test_measure_refuses_a_seg_of_another_series(sample_ct: Path, seg_job, tmp_path: Path,
+                                                capsys) -> None:
+    """Same grid, other series: refused when the volume is DICOM; warned when it is NIfTI."""
+    from medscan.ct.measure_job import run_measure
+
+    _, case = seg_job
+    other = _other_series(sample_ct, tmp_path / "other")
+    out = tmp_path / "m"
+    assert run_measure(measure_config(volume=other, labels=case / "seg.dcm", output=out)) == 1
+    err = capsys.readouterr().err
+    assert "seg.dcm: the DICOM SEG references another series" in err
+    assert not out.exists() or not [p for p in out.iterdir() if p.is_dir()]
+    # a NIfTI volume has no series to check against: measured, with a warning
+    nifti = tmp_path / "n"
+    assert run_measure(measure_config(volume=case / "volume.nii.gz", labels=case / "seg.dcm",
+                                      output=nifti, case_id="n")) == 0
+    qc = json.loads((nifti / "n" / "qc.json").read_text())
+    (warn,) = [f for f in qc["segmentation_findings"] if f["code"] == "seg_reference_unchecked"]
+    assert warn["severity"] == "warning"
+    # its own series: no such finding (the reference was checked)
+    same = tmp_path / "s"
+    assert run_measure(measure_config(volume=sample_ct, labels=case / "seg.dcm", output=same,
+                                      case_id="s")) == 0
+    qc = json.loads((same / "s" / "qc.json").read_text())
+    assert not [f for f in qc["segmentation_findings"]
+                if f["code"] == "seg_reference_unchecked"]
