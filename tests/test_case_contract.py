@@ -82,6 +82,22 @@ def test_api_and_cli_write_the_same_case(api_and_cli):
     assert qc[0] == qc[1]
 
 
+def test_orthogonal_nifti_keeps_its_qform(api_and_cli):
+    """An untilted series: qform and sform both set (ITK reads the same grid as nibabel) and
+    no sheared_affine finding (the tilted head CT: tests/test_segment_job.py)."""
+    import SimpleITK as sitk
+
+    _, case, _, _ = api_and_cli
+    img = nib.load(case / "labels.nii.gz")
+    assert int(img.header["qform_code"]) == 1 and int(img.header["sform_code"]) == 1
+    itk = sitk.ReadImage(str(case / "labels.nii.gz"))
+    direction = np.array(itk.GetDirection()).reshape(3, 3) * np.array(itk.GetSpacing())
+    np.testing.assert_allclose(np.diag([-1, -1, 1]) @ direction, img.affine[:3, :3], atol=1e-4)
+    codes = [f["code"] for f in json.loads((case / "qc.json").read_text())[
+        "segmentation_findings"]]
+    assert "sheared_affine" not in codes
+
+
 def test_api_case_is_current_for_a_job_rerun(api_and_cli, sample_ct):
     root, api, _, _ = api_and_cli
     before = (api / "manifest.json").read_bytes()

@@ -161,10 +161,36 @@ def test_head_ct_fails_with_reason_and_outputs(shared_ct_qa, tmp_path):
     assert {"volume", "labels", "preview"} <= set(c.files)
     assert "bone" in c.files["meshes"]
     assert any(f.code == "no_lungs" for f in c.findings)
+    _assert_sheared_nifti(tmp_path / row["case_id"], c, shared_ct_qa)
     report = (tmp_path / row["case_id"] / "report.html").read_text()
     assert "n/a (no lungs found)" in report and "Lungs entirely in the scan" not in report
     # the uneven tilted series has gaps: missing_slices names the input files around them
     assert_files_named_by_slice(tmp_path / row["case_id"], min_files=2)
+
+
+def _assert_sheared_nifti(case: Path, c, source: Path) -> None:
+    """A gantry-tilted case: a sheared_affine warning with the header's tilt, and NIfTI files
+    whose sform is the exact sheared affine with no qform, so SimpleITK refuses them instead
+    of reading a rotated grid (5 % larger voxels)."""
+    import pydicom
+    import SimpleITK as sitk
+
+    (note,) = [f for f in c.findings if f.code == "sheared_affine"]
+    assert note.severity == "warning" and "ITK" in note.message
+    first = sorted(source.rglob("*.dcm"))[0]
+    tilt = float(pydicom.dcmread(first, stop_before_pixels=True).GantryDetectorTilt)
+    assert note.details["shear_deg"] == pytest.approx(abs(tilt), abs=0.05)
+    affine = nib.load(case / "volume.nii.gz").affine
+    for name in ("volume.nii.gz", "labels.nii.gz"):
+        img = nib.load(case / name)
+        assert int(img.header["qform_code"]) == 0 and int(img.header["sform_code"]) == 1
+        np.testing.assert_allclose(img.affine, affine)
+        assert img.header.get_zooms() == pytest.approx(np.linalg.norm(affine[:3, :3], axis=0))
+        with pytest.raises(RuntimeError, match="orthonormal"):
+            sitk.ReadImage(str(case / name))
+    cols = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    assert np.degrees(np.arcsin(np.abs(cols[:, 1] @ cols[:, 2]))) == pytest.approx(abs(tilt),
+                                                                              abs=0.05)
 
 
 def assert_files_named_by_slice(case: Path, min_files: int = 0) -> None:

@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from medscan.case import CaseResult, Provenance, utc_now
 from medscan.io.atomic import read_json, write_bytes, write_json, write_text
 from medscan.io.casedir import LEASE_S, CaseWrite, case_writer, output_error
@@ -42,6 +44,7 @@ from medscan.io.layout import (
     read_manifest,
 )
 from medscan.io.mesh import FORMATS, SPACE, export_mesh, mesh_summary
+from medscan.io.nifti import SHEAR_TOLERANCE_DEG, shear_deg
 from medscan.io.redact import FileRefs, relative_paths, safe_text
 from medscan.io.report import write_batch_report, write_case_report
 from medscan.volume import Finding, LabelMap, Volume
@@ -124,6 +127,7 @@ def _write_outputs(result: CaseResult, folder: Path, provenance: Provenance,
     output propagate.
     """
     failures: list[Finding] = []
+    notes: list[Finding] = []
     for name in outputs:
         before = {p for p in folder.rglob("*")}
         try:
@@ -138,12 +142,42 @@ def _write_outputs(result: CaseResult, folder: Path, provenance: Provenance,
                 "output_failed", "error",
                 f"outputs=[{name}] not written: {type(exc).__name__}: {exc}",
                 details={"output": name, "error": type(exc).__name__}))
+            continue
+        if name == "nifti" and (note := _sheared_nifti(result)) is not None:
+            notes.append(note)
     if not failures:
-        return result
+        return dataclasses.replace(result, findings=[*result.findings, *notes]) if notes \
+            else result
     said = "; ".join(f.message for f in failures)
     reason = f"{result.reason}; {said}" if result.status != "ok" and result.reason else said
     return dataclasses.replace(result, status="failed", reason=reason,
-                               findings=[*result.findings, *failures])
+                               findings=[*result.findings, *notes, *failures])
+
+
+def _sheared_nifti(result: CaseResult) -> Finding | None:
+    """A ``sheared_affine`` warning when the NIfTI files' grid is sheared (gantry tilt).
+
+    Their headers then carry no qform (:func:`medscan.io.nifti.nifti_bytes_header`): nibabel,
+    FSL and medscan read the exact geometry, ITK-based tools refuse the files.
+    """
+    image = result.volume if result.volume is not None else result.labels
+    if image is None:
+        return None
+    angle = shear_deg(image.affine)
+    if angle <= SHEAR_TOLERANCE_DEG:
+        return None
+    names = [n for n, a in ((VOLUME, result.volume), (LABELS, result.labels)) if a is not None]
+    return Finding(
+        "sheared_affine", "warning",
+        f"{' and '.join(names)} have a sheared affine: the slices are stacked {angle:.2f} "
+        "degrees off their normal (gantry tilt), and every voxel keeps its true position. "
+        "nibabel, FSL and medscan read it exactly (sform). ITK-based tools (SimpleITK, "
+        "ITK-SNAP, 3D Slicer) cannot represent a shear: they refuse these files (no qform is "
+        "written) rather than read them as an unsheared grid, which would make volumes "
+        f"{100 / np.cos(np.radians(angle)) - 100:.1f}% too large and move structures. For "
+        "them, load the source DICOM series (Slicer corrects the tilt) with seg.dcm "
+        "(outputs=[nifti,dicom_seg]), or resample the NIfTI onto an orthogonal grid first.",
+        details={"shear_deg": round(angle, 3), "files": names})
 
 
 def write_case(

@@ -41,6 +41,8 @@ FINDING_TITLES = {
     "too_short_to_mesh": "Too few slices to build surfaces",
     "mesh_stale": "Meshes and preview show the labels from before an edit",
     "dicom_seg_stale": "The DICOM SEG shows the labels from before an edit",
+    "output_failed": "An output that was asked for could not be made",
+    "sheared_affine": "Tilted grid: ITK-based tools (3D Slicer) cannot open the NIfTI files",
     "resampled": "Unevenly spaced slices were resampled to even spacing",
     "nonuniform_spacing": "The slices are not evenly spaced",
     "missing_slices": "Slices are missing from the series",
