@@ -273,7 +273,7 @@ def test_provenance_drops_private_keys_for_any_caller():
     assert Provenance.for_files([], dict(config), salt=SECRET).config_hash == plain.config_hash
 
 
-def test_pair_case_is_named_by_a_pseudonym_not_the_file_name(segmented, tmp_path):
+def test_pair_case_is_named_by_a_pseudonym_not_the_file_name(segmented, tmp_path, capsys):
     _, case = _batch_copy(segmented, tmp_path / "src")
     named = tmp_path / "DOE^JOHN_12345.nii.gz"
     shutil.copy(case / "labels.nii.gz", named)
@@ -285,6 +285,13 @@ def test_pair_case_is_named_by_a_pseudonym_not_the_file_name(segmented, tmp_path
         assert folder.name.startswith("ct-") and len(folder.name) == 13
     for name, text in _texts(out).items():
         assert "DOE" not in text and "12345" not in text, name
+    assert "DOE" not in capsys.readouterr().err  # the row is named by the case id
+    # a case_id= that is no plain folder name is refused before any work
+    for bad in ("../up", ".hidden", "a/b"):
+        assert run_measure(_config("measure", volume=case / "volume.nii.gz",
+                                   labels=case / "labels.nii.gz", output=out,
+                                   case_id=f"'{bad}'")) == 2
+        assert "case_id" in capsys.readouterr().err
     # other labels on the same volume: another case, not an overwrite
     lab, img = _nifti(case / "labels.nii.gz")
     lab = lab.copy()
@@ -333,7 +340,7 @@ def test_empty_label_map_is_a_failed_case(segmented, tmp_path, capsys):
     qc = json.loads((tmp_path / "m" / "c" / "qc.json").read_text())
     assert [f["code"] for f in qc["segmentation_findings"]][:1] == ["labels_empty"]
     assert read_index(tmp_path / "m")[0]["status"] == "failed"
-    assert "seg.nii.gz: failed (the label map is empty" in capsys.readouterr().err
+    assert "c: failed (the label map is empty" in capsys.readouterr().err
 
 
 def test_lung_table_without_lung_voxels_fails_like_segment(segmented, tmp_path):

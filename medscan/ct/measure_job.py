@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -49,6 +50,8 @@ MEASURE_CODES = ("lung_truncated", "body_truncated", "mesh_stale", "dicom_seg_st
                  "labels_empty", "no_lung_labels", "seg_reference_unchecked")
 #: Lung label names the lung metrics are measured from (``medscan.ct.tissues``).
 LUNG_NAMES = (LUNG_RIGHT, LUNG_LEFT)
+#: A ``case_id=`` given by the user: one plain folder name (no path, not hidden).
+_CASE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 #: Grey for labels of a table without colours.
 DEFAULT_COLOR = (128, 128, 128)
 
@@ -469,8 +472,11 @@ def pair_case_id(input_hash: str, salt: str | None = None) -> str:
     return pseudonym("ct", input_hash, salt, domain="measure-pair")
 
 
-def measure_pair(cfg: Mapping[str, Any], options: MeasureOptions, output: Path) -> tuple[str, str]:
+def measure_pair(cfg: Mapping[str, Any], options: MeasureOptions, output: Path
+                 ) -> tuple[str, str, str]:
     """Measure ``volume=`` + ``labels=`` (+ ``label_table=``) into a new case folder.
+
+    Returns ``(status, reason, case_id)`` (the case id: ``case_id=`` or :func:`pair_case_id`).
 
     Raises
     ------
@@ -514,7 +520,7 @@ def measure_pair(cfg: Mapping[str, Any], options: MeasureOptions, output: Path) 
     if reason:
         result.fail(reason)
     write_case(result, output, provenance, mesh_formats=(), outputs=("nifti",), index=False)
-    return result.status, result.reason
+    return result.status, result.reason, case_id
 
 
 def _read_volume(path: Path, case_id: str) -> Volume:
@@ -582,6 +588,10 @@ def check_config(cfg: Mapping[str, Any]) -> MeasureOptions:
     for key in ("input", "volume", "labels", "label_table"):
         if cfg.get(key) and not Path(str(cfg[key])).exists():
             raise JobError(f"{key} {cfg[key]} does not exist")
+    case_id = cfg.get("case_id")
+    if case_id is not None and not _CASE_ID.fullmatch(str(case_id)):
+        raise JobError(f"case_id {case_id!r}: use letters, digits, '.', '_' and '-' only, not "
+                       "starting with '.' (it names the case folder)")
     try:
         from medscan.batch import select_shard
 
@@ -654,19 +664,21 @@ def _measure_batch(run: _Run, source: Path) -> None:
 def _one(run: _Run, name: str, work: Any, root: Path) -> None:
     """Run one case's ``work``; a :class:`MeasureError` (or any failure) is its row.
 
-    The row is printed once, when the case is done. Messages name paths relative to ``root``
-    (the input folder), never absolute ones.
+    ``work`` returns ``(status, reason)`` or ``(status, reason, case_id)``: a measured pair's
+    row is named by its case id (its label file's name may be a patient's), one that could not
+    be measured by the file. The row is printed once, when the case is done. Messages name
+    paths relative to ``root`` (the input folder), never absolute ones.
     """
     try:
-        status, reason = work()
-        row = (name, status, reason)
+        status, reason, *named = work()
+        row = (named[0] if named else name, status, reason)
     except MeasureError as exc:
         row = (name, "error", str(exc))
     except Exception as exc:  # one bad case must not stop the batch
         why = _why(exc, root / "_")
         row = (name, "error", f"{name}: {type(exc).__name__}: {why}")
     run.rows.append(row)
-    line = f"{name}: {row[1]}" + (f" ({row[2]})" if row[2] else "")
+    line = f"{row[0]}: {row[1]}" + (f" ({row[2]})" if row[2] else "")
     print(f"medscan measure: {safe_text(line)}", file=sys.stderr)
 
 
