@@ -249,6 +249,39 @@ class Provenance:
             clock_start=clock_start,
         )
 
+    @classmethod
+    def for_volume(
+        cls,
+        volume: Volume,
+        config: dict[str, Any],
+        *,
+        free_text: bool = False,
+        **kwargs: Any,
+    ) -> Provenance:
+        """:meth:`for_files` over ``volume.files`` with the manifest's ``series`` block.
+
+        The block (:func:`medscan.io.redact.series_block`: pseudonymous ids, modality, slice
+        count, transfer syntax, coded metadata) is the one ``medscan segment`` writes; a volume
+        with no series metadata (read from NIfTI) gets none.
+
+        Parameters
+        ----------
+        volume : Volume
+            The loaded volume (``files``, ``case_id``, ``patient_id``, ``metadata``).
+        config : dict
+            The config to record (see :meth:`for_files`).
+        free_text : bool
+            Keep free-text DICOM fields in the block (the job's ``free_text``).
+        **kwargs
+            Passed to :meth:`for_files` (``case_config``, ``root``, ``backend``, ``salt``,
+            ``clock_start``).
+        """
+        from medscan.io.redact import series_block
+
+        series = (series_block(volume.case_id, volume.patient_id, volume.metadata, free_text)
+                  if volume.metadata else None)
+        return cls.for_files(list(volume.files), config, series=series, **kwargs)
+
     def manifest_fields(self) -> dict[str, Any]:
         """The fields written into ``manifest.json`` (``series`` only when set)."""
         out = {k: getattr(self, k) for k in MANIFEST_FIELDS}

@@ -56,7 +56,7 @@ def api_and_cli(sample_ct, tmp_path_factory):
     volume = load_path(sample_ct, uniform=True)  # the job's default load (uniform=true)
     options = CaseOptions.defaults()
     result = analyse(volume, options)
-    provenance = Provenance.for_files(volume.files, case_config(options, uniform=True))
+    provenance = Provenance.for_volume(volume, case_config(options, uniform=True))
     case = write_case(result, root / "api", provenance, mesh_formats=options.mesh_formats,
                       outputs=options.outputs)
     return root, case, root / "cli" / volume.case_id, result
@@ -74,8 +74,13 @@ def test_api_and_cli_write_the_same_case(api_and_cli):
     np.testing.assert_array_equal(labels[0], result.labels.array.transpose(2, 1, 0))
     manifests = [json.loads((c / "manifest.json").read_text()) for c in (api, cli)]
     for key in ("config_hash", "input_hash", "inputs", "labels", "status",
-                "id_secret_fingerprint", "coordinate_space"):
+                "id_secret_fingerprint", "coordinate_space", "series"):
         assert manifests[0][key] == manifests[1][key], key
+    assert set(manifests[0]) == set(manifests[1])  # the same fields, series included
+    series = manifests[0]["series"]
+    assert series["n_slices"] == 30 and series["modality"] == "CT"
+    assert series["patient_id"].startswith("pt-") and series["metadata"]["Manufacturer"]
+    assert "SeriesDescription" not in series["metadata"]  # free text stays out by default
     assert [(m["tissue"], m["format"], m["faces"]) for m in manifests[0]["meshes"]] == \
         [(m["tissue"], m["format"], m["faces"]) for m in manifests[1]["meshes"]]
     qc = [json.loads((c / "qc.json").read_text()) for c in (api, cli)]

@@ -101,4 +101,5 @@ def test_napari_saved_case_is_current_for_segment_rerun(
     assert " ok " in row and "skipped" not in row, row
     redone = json.loads((case_dir / "manifest.json").read_text())
     assert redone["config_hash"] == manifest["config_hash"]
+    assert redone["series"] == manifest["series"]  # napari and the job: one series block
     assert redone["config"]["tissues"]["bands"]["fat"]["hu"] != [-100, -29]

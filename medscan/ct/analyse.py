@@ -9,7 +9,7 @@ it and hand the :class:`~medscan.case.CaseResult` to :func:`medscan.io.case.writ
 
     options = CaseOptions.defaults()
     result = analyse(volume, options)
-    write_case(result, "out", Provenance.for_files(volume.files, case_config(options)),
+    write_case(result, "out", Provenance.for_volume(volume, case_config(options)),
                mesh_formats=options.mesh_formats, outputs=options.outputs)
 """
 

@@ -37,13 +37,17 @@ from medscan.dicom.discover import LostSeries
 from medscan.dicom.identity import SecretError, secret_fingerprint
 from medscan.io.case import write_case_folder
 from medscan.io.casedir import output_error
-from medscan.io.redact import FileRefs, relative_to_root, safe_text, series_metadata
+from medscan.io.redact import (
+    FileRefs,
+    relative_to_root,
+    safe_text,
+    series_block,
+    series_metadata,
+)
 from medscan.volume import Finding, Volume
 
 log = logging.getLogger("medscan.segment")
 
-#: Keys of the series summary left out of the manifest (the written grid is in the NIfTI files).
-SOURCE_GEOMETRY = ("shape", "spacing", "affine")
 #: Bytes written (and synced) by the output probe before any work.
 PROBE_BYTES = 1 << 20
 SAMPLE = "ct-lungdx-a0002-b40f"
@@ -90,8 +94,8 @@ def write_volume_case(
     be = be or get_backend("cpu")
     t0 = time.perf_counter()
     config = case_config(options, uniform, free_text)
-    provenance = Provenance.for_files(list(volume.files), config, backend=be.name,
-                                      clock_start=t0)
+    provenance = Provenance.for_volume(volume, config, free_text=free_text, backend=be.name,
+                                       clock_start=t0)
     result = analyse(volume, options, be)
     write = write_case_folder(result, output, provenance, mesh_formats=options.mesh_formats,
                               outputs=options.outputs, report=options.report)
@@ -344,11 +348,12 @@ def _write_case(job: _Job, series: Any, refs: FileRefs, inputs: list[dict[str, A
     """Load, analyse and commit one case; returns its status and reason."""
     from medscan.dicom import SeriesError, load
 
-    # the source series' geometry (shape, spacing, affine) is left out: after resampling it is
-    # not the written grid's, which volume.nii.gz / labels.nii.gz carry in their headers
-    series_dict = {k: v for k, v in series.to_dict().items()
-                   if k not in ("files", "findings", *SOURCE_GEOMETRY)}
-    series_dict["metadata"] = series_metadata(series.metadata, bool(job.cfg.get("free_text")))
+    # series_block holds no geometry: after resampling the source's is not the written grid's,
+    # which volume.nii.gz / labels.nii.gz carry in their headers
+    series_dict = series_block(series.case_id, series.patient_id, {
+        **series.metadata, "modality": series.modality, "n_slices": series.n_slices,
+        "transfer_syntax": series.transfer_syntax_name,
+        "transfer_syntax_uid": series.transfer_syntax}, bool(job.cfg.get("free_text")))
     provenance = job.provenance(series.files, inputs, input_hash, series_dict, t0)
     timings: dict[str, float] = {}
     try:

@@ -164,6 +164,40 @@ def series_metadata(metadata: dict[str, Any], free_text: bool = False) -> dict[s
     return {k: safe_text(v) if isinstance(v, str) else v for k, v in keep.items()}
 
 
+#: Top-level facts of a manifest's ``series`` block (beside ``case_id``, ``patient_id``).
+SERIES_KEYS = ("modality", "n_slices", "transfer_syntax", "transfer_syntax_uid")
+#: Entries the loader adds to ``Volume.metadata`` about the loaded grid (not series metadata).
+LOADED_KEYS = frozenset({"n_slices", "transfer_syntax", "transfer_syntax_uid", "padding_voxels",
+                         "air_hu", "spacing_mm"})
+
+
+def series_block(case_id: str, patient_id: str, metadata: dict[str, Any],
+                 free_text: bool = False) -> dict[str, Any]:
+    """The manifest's ``series`` block: the same fields from the job, the API and napari.
+
+    Parameters
+    ----------
+    case_id, patient_id : str
+        The pseudonymous ids (keyed HMACs, :mod:`medscan.dicom.identity`); never identity.
+    metadata : dict
+        Series metadata with the :data:`SERIES_KEYS` among it (``Volume.metadata`` as the
+        loader fills it, or a ``SeriesInfo``'s metadata merged with its attributes).
+    free_text : bool
+        Keep free-text DICOM fields (:func:`series_metadata`).
+
+    Returns
+    -------
+    dict
+        ``case_id, patient_id, modality, n_slices, transfer_syntax, transfer_syntax_uid,
+        metadata`` (coded values only unless ``free_text``; no paths, no geometry: the written
+        grid is the NIfTI header's).
+    """
+    rest = {k: v for k, v in metadata.items() if k not in LOADED_KEYS}
+    return {"case_id": case_id, "patient_id": patient_id,
+            **{k: metadata.get(k) for k in SERIES_KEYS},
+            "metadata": series_metadata(rest, free_text)}
+
+
 def _printable(path: str) -> str:
     r"""File name bytes as text, undecodable bytes as ``\xNN`` (as the loader prints them)."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")

@@ -426,6 +426,7 @@ def read_dicom(path: str | Path) -> list[LayerDataTuple]:
     volume = load_path(path, uniform=load["uniform"])
     meta = {
         "case_id": volume.case_id,
+        "patient_id": volume.patient_id,  # pseudonymous (keyed HMAC), for the saved manifest
         "path": str(path),
         "findings": [f.to_dict() for f in volume.findings],
         "series": dict(volume.metadata),

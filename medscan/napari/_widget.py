@@ -211,6 +211,7 @@ class CTSegmentationWidget(QWidget):
             "load": {**load_options(), **dict(meta.get("load") or {})},
             "source_root": str(meta["path"]) if meta.get("path") else None,
             "series": dict(meta.get("series") or {}),
+            "patient_id": meta.get("patient_id") or "",
         }
 
         @thread_worker
@@ -304,7 +305,7 @@ def save_result(result: CaseResult, made: dict[str, Any], output: str | Path) ->
     from medscan.case import Provenance
     from medscan.ct.analyse import case_config
     from medscan.io import write_case
-    from medscan.io.redact import series_metadata
+    from medscan.io.redact import series_block
 
     options = made["options"]
     free_text = bool(made["load"].get("free_text"))
@@ -316,7 +317,10 @@ def save_result(result: CaseResult, made: dict[str, Any], output: str | Path) ->
         case_config=hashed,
         root=made.get("source_root"),
         backend=made["backend"],
-        series={"metadata": series_metadata(made.get("series") or {}, free_text)},
+        # the job's series block (ids, modality, slices, transfer syntax, coded metadata)
+        series=series_block(result.case_id, str(made.get("patient_id") or ""),
+                            made.get("series") or {}, free_text)
+        if made.get("series") else None,
     )
     provenance.seconds = round(float(made["seconds"]), 3)
     return write_case(result, output, provenance, mesh_formats=options.mesh_formats,
