@@ -103,6 +103,30 @@ def test_orthogonal_nifti_keeps_its_qform(api_and_cli):
     assert "sheared_affine" not in codes
 
 
+def test_index_numbers_have_one_format(api_and_cli, tmp_path):
+    """index.csv: every number with 6 significant digits, trailing zeros kept (4486.00 beside
+    5613.58, not 4486), equal to metrics.json / the manifest to that precision."""
+    root, _, cli, _ = api_and_cli
+    (row,) = read_index(root / "cli")
+    metrics = json.loads((cli / "metrics.json").read_text())
+    numeric = [k for k, v in metrics.items() if k in row and isinstance(v, float)]
+    assert len(numeric) >= 6
+    for key in [*numeric, "seconds"]:
+        digits = re.sub(r"^[-0.]*", "", row[key].replace(".", "", 1).lstrip("-"))
+        assert len(digits) == 6 or "e" in row[key], (key, row[key])
+        ref = metrics[key] if key in metrics else json.loads(
+            (cli / "manifest.json").read_text())["seconds"]
+        assert float(row[key]) == pytest.approx(ref, rel=5e-6), key
+    case = _small_result("fmt")
+    case.metrics = {"lung_volume_ml": 4486.0, "lung_left_ml": 2363.878, "perc15_hu": -945,
+                    "laa950_percent": 13.414, "lung_complete": True}
+    write_case(case, tmp_path, Provenance(), mesh_formats=[], report=False)
+    (row,) = read_index(tmp_path)
+    assert [row[k] for k in ("lung_volume_ml", "lung_left_ml", "perc15_hu", "laa950_percent",
+                             "lung_complete")] == ["4486.00", "2363.88", "-945.000", "13.4140",
+                                                   "True"]
+
+
 def test_api_case_is_current_for_a_job_rerun(api_and_cli, sample_ct):
     root, api, _, _ = api_and_cli
     before = (api / "manifest.json").read_bytes()

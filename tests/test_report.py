@@ -226,3 +226,18 @@ def test_no_lungs_is_not_reported_as_cut_off(sample_run) -> None:
     one = render_case_report("c", "ok", metrics={**metrics, "lung_left_ml": None})
     assert re.search(r'"v">n/a</div><div class="l">Left lung<', one)
     assert "None" not in one.split('<div class="cards">')[1].split("</div></div></div>")[0]
+
+
+def test_histogram_ticks_are_distinct_for_one_value(sample_run) -> None:
+    """One case (or several of one value): numpy's bins span the value +- 0.5; the axis labels
+    used to print the same rounded number five times."""
+    from medscan.io.report import histogram_svg
+
+    _, case = sample_run
+    volume = json.loads((case / "metrics.json").read_text())["lung_volume_ml"]
+    for values in ([volume], [volume] * 3, [1000.0, 1250.0, 2000.0]):
+        svg = histogram_svg(values, "Lung volume", "mL")
+        x_ticks = re.findall(r'text-anchor="middle" font-size="11">([^<]*)<', svg)
+        assert len(x_ticks) == 5 and len(set(x_ticks)) == 5, x_ticks
+        assert float(x_ticks[0]) <= min(values) and float(x_ticks[-1]) >= max(values)
+    assert x_ticks == ["1000", "1250", "1500", "1750", "2000"]  # no extra digits when unneeded

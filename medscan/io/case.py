@@ -488,12 +488,19 @@ def read_index(output: str | Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+#: Significant digits of every number in ``index.csv`` (trailing zeros kept, so ``4486.00``
+#: stands beside ``5613.58``; metrics.json holds the full values).
+INDEX_DIGITS = 6
+
+
 def _fmt(value: Any) -> str:
+    """An ``index.csv`` cell: numbers with :data:`INDEX_DIGITS` significant digits."""
     if value is None:
         return ""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    text = f"{float(value):#.{INDEX_DIGITS}g}"
+    return text.rstrip(".") if "e" not in text else text
 
 
 def rebuild_index(output: str | Path) -> Path:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import html
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -322,6 +323,20 @@ def _number(value: Any) -> float | None:
     return out if out == out else None  # NaN -> None
 
 
+def tick_labels(values: Sequence[float], digits: int = 4) -> list[str]:
+    """Axis labels for increasing ``values``: ``digits`` significant digits, or more.
+
+    More digits where two neighbours would read the same (one case, or cases of nearly one
+    value: numpy's bins then span value +- 0.5, which at 4 digits printed "4486" five times).
+    """
+    labels = [f"{v:.{digits}g}" for v in values]
+    for more in range(digits + 1, 12):
+        if all(a != b for a, b in itertools.pairwise(labels)):
+            break
+        labels = [f"{v:.{more}g}" for v in values]
+    return labels
+
+
 def histogram_svg(values: Sequence[float], title: str, xlabel: str,
                   width: int = 440, height: int = 260) -> str:
     """A histogram as inline SVG (bars carry ``data-count``; counts from :func:`numpy.histogram`).
@@ -348,12 +363,13 @@ def histogram_svg(values: Sequence[float], title: str, xlabel: str,
              f'viewBox="0 0 {width} {height}" role="img" aria-label="{_esc(title)}">',
              f'<text x="{width / 2:.1f}" y="16" text-anchor="middle" font-size="13">'
              f"{_esc(title)} (n = {len(data)})</text>"]
+    edge_text = tick_labels(edges)
     for n, count in enumerate(counts):
         x0, x1 = x_of(float(edges[n])), x_of(float(edges[n + 1]))
         parts.append(f'<rect x="{x0:.1f}" y="{y_of(count):.1f}" width="{max(x1 - x0 - 1, 1):.1f}" '
                      f'height="{top + plot_h - y_of(count):.1f}" fill="#4a90d9" '
-                     f'data-count="{int(count)}"><title>{_esc(f"{edges[n]:.4g}")} .. '
-                     f'{_esc(f"{edges[n + 1]:.4g}")}: {int(count)}</title></rect>')
+                     f'data-count="{int(count)}"><title>{_esc(edge_text[n])} .. '
+                     f'{_esc(edge_text[n + 1])}: {int(count)}</title></rect>')
     base = top + plot_h
     parts.append(f'<line x1="{left}" y1="{base}" x2="{left + plot_w}" y2="{base}" '
                  'stroke="#333"/>')
@@ -361,9 +377,10 @@ def histogram_svg(values: Sequence[float], title: str, xlabel: str,
     for tick in sorted({0, peak // 2, peak}):
         parts.append(f'<text x="{left - 6}" y="{y_of(tick) + 4:.1f}" text-anchor="end" '
                      f'font-size="11">{tick}</text>')
-    for value in np.linspace(float(edges[0]), float(edges[-1]), 5):
+    ticks = np.linspace(float(edges[0]), float(edges[-1]), 5)
+    for value, text in zip(ticks, tick_labels(ticks), strict=True):
         parts.append(f'<text x="{x_of(float(value)):.1f}" y="{base + 15}" text-anchor="middle" '
-                     f'font-size="11">{_esc(f"{value:.4g}")}</text>')
+                     f'font-size="11">{_esc(text)}</text>')
     parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{height - 8}" text-anchor="middle" '
                  f'font-size="12">{_esc(xlabel)}</text>')
     parts.append(f'<text x="12" y="{top + plot_h / 2:.1f}" text-anchor="middle" font-size="12" '
