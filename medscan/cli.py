@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -242,6 +243,48 @@ def static_help(command: str) -> str | None:
     return template
 
 
+#: An override Hydra's grammar surely reads as one plain value (no parser needed).
+_PLAIN_OVERRIDE = re.compile(r"[+~]{0,2}[\w./@-]+(=[\w./:+-]*)?", re.ASCII)
+#: Characters Hydra reads in an unquoted value (its OverrideLexer's ID, UNQUOTED_CHAR, spaces).
+_UNQUOTED = re.compile(r"[\w/\\+.$%*@?|: =-]", re.ASCII)
+
+
+def check_overrides(command: str, overrides: list[str], multirun: bool) -> None:
+    """Raise :class:`UsageError` for an override Hydra's parser refuses, with the fix.
+
+    Archive paths carry characters Hydra's override grammar reserves or does not read unquoted
+    (DICOM person names are ``FAMILY^GIVEN``; ``~``, ``#``, ``&``, ``;``, brackets, braces,
+    non-ASCII letters), and a ``,`` makes a value a sweep. Hydra then ends with a lexer
+    message and exit 1; this says which override, which character, and how to quote it
+    (one line, exit 2, before anything is made).
+    """
+    if all(_PLAIN_OVERRIDE.fullmatch(o) for o in overrides):
+        return
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if "'" not in value:
+            hint = (f"quote the value for Hydra: {key}='{value}' (in a shell, keep those "
+                    f"quotes: \"{key}='{value}'\")")
+        else:
+            hint = (f"quote the value for Hydra: {key}=\"{value}\" (one argument, quotes "
+                    "kept; escape the value's quote for your shell)")
+        try:
+            (override,) = parser.parse_overrides([item])
+        except OverrideParseException:
+            bad = next((c for c in value if not _UNQUOTED.fullmatch(c)), None)
+            why = (f"'{bad}' cannot stand unquoted in its override grammar" if bad
+                   else "its override grammar")
+            raise UsageError(f"medscan {command}: Hydra cannot read {item} ({why}); "
+                             f"{hint}") from None
+        if override.is_sweep_override() and not multirun:
+            raise UsageError(f"medscan {command}: Hydra reads {item} as several values (a "
+                             f"sweep, for -m); for one value {hint}")
+
+
 def _check_path(command: str, key: str, value: Any) -> None:
     if value is None or value == "" or (isinstance(value, str) and "${" in value):
         return
@@ -262,6 +305,7 @@ def _preflight(command: str, rest: list[str]) -> None:
     if command in HYDRA_JOBS:
         multirun = any(a in {"-m", "--multirun"} for a in rest)
         overrides = [a for a in rest if not a.startswith("-")]
+        check_overrides(command, overrides, multirun)
         check_inputs(command, overrides, multirun)
 
 

@@ -229,6 +229,31 @@ def test_mandatory_key_named(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("name", ["DOE^JOHN_12345", "Müller#2", "ROE,RICHARD"])
+def test_path_hydra_cannot_read_unquoted_is_one_line_with_the_fix(name, sample_ct, tmp_path,
+                                                                  capsys):
+    """Archive folders named after patients (DICOM PN ``FAMILY^GIVEN``), non-ASCII letters,
+    commas: Hydra's override grammar refuses them unquoted (exit 1, lexer message). medscan
+    says which override and how to quote it, exit 2, nothing made; the quoted form it
+    suggests reads back as the exact path."""
+    import re
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    tree = tmp_path / name
+    shutil.copytree(sample_ct, tree / "series")
+    work = tmp_path / "work"
+    work.mkdir()
+    os.chdir(work)
+    assert cli_main(["segment", f"input={tree}", "output=out"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"input={tree}" in err, err
+    assert list(work.iterdir()) == []
+    quoted = re.search(r"quote the value for Hydra: (input='[^']*')", err)[1]
+    (override,) = OverridesParser.create().parse_overrides([quoted])
+    assert override.value() == str(tree)
+
+
 # --------------------------------------------------------------------------- inspect
 
 
