@@ -133,7 +133,7 @@ def public_config(config: dict[str, Any]) -> dict[str, Any]:
 
 #: Provenance fields written into ``manifest.json``, in order.
 MANIFEST_FIELDS = ("config", "config_hash", "inputs", "input_hash", "id_secret_fingerprint",
-                   "versions", "backend", "series")
+                   "versions", "backend", "series", "measured")
 
 
 @dataclass
@@ -172,6 +172,11 @@ class Provenance:
         The input root (never written; scrubbed from text like ``source_files``).
     clock_start : float or None
         ``time.perf_counter()`` when the case began (never written).
+    measured : dict or None
+        The last re-measurement of the case (``medscan measure``): ``{"created": UTC time,
+        "by": "medscan measure", "config_hash": SHA-256 of the measure options, "versions":
+        {...}}``; written when set. ``config_hash`` above stays the one of the ``segment``
+        config, so that a re-measured case is still current for a ``segment`` rerun.
     """
 
     config: dict[str, Any] = field(default_factory=dict)
@@ -187,6 +192,7 @@ class Provenance:
     source_files: list[str] = field(default_factory=list, repr=False)
     source_root: str | None = field(default=None, repr=False)
     clock_start: float | None = field(default=None, repr=False)
+    measured: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.config = public_config(self.config)
@@ -283,11 +289,12 @@ class Provenance:
         return cls.for_files(list(volume.files), config, series=series, **kwargs)
 
     def manifest_fields(self) -> dict[str, Any]:
-        """The fields written into ``manifest.json`` (``series`` only when set)."""
+        """The fields written into ``manifest.json`` (``series``, ``measured`` only when set)."""
         out = {k: getattr(self, k) for k in MANIFEST_FIELDS}
         out["config"] = public_config(self.config)  # also when config was replaced later
-        if self.series is None:
-            out.pop("series")
+        for optional in ("series", "measured"):
+            if out[optional] is None:
+                out.pop(optional)
         return out
 
     @classmethod
@@ -304,4 +311,5 @@ class Provenance:
             series=manifest.get("series"),
             created=str(manifest.get("created", "")),
             seconds=manifest.get("seconds"),
+            measured=manifest.get("measured"),
         )

@@ -411,3 +411,106 @@ def test_stale_mesh_stays_stale_on_a_second_remeasure(segmented, tmp_path):
     assert metrics["structures"]["lung_left"]["surface_area_mm2"] is None
     qc = json.loads((case / "qc.json").read_text())
     assert any(f["code"] == "mesh_stale" for f in qc["segmentation_findings"])
+
+
+def _set_labels(case: Path, lab: np.ndarray) -> None:
+    img = nib.load(str(case / "labels.nii.gz"))
+    nib.save(nib.Nifti1Image(lab, img.affine, img.header), str(case / "labels.nii.gz"))
+
+
+def _told(out: Path, case: Path) -> dict[str, tuple[str, str]]:
+    """``(status, reason)`` as the manifest, index.csv, read_case and both reports tell it."""
+    from medscan.io import read_case
+
+    manifest = json.loads((case / "manifest.json").read_text())
+    (row,) = read_index(out)
+    back = read_case(case, arrays=False)
+    told = {"manifest": (manifest["status"], manifest["reason"]),
+            "index": (row["status"], row["reason"]), "read_case": (back.status, back.reason)}
+    pages = (("case report", case / "report.html"), ("batch report", out / "report.html"))
+    for name, page in pages:
+        text = page.read_text()
+        told[name] = ("failed" if 'class="status failed"' in text or "0 ok, 1 failed" in text
+                      else "ok" if 'class="status ok"' in text or "1 ok, 0 failed" in text
+                      else "?", "")
+    return told
+
+
+@pytest.mark.parametrize("erase", ["lungs", "everything"])
+def test_remeasure_that_fails_is_told_by_every_file(segmented, tmp_path, erase):
+    """An ok case whose lung labels were erased (napari): failed in manifest, index, reports."""
+    out, case = _batch_copy(segmented, tmp_path / "out")
+    original = json.loads((case / "manifest.json").read_text())
+    assert original["status"] == "ok"
+    lab, _ = _nifti(case / "labels.nii.gz")
+    edited = lab.copy()
+    if erase == "lungs":
+        edited[(lab == LUNG_LEFT) | (lab == LUNG_RIGHT)] = 4
+    else:
+        edited[:] = 0
+    _set_labels(case, edited)
+    assert run_measure(_config("measure", input=out)) == 1
+    told = _told(out, case)
+    assert {k: v[0] for k, v in told.items()} == dict.fromkeys(told, "failed")
+    reason = told["manifest"][1]
+    assert reason.startswith("no lungs" if erase == "lungs" else "the label map is empty")
+    assert told["index"][1] == told["read_case"][1] == reason
+    manifest = json.loads((case / "manifest.json").read_text())
+    # provenance of the segmentation kept; the re-measure recorded
+    for key in ("inputs", "input_hash", "config_hash", "config", "created", "meshes", "labels"):
+        assert manifest[key] == original[key], key
+    assert manifest["measured"]["by"] == "medscan measure"
+    assert len(manifest["measured"]["config_hash"]) == 64
+    # painted back (the original labels): ok again, everywhere
+    _set_labels(case, lab)
+    assert run_measure(_config("measure", input=out)) == 0
+    told = _told(out, case)
+    assert {k: v[0] for k, v in told.items()} == dict.fromkeys(told, "ok")
+    assert told["manifest"][1] == told["index"][1] == told["read_case"][1] == ""
+    qc = json.loads((case / "qc.json").read_text())
+    assert not [f for f in qc["segmentation_findings"] if f["severity"] == "error"]
+
+
+def test_segment_rerun_keeps_a_hand_fixed_case(segmented, tmp_path):
+    """Failed by a re-measure, fixed by hand, re-measured ok: a segment rerun keeps the edits.
+
+    And the other side: a case left failed is redone by the rerun (so the first half can fail).
+    """
+    out, case = _batch_copy(segmented, tmp_path / "out")
+    lab, _ = _nifti(case / "labels.nii.gz")
+    erased = lab.copy()
+    erased[(lab == LUNG_LEFT) | (lab == LUNG_RIGHT)] = 4
+    _set_labels(case, erased)
+    assert run_measure(_config("measure", input=out)) == 1
+    _set_labels(case, lab)  # the user paints the lungs back, not quite as segment did:
+    edited = _edit_labels(case)  # the upper half of the left lung stays soft tissue
+    assert run_measure(_config("measure", input=out)) == 0
+    assert json.loads((case / "manifest.json").read_text())["status"] == "ok"
+    assert run_segment(_config("segment", output=out, progress=False)) == 0
+    kept, _ = _nifti(case / "labels.nii.gz")
+    assert np.array_equal(kept, edited) and not np.array_equal(kept, lab)
+    assert json.loads((case / "manifest.json").read_text())["measured"]["by"] == "medscan measure"
+    # a case the re-measure left failed is not current: the rerun segments it again
+    _set_labels(case, erased)
+    assert run_measure(_config("measure", input=out)) == 1
+    assert run_segment(_config("segment", output=out, progress=False)) == 0
+    redone, _ = _nifti(case / "labels.nii.gz")
+    assert np.array_equal(redone, lab)
+    manifest = json.loads((case / "manifest.json").read_text())
+    assert manifest["status"] == "ok" and "measured" not in manifest
+
+
+def test_segment_no_lungs_is_lifted_only_when_lungs_are_painted():
+    """``segment``'s own ``no_lungs`` (and failures a re-measure cannot lift) decide the status."""
+    from medscan.ct.measure_job import _replace_findings, remeasured_status
+    from medscan.volume import Finding
+
+    seg = Finding("no_lungs", "error", "no lungs: no air-containing region")
+    still = Finding("no_lungs", "error", "no lungs: the label table names lung_right")
+    assert remeasured_status(_replace_findings([seg], [still])) == ("failed", seg.message)
+    assert remeasured_status(_replace_findings([seg], [])) == ("ok", "")
+    seg_failed = Finding("output_failed", "error", "outputs=[dicom_seg] not written: x")
+    assert remeasured_status(_replace_findings([seg, seg_failed], [])) == \
+        ("failed", seg_failed.message)
+    warn = Finding("mesh_stale", "warning", "stale")
+    assert remeasured_status(_replace_findings([], [warn])) == ("ok", "")

@@ -318,9 +318,7 @@ def remeasure(result: Any, options: MeasureOptions) -> tuple[dict[str, Any], lis
         raise MeasureError(f"{result.case_id}: no volume.nii.gz / labels.nii.gz to measure"
                            + (f" (segment failed: {result.reason})" if result.reason else ""))
     _check_grid(result.labels, result.volume, "labels.nii.gz")
-    reason, content, lungs_found = label_content(result.labels)
-    if reason and result.status == "ok":  # a failed case keeps its first reason
-        result.fail(reason)
+    _reason, content, lungs_found = label_content(result.labels)
     metrics, findings = measure_case(result.volume, result.labels, None, options,
                                      surfaces=result.surfaces, lungs_found=lungs_found)
     findings = content + findings
@@ -361,10 +359,37 @@ def _replace_findings(old: list[Finding], new: list[Finding]) -> list[Finding]:
     return kept + list(new)
 
 
+def remeasured_status(findings: list[Finding]) -> tuple[str, str]:
+    """``(status, reason)`` of a re-measured case from its segmentation findings.
+
+    ``failed`` when an error finding remains: the re-measure's own (``labels_empty``,
+    ``no_lungs``; a ``segment`` ``no_lungs`` is kept while the labels still hold no lung, see
+    :func:`_replace_findings`) or one the re-measure cannot lift (``too_short_to_mesh``,
+    ``output_failed``: no meshes, no DICOM SEG); the reason is their messages. Otherwise
+    ``ok``: a segment-failed case whose lungs were painted by hand is ``ok`` now, an ``ok``
+    case whose lungs were erased is ``failed``.
+    """
+    errors = [f.message for f in findings if f.severity == "error"]
+    return ("failed", "; ".join(errors)) if errors else ("ok", "")
+
+
+def measured_record(options: MeasureOptions) -> dict[str, Any]:
+    """The manifest's ``measured`` record: when, by what, with which measure options."""
+    import dataclasses
+
+    from medscan.case import utc_now, versions
+    from medscan.hashing import config_hash
+
+    return {"created": utc_now(), "by": "medscan measure",
+            "config_hash": config_hash(dataclasses.asdict(options)),
+            "versions": versions()}
+
+
 def measure_case_dir(case_dir: Path, options: MeasureOptions) -> tuple[str, str]:
     """Re-measure one case folder in place; returns its (status, reason) for the summary.
 
-    Only ``metrics.json`` and ``qc.json`` change (and ``report.html``, rebuilt from them), through
+    ``metrics.json``, ``qc.json``, ``report.html`` and the manifest's ``status``, ``reason`` and
+    ``measured`` change (:func:`remeasured_status`), through
     :func:`medscan.io.case.update_measurements`; every other file of the folder is kept.
 
     Raises
@@ -379,7 +404,8 @@ def measure_case_dir(case_dir: Path, options: MeasureOptions) -> tuple[str, str]
     findings += _seg_stale(case_dir, result.labels)
     result.metrics = metrics
     result.findings = _replace_findings(result.findings, findings)
-    update_measurements(case_dir, result)
+    result.status, result.reason = remeasured_status(result.findings)
+    update_measurements(case_dir, result, measured_record(options))
     return result.status, result.reason
 
 
@@ -509,6 +535,7 @@ def measure_pair(cfg: Mapping[str, Any], options: MeasureOptions, output: Path
     # the private keys (paths, salt) are dropped by Provenance itself (medscan.case)
     provenance = Provenance.for_files(files, config, root=root,
                                       clock_start=t0, salt=cfg.get("salt"))
+    provenance.measured = measured_record(options)
     case_id = str(cfg.get("case_id") or pair_case_id(provenance.input_hash, cfg.get("salt")))
     volume.case_id = labels.case_id = case_id
     reason, content, lungs_found = label_content(labels)

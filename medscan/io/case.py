@@ -290,11 +290,16 @@ def write_case_folder(
         manifest = build_manifest(result, provenance, refs, meshes, timings, label_table)
         if report:
             write_case_report(folder, manifest)
-        write_json(folder / MANIFEST, manifest)
+        _write_manifest(folder, manifest)
         write.manifest = manifest
     if index:
         rebuild_index(output)
     return write
+
+
+def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """Write ``manifest.json`` (atomically; always the last file of a case written)."""
+    write_json(folder / MANIFEST, manifest)
 
 
 def _qc(result: CaseResult, redact: Callable[[list[Finding]], list[Finding]]) -> dict[str, Any]:
@@ -306,21 +311,38 @@ def _qc(result: CaseResult, redact: Callable[[list[Finding]], list[Finding]]) ->
     }
 
 
-def update_measurements(case_dir: str | Path, result: CaseResult) -> None:
-    """Replace a finished case's ``metrics.json`` and ``qc.json`` by ``result``'s (re-measure).
+def update_measurements(case_dir: str | Path, result: CaseResult,
+                        measured: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Rewrite a finished case's ``qc.json``, ``metrics.json`` and manifest from ``result``.
 
-    The one way to change a case folder after :func:`write_case` (``medscan measure``): every
-    other file (volume, labels, meshes, preview, DICOM SEG, manifest) is kept. ``qc.json`` is
-    written first, then ``metrics.json``, each atomically; ``report.html``, when present, is
-    rebuilt from them. The caller holds the case's lock (:func:`medscan.io.casedir.case_lock`).
+    The one way to change a case folder after :func:`write_case` (``medscan measure``): the
+    data files (volume, labels, meshes, preview, DICOM SEG) are kept; ``qc.json``,
+    ``metrics.json``, ``report.html`` (when present) and ``manifest.json`` then tell the
+    re-measure's truth. The manifest is rebuilt by :func:`build_manifest` (the one builder)
+    from the provenance read back with the case (:func:`read_case`): ``inputs``,
+    ``input_hash``, ``config_hash``, ``created`` and ``seconds`` stay, so a case that is ``ok``
+    after the re-measure (a failed case whose lungs were painted by hand, too) stays current for
+    a ``medscan segment`` rerun, which then keeps the edited labels; ``status`` and ``reason``
+    become ``result``'s, and ``measured`` records the re-measurement. Written in the order
+    ``qc.json``, ``metrics.json``, ``report.html``, ``manifest.json`` (last), each atomically.
+    The caller holds the case's lock (:func:`medscan.io.casedir.case_lock`).
 
     Parameters
     ----------
     case_dir : str or Path
         A case folder (:func:`is_case_dir`).
     result : CaseResult
-        The case as read back by :func:`read_case`, with new ``metrics`` and ``findings``
-        (already free of paths: they came from the written case).
+        The case as read back by :func:`read_case`, with the re-measure's ``status``,
+        ``reason``, ``metrics`` and ``findings`` (already free of paths: they came from the
+        written case).
+    measured : dict, optional
+        The manifest's ``measured`` record (``{"created", "by", "config_hash", ...}``);
+        default: the one ``result``'s provenance holds.
+
+    Returns
+    -------
+    dict
+        The manifest as written.
 
     Raises
     ------
@@ -330,10 +352,19 @@ def update_measurements(case_dir: str | Path, result: CaseResult) -> None:
     folder = Path(case_dir)
     if not is_case_dir(folder):
         raise FileNotFoundError(f"{folder.name}: not a case folder (no {MANIFEST})")
+    old = result.manifest or read_manifest(folder)
+    provenance = result.provenance or Provenance.from_manifest(old)
+    if measured is not None:
+        provenance = dataclasses.replace(provenance, measured=dict(measured))
+    manifest = build_manifest(result, provenance, FileRefs([]), list(old.get("meshes") or []),
+                              dict(old.get("timings_s") or {}), old.get("labels"))
     write_json(folder / QC, _qc(result, list))
     write_json(folder / METRICS, result.metrics)
-    if (folder / REPORT).is_file():  # the report shows metrics and findings: refresh it
-        write_case_report(folder)
+    if (folder / REPORT).is_file():  # the report shows status, metrics, findings: refresh it
+        write_case_report(folder, manifest)
+    _write_manifest(folder, manifest)
+    result.manifest, result.provenance = manifest, provenance
+    return manifest
 
 
 def build_manifest(
