@@ -40,7 +40,8 @@ SERIES = {
 }
 #: Functions of ``medscan.ct.measure`` timed as blocks when the version has them.
 BLOCKS = ("measure", "lung_coverage", "lung_voxels", "lung_regions", "_structures",
-          "structure_stats", "structure_contacts", "_lung_measure")
+          "structure_stats", "structure_contacts", "label_counts", "ndimage_boxes",
+          "face_label_counts", "label_hu_histogram", "_measure_from_histogram")
 
 
 def prepare(names: list[str], cache: Path) -> dict[str, Path]:

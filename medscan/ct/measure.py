@@ -27,8 +27,13 @@ import numpy as np
 from medscan.backend import Backend, get_backend
 from medscan.ct.density import DensityBands, default_density_bands
 from medscan.ct.orient import canonical_reorientation
-from medscan.ct.regions import lung_regions, lung_voxels
-from medscan.ct.structures import structure_stats
+from medscan.ct.regions import LungVoxels, lung_regions, lung_voxels
+from medscan.ct.structures import (
+    label_counts,
+    label_hu_histogram,
+    ndimage_boxes,
+    structure_stats,
+)
 from medscan.ct.tissues import LUNG_LEFT, LUNG_RIGHT, TissueTable
 from medscan.defaults import measure_defaults
 from medscan.io.layout import LUNG_KEYS  # the output contract (index.csv columns)
@@ -177,6 +182,9 @@ def lung_coverage(
     tissues: TissueTable,
     min_contact_cm2: float | None = None,
     padding_hu: float = AIR_HU,
+    *,
+    counts: np.ndarray | None = None,
+    face_counts: dict[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, Any], list[Finding]]:
     """Say whether each lung lies wholly inside the scanned region.
 
@@ -203,6 +211,11 @@ def lung_coverage(
         ``measure.min_contact_cm2`` of ``conf/metrics/default.yaml``.
     padding_hu : float
         Value of pixels outside the reconstructed field of view (the loader's padding).
+    counts : numpy.ndarray, optional
+        Voxels per label id (``(256,)``, :func:`medscan.ct.structures.label_counts`), when
+        already computed.
+    face_counts : dict, optional
+        :func:`face_label_counts` of the label map, when already computed.
 
     Returns
     -------
@@ -214,32 +227,35 @@ def lung_coverage(
     """
     if min_contact_cm2 is None:
         min_contact_cm2 = float(measure_defaults()["min_contact_cm2"])
-    reo = canonical_reorientation(affine)
-    lab = reo.to_canonical(labels)
-    sx, sy, sz = np.linalg.norm(reo.canonical_affine(affine, labels.shape)[:3, :3], axis=0)
+    sx, sy, sz = _canonical_spacing(affine, labels.shape)
     face_cm2 = {0: sy * sx / 100.0, 1: sz * sx / 100.0, 2: sz * sy / 100.0}
-    fov_edge = _fov_edge(reo.to_canonical(hu), padding_hu)
+    if face_counts is None:
+        face_counts = face_label_counts(hu, labels, affine, padding_hu)
+    if counts is None:
+        from medscan.ct.structures import label_counts
 
-    def contacts(mask: np.ndarray, faces: dict[str, tuple[int, int]]) -> dict[str, float]:
+        counts = label_counts(labels)
+
+    def contacts(per_face: dict[str, int], faces: dict[str, tuple[int, int]]
+                 ) -> dict[str, float]:
+        # per_face: voxels of the structure on each face (one bincount per face, all labels)
         out: dict[str, float] = {}
-        for face, (axis, index) in faces.items():
-            area = float(np.count_nonzero(np.take(mask, index, axis=axis))) * face_cm2[axis]
+        for face, (axis, _index) in faces.items():
+            area = float(per_face[face]) * face_cm2[axis]
             if area > 0:
                 out[face] = round(float(area), 2)
-        if fov_edge is not None:
-            n = sum(int(np.count_nonzero(mask[k][fov_edge])) for k in range(mask.shape[0]))
-            if n:
-                out["field_of_view"] = round(float(n * sz * (sx + sy) / 2.0 / 100.0), 2)
+        n = per_face.get("field_of_view", 0)
+        if n:
+            out["field_of_view"] = round(float(n * sz * (sx + sy) / 2.0 / 100.0), 2)
         return out
 
     lung_ids = _lung_ids(tissues)
     coverage: dict[str, Any] = {}
     findings: list[Finding] = []
     for name, label in lung_ids.items():
-        mask = lab == label
-        if not mask.any():
+        if not counts[label]:
             continue
-        contact = contacts(mask, _FACES)
+        contact = contacts({f: int(c[label]) for f, c in face_counts.items()}, _FACES)
         complete = all(a < min_contact_cm2 for a in contact.values())
         coverage[name] = {"complete": complete, "contact_cm2": contact}
         if not complete:
@@ -254,7 +270,7 @@ def lung_coverage(
             ))
     # the body always continues above and below a chest scan; in-plane it must be whole
     in_plane = {k: v for k, v in _FACES.items() if v[0] != 0}
-    body = contacts(lab > 0, in_plane)
+    body = contacts({f: int(c[1:].sum()) for f, c in face_counts.items()}, in_plane)
     cut = {face: a for face, a in body.items() if a >= min_contact_cm2}
     if cut:
         where = ", ".join(f"{face} ({a:g} cm²)" for face, a in cut.items())
@@ -266,7 +282,7 @@ def lung_coverage(
             details={"contact_cm2": body},
         ))
         if len(lung_ids) == 2:
-            _lung_lost_to_edge(lab, lung_ids, coverage, findings, cut)
+            _lung_lost_to_edge(counts, lung_ids, coverage, findings, cut)
     return coverage, findings
 
 
@@ -282,7 +298,7 @@ SMALL_LUNG_FRACTION = 0.5
 
 
 def _lung_lost_to_edge(
-    lab: np.ndarray, lung_ids: dict[str, int], coverage: dict[str, Any],
+    counts: np.ndarray, lung_ids: dict[str, int], coverage: dict[str, Any],
     findings: list[Finding], cut: dict[str, float],
 ) -> None:
     """Mark a missing or much smaller lung incomplete when the body is cut in-plane.
@@ -293,7 +309,7 @@ def _lung_lost_to_edge(
     lung, so the lung is reported incomplete with a ``lung_truncated`` finding that names the
     field-of-view truncation (``details.reason = "field_of_view"``).
     """
-    ml = {name: float(np.count_nonzero(lab == label)) for name, label in lung_ids.items()}
+    ml = {name: float(counts[label]) for name, label in lung_ids.items()}
     big = max(ml, key=ml.get)
     small = LUNG_LEFT if big == LUNG_RIGHT else LUNG_RIGHT
     if ml[big] == 0 or ml[small] >= SMALL_LUNG_FRACTION * ml[big]:
@@ -324,7 +340,12 @@ def _fov_edge(hu_canonical: np.ndarray, padding_hu: float) -> np.ndarray | None:
     Pixels holding the padding value on every slice were never reconstructed; when they
     surround a disk (:func:`_is_scan_circle`) the disk's edge is the field of view's.
     """
-    outside_fov = np.all(hu_canonical == padding_hu, axis=0)
+    # slice by slice (no whole-volume boolean temporary), stopping once no pixel is left
+    outside_fov = hu_canonical[0] == padding_hu
+    for k in range(1, hu_canonical.shape[0]):
+        if not outside_fov.any():
+            break
+        outside_fov &= hu_canonical[k] == padding_hu
     if not _is_scan_circle(~outside_fov):
         return None
     from scipy import ndimage
@@ -334,6 +355,7 @@ def _fov_edge(hu_canonical: np.ndarray, padding_hu: float) -> np.ndarray | None:
 
 def structure_contacts(
     hu: np.ndarray, labels: np.ndarray, affine: np.ndarray, padding_hu: float = AIR_HU,
+    *, face_counts: dict[str, np.ndarray] | None = None,
 ) -> dict[int, dict[str, float]]:
     """Contact area (cm²) of every label with each face of the volume and the field of view.
 
@@ -351,6 +373,8 @@ def structure_contacts(
         4x4 index ``(i, j, k)`` -> LPS mm.
     padding_hu : float
         Value of pixels outside the reconstructed field of view.
+    face_counts : dict, optional
+        :func:`face_label_counts` of the label map, when already computed.
 
     Returns
     -------
@@ -358,23 +382,62 @@ def structure_contacts(
         ``{label id: {face: cm²}}`` with faces ``superior, inferior, anterior, posterior,
         right, left`` and ``field_of_view``; only non-zero contacts, only labels present.
     """
-    reo = canonical_reorientation(affine)
-    lab = reo.to_canonical(labels)
-    sx, sy, sz = np.linalg.norm(reo.canonical_affine(affine, labels.shape)[:3, :3], axis=0)
+    sx, sy, sz = _canonical_spacing(affine, labels.shape)
     face_cm2 = {0: sy * sx / 100.0, 1: sz * sx / 100.0, 2: sz * sy / 100.0}
+    if face_counts is None:
+        face_counts = face_label_counts(hu, labels, affine, padding_hu)
     out: dict[int, dict[str, float]] = {}
 
     def add(face: str, counts: np.ndarray, cm2: float) -> None:
         for label in np.flatnonzero(counts[1:]) + 1:
             out.setdefault(int(label), {})[face] = round(float(counts[label] * cm2), 2)
 
-    for face, (axis, index) in _FACES.items():
-        add(face, np.bincount(np.take(lab, index, axis=axis).ravel(), minlength=256),
-            face_cm2[axis])
+    for face, (axis, _index) in _FACES.items():
+        add(face, face_counts[face], face_cm2[axis])
+    if "field_of_view" in face_counts:
+        add("field_of_view", face_counts["field_of_view"],
+            float(sz * (sx + sy) / 2.0 / 100.0))
+    return out
+
+
+def _canonical_spacing(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Voxel size (mm) along the canonical array's x, y, z axes (:mod:`medscan.ct.orient`)."""
+    reo = canonical_reorientation(affine)
+    return np.linalg.norm(reo.canonical_affine(affine, shape)[:3, :3], axis=0)
+
+
+def face_label_counts(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray,
+                      padding_hu: float = AIR_HU) -> dict[str, np.ndarray]:
+    """Voxels of every label id on each face of the volume and along the field-of-view edge.
+
+    Parameters
+    ----------
+    hu : numpy.ndarray
+        HU volume ``(z, y, x)`` as stored.
+    labels : numpy.ndarray
+        uint8 label map on the same grid.
+    affine : numpy.ndarray
+        4x4 index ``(i, j, k)`` -> LPS mm.
+    padding_hu : float
+        Value of pixels outside the reconstructed field of view.
+
+    Returns
+    -------
+    dict
+        ``{face: int64 (256,) counts}`` for the faces of :data:`_FACES` (named anatomically on
+        the canonical view) and, when the volume has a scan circle (:func:`_fov_edge`),
+        ``field_of_view``: the voxels on the ring just inside it, over all slices. One
+        ``numpy.bincount`` per face gives every label's contact at once (the shared input of
+        :func:`lung_coverage` and :func:`structure_contacts`).
+    """
+    reo = canonical_reorientation(affine)
+    lab = reo.to_canonical(labels)
+    out = {face: np.bincount(np.take(lab, index, axis=axis).ravel(), minlength=256)
+           for face, (axis, index) in _FACES.items()}
     fov_edge = _fov_edge(reo.to_canonical(hu), padding_hu)
     if fov_edge is not None:
-        counts = sum(np.bincount(lab[k][fov_edge], minlength=256) for k in range(lab.shape[0]))
-        add("field_of_view", np.asarray(counts), float(sz * (sx + sy) / 2.0 / 100.0))
+        out["field_of_view"] = np.asarray(
+            sum(np.bincount(lab[k][fov_edge], minlength=256) for k in range(lab.shape[0])))
     return out
 
 
@@ -508,29 +571,99 @@ def measure_case(
         raise ValueError("no label table: give tissues= or a LabelMap with labels")
     names = label_names(table)
     ml = volume.voxel_volume_ml
-    metrics = measure(volume.hu, array, names, ml, lungs_found is not False, be=be)
+    hu = volume.hu
+    lung_ids = _lung_ids(names)
+    counts = label_counts(array)
+    boxes = ndimage_boxes(array)
+    face_counts = face_label_counts(hu, array, volume.affine)
+    lungs = {name: lung_voxels(hu, array, volume.affine, label, box=boxes[label - 1])
+             for name, label in lung_ids.items()}
+    histogram = None
+    if (be is None or be.name == "cpu") and np.issubdtype(hu.dtype, np.integer):
+        present = np.flatnonzero(counts[1:]) + 1
+        histogram = label_hu_histogram(hu, array, present) if present.size else None
+        metrics = _measure_from_histogram(names, counts, present, histogram, ml,
+                                          lungs_found is not False, lungs)
+    else:  # float HU or an accelerator: gather per label
+        metrics = measure(hu, array, names, ml, lungs_found is not False, be=be)
     metrics["voxel_volume_ml"] = ml
-    coverage, findings = lung_coverage(volume.hu, array, volume.affine, names,
-                                       min_contact_cm2=options.min_contact_cm2)
+    coverage, findings = lung_coverage(hu, array, volume.affine, names,
+                                       min_contact_cm2=options.min_contact_cm2,
+                                       counts=counts, face_counts=face_counts)
     add_coverage(metrics, coverage)
-    lungs = {name: lung_voxels(volume.hu, array, volume.affine, label)
-             for name, label in _lung_ids(names).items()}
     density, regions = lung_regions(lungs, options.density, ml)
     metrics["density_bands"] = {"definition": options.density.to_dict(), **density}
     if options.regions:
         metrics["regions"] = regions
     if options.structures:
-        metrics["structures"] = _structures(volume, array, names, coverage, surfaces or {},
+        stats = structure_stats(hu, array, volume.affine, names, counts=counts, boxes=boxes,
+                                histogram=histogram)
+        contacts = structure_contacts(hu, array, volume.affine, face_counts=face_counts)
+        metrics["structures"] = _structures(stats, contacts, coverage, surfaces or {},
                                             options.min_contact_cm2)
     return metrics, findings
 
 
-def _structures(volume: Volume, array: np.ndarray, names: dict[int, str],
+def _measure_from_histogram(
+    names: dict[int, str], counts: np.ndarray, present: np.ndarray,
+    histogram: tuple[np.ndarray, np.ndarray] | None, voxel_volume_ml: float, lungs_found: bool,
+    lungs: Mapping[str, LungVoxels],
+) -> dict[str, Any]:
+    """:func:`measure`'s result for integer HU from per-label HU histograms, bit for bit.
+
+    Why the numbers are identical: :func:`measure` accumulates float64 sums of integer HU and
+    of their squares; every partial sum is an integer below 2**53 (|HU| < 2**15, fewer than
+    2**22 ... 2**30 voxels), so each float64 addition is exact and its sums equal the exact
+    integer sums of the histogram, converted once. The mean lung HU (float64 mean of integers)
+    and %LAA-950 (a count) follow the same way; Perc15 is taken with ``numpy.percentile`` on the
+    same lung values (float32) as before -- another order of the same values, and percentiles
+    do not depend on order.
+    """
+    row = {int(label): r for r, label in enumerate(present)}
+    out: dict[str, Any] = {"tissues": {}}
+    for label, name in names.items():
+        n = int(counts[label])
+        stats = {"label": label, "voxels": n, "volume_ml": round(n * voxel_volume_ml, 3)}
+        if n and histogram is not None:
+            values, hist = histogram
+            h = hist[row[label]]
+            total = float(int((h * values).sum()))
+            total_sq = float(int((h * values * values).sum()))
+            mean = total / n
+            std = float(np.sqrt(max(total_sq / n - mean * mean, 0.0)))
+            stats.update(mean_hu=round(mean, 2), std_hu=round(std, 2))
+        else:
+            stats.update(mean_hu=None, std_hu=None)
+        out["tissues"][name] = stats
+    empty = {"voxels": 0, "volume_ml": 0.0}
+    left = out["tissues"].get(LUNG_LEFT, empty)
+    right = out["tissues"].get(LUNG_RIGHT, empty)
+    if not lungs_found or left["voxels"] + right["voxels"] == 0 or histogram is None:
+        out.update({k: None for k in LUNG_KEYS})
+        return out
+    values, hist = histogram
+    by_name = {name: i for i, name in names.items()}
+    lung_rows = [row[by_name[n]] for n in (LUNG_LEFT, LUNG_RIGHT)
+                 if n in by_name and counts[by_name[n]]]
+    h = hist[lung_rows].sum(axis=0)
+    n = int(h.sum())
+    lung_hu = np.concatenate([v.hu for v in lungs.values() if v.size])
+    out.update(
+        lung_volume_ml=round(n * voxel_volume_ml, 3),
+        lung_left_ml=left["volume_ml"],
+        lung_right_ml=right["volume_ml"],
+        lung_complete=None,  # set by lung_coverage
+        mean_lung_hu=round(float(int((h * values).sum())) / n, 2),
+        laa950_percent=round(100.0 * int(h[values < -950].sum()) / n, 3),
+        perc15_hu=round(float(np.percentile(lung_hu.astype(np.float32), 15.0)), 2),
+    )
+    return out
+
+
+def _structures(stats: dict[str, Any], contacts: dict[int, dict[str, float]],
                 coverage: dict[str, Any], surfaces: Mapping[str, Any],
                 min_contact_cm2: float) -> dict[str, Any]:
     """:func:`structure_stats` plus ``surface_area_mm2`` and ``complete`` per label."""
-    stats = structure_stats(volume.hu, array, volume.affine, names)
-    contacts = structure_contacts(volume.hu, array, volume.affine)
     for name, entry in stats.items():
         surface = surfaces.get(name)
         entry["surface_area_mm2"] = None if surface is None else round(float(surface.area), 1)

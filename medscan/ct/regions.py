@@ -52,7 +52,7 @@ class LungVoxels:
 
 
 def lung_voxels(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray, label: int,
-                slab: int = 16) -> LungVoxels:
+                slab: int = 16, box: tuple[slice, ...] | None = None) -> LungVoxels:
     """Gather the voxels of ``label`` with their LPS S and A-P coordinates.
 
     Parameters
@@ -67,6 +67,9 @@ def lung_voxels(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray, label: i
         Label id.
     slab : int
         Slices per step (bounds the temporaries).
+    box : tuple of slice, optional
+        Index box ``(z, y, x)`` holding every voxel of ``label`` (``scipy.ndimage.find_objects``):
+        only this box is searched (same voxels, same order).
 
     Returns
     -------
@@ -74,13 +77,17 @@ def lung_voxels(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray, label: i
         1-D arrays in array (C) order of the voxels; coordinates float64.
     """
     a = np.asarray(affine, np.float64)
+    if box is None:
+        box = (slice(0, labels.shape[0]), slice(0, labels.shape[1]), slice(0, labels.shape[2]))
+    z0, y0, x0 = (b.start for b in box)
+    lab_box, hu_box = labels[box], hu[box]
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for k0 in range(0, labels.shape[0], slab):
-        k, j, i = np.nonzero(labels[k0 : k0 + slab] == label)
+    for k0 in range(0, lab_box.shape[0], slab):
+        k, j, i = np.nonzero(lab_box[k0 : k0 + slab] == label)
         if k.size == 0:
             continue
-        k = k + k0
-        values = hu[k, j, i]
+        values = hu_box[k0 : k0 + slab][k, j, i]
+        k, j, i = k + (k0 + z0), j + y0, i + x0
         s = a[2, 0] * i + a[2, 1] * j + a[2, 2] * k + a[2, 3]
         y = a[1, 0] * i + a[1, 1] * j + a[1, 2] * k + a[1, 3]
         parts.append((values, s, y))

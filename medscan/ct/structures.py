@@ -36,21 +36,54 @@ def _percentile_from_hist(hist: np.ndarray, values: np.ndarray, q: float) -> flo
     return v_lo + (v_hi - v_lo) * (rank - lo)
 
 
-def _hu_stats_int(hu: np.ndarray, labels: np.ndarray, ids: np.ndarray, slab: int
-                  ) -> dict[int, dict[str, float]]:
-    """HU statistics per label id from per-label histograms (integer HU)."""
+def label_hu_histogram(hu: np.ndarray, labels: np.ndarray, ids: np.ndarray, slab: int = 16
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-label histogram of integer HU: one ``numpy.bincount`` pass, slab by slab.
+
+    Parameters
+    ----------
+    hu : numpy.ndarray
+        Integer HU volume ``(z, y, x)``.
+    labels : numpy.ndarray
+        uint8 label map on the same grid.
+    ids : numpy.ndarray
+        Label ids (1..255) to count; voxels of other labels are ignored.
+    slab : int
+        Slices per step (bounds the temporaries).
+
+    Returns
+    -------
+    values : numpy.ndarray
+        int64 HU of the histogram's columns (``hu.min()`` .. ``hu.max()``).
+    hist : numpy.ndarray
+        int64 ``(len(ids), len(values))``: voxels of ``ids[r]`` with HU ``values[c]``.
+
+    Notes
+    -----
+    Every statistic of integer data (count, sum, sum of squares, min, max, order statistics)
+    follows exactly from its histogram, so this replaces a gather and a sort per label.
+    """
     lo, hi = int(hu.min()), int(hu.max())
     width = hi - lo + 1
     row = np.full(256, -1, np.int64)
     row[ids] = np.arange(ids.size)
+    keep_ids = np.zeros(256, bool)
+    keep_ids[ids] = True
     hist = np.zeros(ids.size * width, np.int64)
     for k in range(0, labels.shape[0], slab):
         lab = labels[k : k + slab]
-        keep = lab != 0
+        keep = keep_ids[lab]
         index = row[lab[keep]] * width + (hu[k : k + slab][keep].astype(np.int64) - lo)
         hist += np.bincount(index, minlength=hist.size)
-    hist = hist.reshape(ids.size, width)
-    values = np.arange(lo, hi + 1, dtype=np.int64)
+    return np.arange(lo, hi + 1, dtype=np.int64), hist.reshape(ids.size, width)
+
+
+def _hu_stats_int(hu: np.ndarray, labels: np.ndarray, ids: np.ndarray, slab: int,
+                  histogram: tuple[np.ndarray, np.ndarray] | None = None
+                  ) -> dict[int, dict[str, float]]:
+    """HU statistics per label id from per-label histograms (integer HU)."""
+    values, hist = histogram if histogram is not None else label_hu_histogram(
+        hu, labels, ids, slab)
     out: dict[int, dict[str, float]] = {}
     for r, label in enumerate(ids):
         h = hist[r]
@@ -83,27 +116,51 @@ def _hu_stats_float(hu: np.ndarray, labels: np.ndarray, ids: np.ndarray, slab: i
     return out
 
 
-def _index_moments(labels: np.ndarray, slab: int
+def label_counts(labels: np.ndarray, slab: int = 16) -> np.ndarray:
+    """Voxels per label id: int64 ``(256,)``, one ``numpy.bincount`` per slab."""
+    counts = np.zeros(256, np.int64)
+    for k in range(0, labels.shape[0], slab):
+        counts += np.bincount(labels[k : k + slab].ravel(), minlength=256)
+    return counts
+
+
+def ndimage_boxes(labels: np.ndarray) -> list[tuple[slice, ...] | None]:
+    """Index box of every label id 1..255 (``scipy.ndimage.find_objects``; None if absent)."""
+    from scipy import ndimage
+
+    boxes = ndimage.find_objects(labels, max_label=255)
+    return boxes
+
+
+def _index_moments(labels: np.ndarray, slab: int, counts: np.ndarray | None = None,
+                   boxes: list[tuple[slice, ...] | None] | None = None
                    ) -> tuple[np.ndarray, dict[int, tuple[tuple[slice, ...], list[np.ndarray]]]]:
     """Voxel counts per label id, and per label its index box and per-axis projections.
 
     ``proj[a][t]`` is the number of the label's voxels whose array index along axis ``a``
     (``z, y, x``) is ``box[a].start + t``: enough for exact centroid sums. The boxes come from
-    ``scipy.ndimage.find_objects`` (one pass in C); the projections count inside each box only.
+    ``scipy.ndimage.find_objects`` (one pass in C); the projections count inside each box only,
+    slab by slab: per slice the in-plane counts of the label, summed (integers, exact).
     """
-    from scipy import ndimage
-
-    counts = np.zeros(256, np.int64)
-    for k in range(0, labels.shape[0], slab):
-        counts += np.bincount(labels[k : k + slab].ravel(), minlength=256)
-    boxes = ndimage.find_objects(labels)
+    if counts is None:
+        counts = label_counts(labels, slab)
+    if boxes is None:
+        boxes = ndimage_boxes(labels)
     moments = {}
     for label in np.flatnonzero(counts[1:]) + 1:
         box = boxes[label - 1]
-        mask = labels[box] == label
-        moments[int(label)] = (box, [np.count_nonzero(mask, axis=(1, 2)),
-                                     np.count_nonzero(mask, axis=(0, 2)),
-                                     np.count_nonzero(mask, axis=(0, 1))])
+        sub = labels[box]
+        nz, ny, nx = sub.shape
+        pz = np.zeros(nz, np.int64)
+        py = np.zeros(ny, np.int64)
+        px = np.zeros(nx, np.int64)
+        for k in range(0, nz, slab):
+            mask = sub[k : k + slab] == label
+            zx = mask.sum(axis=1, dtype=np.int64)  # (slab, x)
+            pz[k : k + slab] = zx.sum(axis=1)
+            px += zx.sum(axis=0)
+            py += mask.sum(axis=(0, 2), dtype=np.int64)
+        moments[int(label)] = (box, [pz, py, px])
     return counts, moments
 
 
@@ -133,7 +190,11 @@ def _lps_bbox(labels: np.ndarray, affine: np.ndarray, label: int,
 
 
 def structure_stats(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray,
-                    names: dict[int, str], slab: int = 16) -> dict[str, dict[str, Any]]:
+                    names: dict[int, str], slab: int = 16, *,
+                    counts: np.ndarray | None = None,
+                    boxes: list[tuple[slice, ...] | None] | None = None,
+                    histogram: tuple[np.ndarray, np.ndarray] | None = None
+                    ) -> dict[str, dict[str, Any]]:
     """Statistics of every label of ``names`` (and of unnamed ids present, as ``label_<id>``).
 
     Parameters
@@ -148,6 +209,12 @@ def structure_stats(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray,
         Label id -> name (a label table); ids with no voxels get zero volume and null stats.
     slab : int
         Slices per step (bounds the temporaries).
+    counts : numpy.ndarray, optional
+        :func:`label_counts` of ``labels`` when already computed.
+    boxes : list, optional
+        :func:`ndimage_boxes` of ``labels`` when already computed.
+    histogram : tuple, optional
+        :func:`label_hu_histogram` of the labels present (integer HU), when already computed.
 
     Returns
     -------
@@ -167,12 +234,12 @@ def structure_stats(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray,
         raise ValueError(f"labels must be uint8, got {labels.dtype}")
     affine = np.asarray(affine, np.float64)
     voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
-    counts, moments = _index_moments(labels, slab)
+    counts, moments = _index_moments(labels, slab, counts, boxes)
     present = np.flatnonzero(counts[1:]) + 1
     if present.size == 0:
         hu_stats: dict[int, dict[str, float]] = {}
     elif np.issubdtype(hu.dtype, np.integer):
-        hu_stats = _hu_stats_int(hu, labels, present, slab)
+        hu_stats = _hu_stats_int(hu, labels, present, slab, histogram)
     else:
         hu_stats = _hu_stats_float(hu, labels, present, slab)
     all_names = dict(names)
