@@ -29,6 +29,7 @@ from medscan.ct.density import DensityBands, default_density_bands
 from medscan.ct.orient import canonical_reorientation
 from medscan.ct.regions import LungVoxels, lung_regions, lung_voxels
 from medscan.ct.structures import (
+    MAX_ALL_LABEL_BINS,
     label_counts,
     label_hu_histogram,
     ndimage_boxes,
@@ -573,15 +574,23 @@ def measure_case(
     ml = volume.voxel_volume_ml
     hu = volume.hu
     lung_ids = _lung_ids(names)
-    counts = label_counts(array)
+    histogram = None
+    integer = np.issubdtype(hu.dtype, np.integer) and hu.size > 0
+    if integer and 256 * (int(hu.max()) - int(hu.min()) + 1) <= MAX_ALL_LABEL_BINS:
+        values, per_label = label_hu_histogram(hu, array)  # every id: counts come with it
+        counts = per_label.sum(axis=1)
+        present = np.flatnonzero(counts[1:]) + 1
+        histogram = (values, per_label[present])
+    else:
+        counts = label_counts(array)
+        present = np.flatnonzero(counts[1:]) + 1
+        if integer and present.size:
+            histogram = label_hu_histogram(hu, array, present)
     boxes = ndimage_boxes(array)
     face_counts = face_label_counts(hu, array, volume.affine)
     lungs = {name: lung_voxels(hu, array, volume.affine, label, box=boxes[label - 1])
              for name, label in lung_ids.items()}
-    histogram = None
-    if (be is None or be.name == "cpu") and np.issubdtype(hu.dtype, np.integer):
-        present = np.flatnonzero(counts[1:]) + 1
-        histogram = label_hu_histogram(hu, array, present) if present.size else None
+    if (be is None or be.name == "cpu") and integer:
         metrics = _measure_from_histogram(names, counts, present, histogram, ml,
                                           lungs_found is not False, lungs)
     else:  # float HU or an accelerator: gather per label

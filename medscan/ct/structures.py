@@ -36,8 +36,13 @@ def _percentile_from_hist(hist: np.ndarray, values: np.ndarray, q: float) -> flo
     return v_lo + (v_hi - v_lo) * (rank - lo)
 
 
-def label_hu_histogram(hu: np.ndarray, labels: np.ndarray, ids: np.ndarray, slab: int = 16
-                       ) -> tuple[np.ndarray, np.ndarray]:
+#: Most histogram bins (labels x HU values) :func:`label_hu_histogram` builds for all 256 label
+#: ids at once (int64: 64 MiB); beyond it (a very wide HU range) only the ids asked for.
+MAX_ALL_LABEL_BINS = 1 << 23
+
+
+def label_hu_histogram(hu: np.ndarray, labels: np.ndarray, ids: np.ndarray | None = None,
+                       slab: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """Per-label histogram of integer HU: one ``numpy.bincount`` pass, slab by slab.
 
     Parameters
@@ -46,10 +51,11 @@ def label_hu_histogram(hu: np.ndarray, labels: np.ndarray, ids: np.ndarray, slab
         Integer HU volume ``(z, y, x)``.
     labels : numpy.ndarray
         uint8 label map on the same grid.
-    ids : numpy.ndarray
-        Label ids (1..255) to count; voxels of other labels are ignored.
+    ids : numpy.ndarray, optional
+        Label ids (1..255) to count; voxels of other labels are ignored. Default: every id
+        0..255 (row ``r`` is label ``r``; no per-voxel selection, the fastest form).
     slab : int
-        Slices per step (bounds the temporaries).
+        Slices per step (bounds the temporaries; a few slices keep them in cache).
 
     Returns
     -------
@@ -65,6 +71,16 @@ def label_hu_histogram(hu: np.ndarray, labels: np.ndarray, ids: np.ndarray, slab
     """
     lo, hi = int(hu.min()), int(hu.max())
     width = hi - lo + 1
+    values = np.arange(lo, hi + 1, dtype=np.int64)
+    if ids is None:
+        # flat bin of (label, HU) = label * width + HU - lo, from a 256-entry lookup table
+        offset = np.arange(256, dtype=np.int64) * width - lo
+        hist = np.zeros(256 * width, np.int64)
+        for k in range(0, labels.shape[0], slab):
+            index = offset[labels[k : k + slab]]
+            index += hu[k : k + slab]
+            hist += np.bincount(index.ravel(), minlength=hist.size)
+        return values, hist.reshape(256, width)
     row = np.full(256, -1, np.int64)
     row[ids] = np.arange(ids.size)
     keep_ids = np.zeros(256, bool)
@@ -75,7 +91,7 @@ def label_hu_histogram(hu: np.ndarray, labels: np.ndarray, ids: np.ndarray, slab
         keep = keep_ids[lab]
         index = row[lab[keep]] * width + (hu[k : k + slab][keep].astype(np.int64) - lo)
         hist += np.bincount(index, minlength=hist.size)
-    return np.arange(lo, hi + 1, dtype=np.int64), hist.reshape(ids.size, width)
+    return values, hist.reshape(ids.size, width)
 
 
 def _hu_stats_int(hu: np.ndarray, labels: np.ndarray, ids: np.ndarray, slab: int,
