@@ -31,6 +31,7 @@ from medscan.ct.mesh import MeshParams
 from medscan.ct.segment import SegmentParams
 from medscan.dicom import load_path
 from medscan.io import read_case, read_index, write_case
+from medscan.io.layout import INDEX_COLUMNS, INDEX_DECIMALS
 from medscan.io.redact import FileRefs, relative_paths
 from medscan.volume import Finding, Label, LabelMap, Volume
 
@@ -104,27 +105,41 @@ def test_orthogonal_nifti_keeps_its_qform(api_and_cli):
 
 
 def test_index_numbers_have_one_format(api_and_cli, tmp_path):
-    """index.csv: every number with 6 significant digits, trailing zeros kept (4486.00 beside
-    5613.58, not 4486), equal to metrics.json / the manifest to that precision."""
+    """index.csv: each number column with its own fixed decimals (INDEX_DECIMALS: mL 2, HU 1,
+    % 3, s 2), the same in every row, equal to metrics.json / the manifest to that precision;
+    the batch report's index table shows the same text."""
     root, _, cli, _ = api_and_cli
     (row,) = read_index(root / "cli")
     metrics = json.loads((cli / "metrics.json").read_text())
     numeric = [k for k, v in metrics.items() if k in row and isinstance(v, float)]
     assert len(numeric) >= 6
+    assert set(INDEX_DECIMALS) <= set(INDEX_COLUMNS) and set(numeric) <= set(INDEX_DECIMALS)
     for key in [*numeric, "seconds"]:
-        digits = re.sub(r"^[-0.]*", "", row[key].replace(".", "", 1).lstrip("-"))
-        assert len(digits) == 6 or "e" in row[key], (key, row[key])
+        decimals = INDEX_DECIMALS[key]
+        assert re.fullmatch(rf"-?\d+\.\d{{{decimals}}}", row[key]), (key, row[key])
         ref = metrics[key] if key in metrics else json.loads(
             (cli / "manifest.json").read_text())["seconds"]
-        assert float(row[key]) == pytest.approx(ref, rel=5e-6), key
-    case = _small_result("fmt")
-    case.metrics = {"lung_volume_ml": 4486.0, "lung_left_ml": 2363.878, "perc15_hu": -945,
-                    "laa950_percent": 13.414, "lung_complete": True}
-    write_case(case, tmp_path, Provenance(), mesh_formats=[], report=False)
-    (row,) = read_index(tmp_path)
-    assert [row[k] for k in ("lung_volume_ml", "lung_left_ml", "perc15_hu", "laa950_percent",
-                             "lung_complete")] == ["4486.00", "2363.88", "-945.000", "13.4140",
-                                                   "True"]
+        assert float(row[key]) == pytest.approx(ref, abs=0.5 * 10 ** -decimals + 1e-9), key
+    out = tmp_path / "fmt"
+    for n, values in enumerate([
+        {"lung_volume_ml": 4486.0, "lung_left_ml": 2363.878, "perc15_hu": -945,
+         "mean_lung_hu": -845.26, "laa950_percent": 13.414, "lung_complete": True},
+        {"lung_volume_ml": 5613.5812, "lung_left_ml": 0.004, "perc15_hu": -944.75,
+         "mean_lung_hu": -0.04, "laa950_percent": 2.0, "lung_complete": False},
+    ]):
+        case = _small_result(f"fmt{n}")
+        case.metrics = values
+        write_case(case, out, Provenance(seconds=6.163 + n), mesh_formats=[])
+    rows = read_index(out)
+    keys = ("lung_volume_ml", "lung_left_ml", "perc15_hu", "mean_lung_hu", "laa950_percent",
+            "lung_complete", "seconds")
+    assert [[r[k] for k in keys] for r in rows] == [
+        ["4486.00", "2363.88", "-945.0", "-845.3", "13.414", "True", "6.16"],
+        ["5613.58", "0.00", "-944.8", "0.0", "2.000", "False", "7.16"]]
+    page = (out / "report.html").read_text()
+    for r in rows:  # the batch report's table: the index's text, cell for cell
+        for k in keys:
+            assert f">{r[k]}</td>" in page, (k, r[k])
 
 
 def test_api_case_is_current_for_a_job_rerun(api_and_cli, sample_ct):
@@ -402,3 +417,14 @@ def test_write_case_is_atomic_and_keeps_an_ok_case(tmp_path, monkeypatch):
         write_case(_small_result("c3"), tmp_path, Provenance(), outputs=["nope"])
     assert not (tmp_path / "c3").exists()
     assert [r["case_id"] for r in read_index(tmp_path)] == ["c1", "c2"]
+
+
+@pytest.mark.parametrize(("column", "value", "text"), [
+    ("perc15_hu", -945, "-945.0"), ("mean_lung_hu", -0.04, "0.0"), ("seconds", 0.005, "0.01"),
+    ("laa950_percent", float("nan"), ""), ("lung_left_ml", None, ""),
+    ("lung_complete", False, "False"), ("reason", "no lungs", "no lungs"),
+])
+def test_index_cell_text(column, value, text):
+    from medscan.io.layout import format_index_cell
+
+    assert format_index_cell(column, value) == text

@@ -109,5 +109,5 @@ def test_index_rebuild_from_concurrent_writers(tmp_path):
     rows = read_index(tmp_path)
     assert len(rows) == 60
     assert list(rows[0]) == list(INDEX_COLUMNS)
-    assert rows[0]["lung_volume_ml"] == "4000" and rows[0]["seconds"] == "1.5"
+    assert rows[0]["lung_volume_ml"] == "4000.00" and rows[0]["seconds"] == "1.50"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".index.csv")]

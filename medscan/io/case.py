@@ -40,6 +40,7 @@ from medscan.io.layout import (
     REPORT,
     SEG,
     VOLUME,
+    format_index_cell,
     mesh_path,
     read_manifest,
 )
@@ -519,21 +520,6 @@ def read_index(output: str | Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-#: Significant digits of every number in ``index.csv`` (trailing zeros kept, so ``4486.00``
-#: stands beside ``5613.58``; metrics.json holds the full values).
-INDEX_DIGITS = 6
-
-
-def _fmt(value: Any) -> str:
-    """An ``index.csv`` cell: numbers with :data:`INDEX_DIGITS` significant digits."""
-    if value is None:
-        return ""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return str(value)
-    text = f"{float(value):#.{INDEX_DIGITS}g}"
-    return text.rstrip(".") if "e" not in text else text
-
-
 def rebuild_index(output: str | Path) -> Path:
     """Rewrite ``output/index.csv`` and its gallery ``index.html`` from the case folders.
 
@@ -559,11 +545,11 @@ def rebuild_index(output: str | Path) -> Path:
                 if (case / METRICS).is_file():
                     with contextlib.suppress(OSError, ValueError):
                         metrics = read_json(case / METRICS)
-                row = {k: _fmt(metrics.get(k)) for k in INDEX_COLUMNS}
+                row = {k: format_index_cell(k, metrics.get(k)) for k in INDEX_COLUMNS}
                 row["case_id"] = manifest.get("case_id", case.name)
                 row["status"] = manifest.get("status", "")
                 row["reason"] = manifest.get("reason", "")
-                row["seconds"] = _fmt(manifest.get("seconds"))
+                row["seconds"] = format_index_cell("seconds", manifest.get("seconds"))
                 writer.writerow(row)
                 rows.append(row)
             write_text(root / INDEX, buf.getvalue())

@@ -24,7 +24,17 @@ from typing import Any
 from urllib.parse import quote
 
 from medscan.io.atomic import read_json, write_text
-from medscan.io.layout import INDEX, MANIFEST, METRICS, PREVIEW, QC, REPORT, read_manifest
+from medscan.io.layout import (
+    INDEX,
+    INDEX_DECIMALS,
+    MANIFEST,
+    METRICS,
+    PREVIEW,
+    QC,
+    REPORT,
+    format_index_cell,
+    read_manifest,
+)
 from medscan.io.tables import SUMMARY, MetricTable, format_value, metric_tables
 
 #: Plain-language headline of each QC finding code (the finding's message gives the numbers).
@@ -430,8 +440,9 @@ def render_batch_report(rows: Iterable[Mapping[str, Any]], columns: Sequence[str
     for r in sorted(rows, key=lambda r: (r.get("status") != "failed", str(r.get("case_id")))):
         cells = []
         for i, c in enumerate(columns):
-            number = _number(r.get(c)) if i else None
-            text = _esc(r.get(c, "") if number is None else format_value(number))
+            number = _number(r.get(c)) if i and c in INDEX_DECIMALS else None
+            # the index's own text (format_index_cell), also for rows not read from index.csv
+            text = _esc(r.get(c, "") if number is None else format_index_cell(c, number))
             if i == 0 and str(r.get(c)) in have_report:
                 text = f'<a href="{quote(str(r.get(c)))}/{REPORT}">{text}</a>'
             kind = "name" if i == 0 else "text" if number is None else "num"
