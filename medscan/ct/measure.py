@@ -588,7 +588,9 @@ def measure_case(
             histogram = label_hu_histogram(hu, array, present)
     boxes = ndimage_boxes(array)
     face_counts = face_label_counts(hu, array, volume.affine)
-    lungs = {name: lung_voxels(hu, array, volume.affine, label, box=boxes[label - 1])
+    lungs = {name: (lung_voxels(hu, array, volume.affine, label, box=boxes[label - 1])
+                    if boxes[label - 1] is not None
+                    else LungVoxels(np.zeros(0, hu.dtype), np.zeros(0), np.zeros(0)))
              for name, label in lung_ids.items()}
     if (be is None or be.name == "cpu") and integer:
         metrics = _measure_from_histogram(names, counts, present, histogram, ml,
