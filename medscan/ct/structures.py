@@ -76,6 +76,9 @@ def label_hu_histogram(hu: np.ndarray, labels: np.ndarray, ids: np.ndarray | Non
         # flat bin of (label, HU) = label * width + HU - lo, from a 256-entry lookup table
         offset = np.arange(256, dtype=np.int64) * width - lo
         hist = np.zeros(256 * width, np.int64)
+        # each bincount returns hist.size bins: slabs at least that many voxels (wide HU ranges)
+        plane = max(int(np.prod(labels.shape[1:])), 1)
+        slab = max(slab, -(-hist.size // plane))
         for k in range(0, labels.shape[0], slab):
             index = offset[labels[k : k + slab]]
             index += hu[k : k + slab]
