@@ -18,6 +18,7 @@ one line on stderr and exit code 2 instead of a traceback or half-made output fo
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import re
@@ -168,7 +169,10 @@ def check_inputs(command: str, overrides: list[str], multirun: bool) -> None:
     try:
         with initialize_config_module("medscan_conf", version_base="1.3"):
             cfg = compose(config_name=command, overrides=overrides)
-    except Exception:  # composition errors: Hydra reports them when the job starts
+    except Exception as exc:  # an unknown key or option: one line; others: Hydra reports them
+        message = _composition_error(command, exc)
+        if message:
+            raise UsageError(message) from None
         return
     missing = sorted(k for k in OmegaConf.missing_keys(cfg) if k.split(".")[0] != "hydra")
     if missing:
@@ -181,6 +185,79 @@ def check_inputs(command: str, overrides: list[str], multirun: bool) -> None:
             continue
         for item in _values(value):
             _check_path(command, key, item)
+
+
+def _composition_error(command: str, exc: BaseException) -> str | None:
+    """One line for an override naming a key or a config-group option the job does not have.
+
+    Hydra's own messages for these end the job with exit 1 (the exit code of a failed case)
+    and several lines; this one names the key or option and where to look. None for other
+    composition errors (Hydra reports those itself).
+    """
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+
+    text = str(exc)
+    if isinstance(exc, MissingConfigException):
+        found = re.search(r"Could not find '([^']+)'", text)
+        options = re.findall(r"^\t(\S+)$", text, re.M)
+        if found and options:
+            group, _, option = found.group(1).rpartition("/")
+            return (f"medscan {command}: config group {group} has no option {option!r} "
+                    f"(available: {', '.join(options)})")
+        return None
+    found = re.match(r"Could not override '([^']+)'", text)
+    if isinstance(exc, ConfigCompositionException) and found and "not in struct" in str(
+            exc.__cause__):
+        return (f"medscan {command}: unknown key {found.group(1)!r} (not in its config; "
+                f"see medscan {command} --help)")
+    return None
+
+
+def _known_top_keys(command: str, text: str) -> set[str] | None:
+    """Top-level keys ``command``'s composed config can have, read from the YAML (cheap).
+
+    The job file's own keys, its defaults list's config groups and their ``# @package``
+    targets, and ``hydra``. None when the file cannot be read as expected.
+    """
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(text) or {}
+    except yaml.YAMLError:
+        return None
+    if not isinstance(cfg, dict):
+        return None
+    known = {k for k in cfg if k != "defaults"} | {"hydra"}
+    from importlib.resources import files
+
+    for entry in cfg.get("defaults") or []:
+        if not isinstance(entry, dict):
+            continue
+        for key in entry:
+            group = str(key).removeprefix("override ").strip()
+            if "/" in group:
+                continue
+            known.add(group)
+            with contextlib.suppress(OSError, ModuleNotFoundError):
+                for option in (files("medscan_conf") / group).iterdir():
+                    if option.name.endswith(".yaml"):
+                        head = option.read_text(encoding="utf-8").split("\n", 1)[0]
+                        if head.startswith("# @package "):
+                            known.add(head.removeprefix("# @package ").strip().split(".")[0])
+    return known
+
+
+def _is_option(key: str, value: str) -> bool:
+    """False only when ``key`` is a config group of ``conf/`` without the option ``value``."""
+    from importlib.resources import files
+
+    try:
+        group = files("medscan_conf") / key
+        if not group.is_dir():
+            return True
+        return (group / f"{value}.yaml").is_file()
+    except (OSError, ModuleNotFoundError):
+        return True
 
 
 def _conf_text(name: str) -> str | None:
@@ -204,11 +281,15 @@ def _check_given_inputs(command: str, keys: tuple[str, ...], overrides: list[str
     text = _conf_text(command)
     if text is None or "???" in text:
         return False
+    known = _known_top_keys(command, text)
     given: dict[str, str] = {}
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or key.startswith(("+", "~")):
             continue
+        if known is None or key not in known or not _is_option(key, value):
+            return False  # compose: an unknown key or option is one line, exit 2; nested
+            # keys (segment.x=...) are checked by composing too
         given[key] = value
     if not all(key in given for key in keys):
         return False

@@ -367,6 +367,29 @@ def test_segment_job_writes_seg(sample_ct: Path, seg_job) -> None:
     assert (case / "report.html").is_file() and (out / "report.html").is_file()
 
 
+def test_segment_cli_logs_name_no_source_uid(sample_ct: Path, tmp_path: Path) -> None:
+    """highdicom logs each attribute it copies at INFO, naming the source SOPInstanceUID; the
+    job's logging config (conf/segment.yaml hydra.job_logging) keeps those lines out of the
+    terminal and the run log, which must name no UID of the source series (ids are keyed
+    hashes precisely so that UIDs stay out)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "medscan.cli", "segment", f"input={sample_ct}",
+                        f"output={out}", "progress=false", "mesh_formats=[ply]",
+                        "outputs=[nifti,dicom_seg]"], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert (next(out.glob("ct-*")) / "seg.dcm").is_file()
+    logs = r.stdout + r.stderr + "".join(p.read_text() for p in out.rglob("*.log"))
+    uids = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
+            for f in sample_ct.glob("*.dcm")}
+    uids |= {str(pydicom.dcmread(next(sample_ct.glob("*.dcm")), stop_before_pixels=True)
+                 .SeriesInstanceUID)}
+    assert not [u for u in uids if u in logs]
+
+
 def test_segment_job_seg_refused_is_a_failed_case(shared_ct_qa: Path, tmp_path: Path) -> None:
     """A SEG that cannot be placed (uneven stack kept with uniform=false) fails the case with
     the reason; nothing of it is left behind, everything else of the case is."""

@@ -254,6 +254,29 @@ def test_path_hydra_cannot_read_unquoted_is_one_line_with_the_fix(name, sample_c
     assert override.value() == str(tree)
 
 
+@pytest.mark.parametrize(("args", "expected"), [
+    (["measure", "input=SAMPLE", "progress=false"], "unknown key 'progress'"),
+    (["measure", "input=SAMPLE", "foo=1"], "unknown key 'foo'"),
+    (["segment", "input=SAMPLE", "output=out", "foo=1"], "unknown key 'foo'"),
+    (["segment", "input=SAMPLE", "output=out", "segment.lung_threshold=1"],
+     "unknown key 'segment.lung_threshold'"),
+    (["segment", "input=SAMPLE", "output=out", "backend=xyz"],
+     "config group backend has no option 'xyz' (available: auto, cpu, gpu)"),
+    (["measure", "input=SAMPLE", "density=nope"], "config group density has no option 'nope'"),
+])
+def test_unknown_key_or_option_is_one_line_exit_2(args, expected, sample_ct, tmp_path, capsys):
+    """A key the job does not have, or a config-group option that does not exist: one line
+    naming it, exit 2 (Hydra's own message is several lines and exit 1, the code of a failed
+    case), nothing made -- whether or not the inputs alone would have been checked cheaply."""
+    work = tmp_path / "work"
+    work.mkdir()
+    os.chdir(work)
+    assert cli_main([a.replace("SAMPLE", str(sample_ct)) for a in args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err, err
+    assert list(work.iterdir()) == []
+
+
 # --------------------------------------------------------------------------- inspect
 
 
