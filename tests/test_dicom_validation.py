@@ -187,6 +187,26 @@ def test_unreadable_folder_is_reported(sample_ct: Path, tmp_path: Path) -> None:
     assert len(found.series) == 1
 
 
+def test_symlinked_series_folders_are_followed_once(sample_ct: Path, tmp_path: Path) -> None:
+    """Archives are often trees of links: a series behind a symlinked folder is found (it was
+    skipped: "0 CT series found", exit 0); a link back to an ancestor does not loop, and a
+    series reached through two links is read once (no duplicate slices)."""
+    from medscan.dicom import discover, iter_files
+
+    root = tmp_path / "archive"
+    (root / "patient").mkdir(parents=True)
+    (root / "patient" / "series").symlink_to(sample_ct, target_is_directory=True)
+    (root / "patient" / "again").symlink_to(sample_ct, target_is_directory=True)
+    (root / "patient" / "loop").symlink_to(root, target_is_directory=True)
+    n = len(list(sample_ct.glob("*.dcm")))
+    files = list(iter_files(root))
+    assert len({p.resolve() for p in files}) == len(files)
+    assert sum(p.suffix == ".dcm" for p in files) == n
+    found = discover(root)
+    assert len(found.series) == 1 and found.series[0].n_slices == n
+    assert not [f for f in found.series[0].findings if "duplicate" in f.code]
+
+
 def test_vanished_root_folder_is_reported(tmp_path: Path) -> None:
     """The walk's error handler also reports a folder that cannot be listed for another reason
     (here: the root is a symlink to a folder that no longer exists)."""

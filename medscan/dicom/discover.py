@@ -100,8 +100,10 @@ def iter_files(
 
     Hidden files and folders (name starting with ``.``) are walked like any other: DICOM archives
     give dot-names no meaning, and skipping them silently dropped whole series (a file that is
-    not DICOM is listed as skipped with its reason anyway). Symlinked folders are not followed
-    (no cycles).
+    not DICOM is listed as skipped with its reason anyway). Symlinked folders are followed
+    (archives are often trees of links; not following them dropped whole series with "0 CT
+    series found", exit 0), each real folder once (a link to an ancestor cannot loop), and a
+    file reached through several links is yielded once (same real path: the same bytes).
 
     Parameters
     ----------
@@ -121,10 +123,21 @@ def iter_files(
             where = Path(exc.filename) if exc.filename else root
             errors.append(SkippedFile(where, f"unreadable folder: {exc.strerror or exc}"))
 
-    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
+    seen_dirs: set[str] = set()
+    seen_files: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:  # a second link to a folder already walked (or a loop)
+            dirnames[:] = []
+            continue
+        seen_dirs.add(real)
         dirnames.sort()
         for name in sorted(filenames):
-            yield Path(dirpath) / name
+            path = Path(dirpath) / name
+            key = os.path.realpath(path)
+            if key not in seen_files:
+                seen_files.add(key)
+                yield path
 
 
 def _read_all(
