@@ -471,11 +471,15 @@ def test_remeasure_that_fails_is_told_by_every_file(segmented, tmp_path, erase):
     assert not [f for f in qc["segmentation_findings"] if f["severity"] == "error"]
 
 
-def test_segment_rerun_keeps_a_hand_fixed_case(segmented, tmp_path):
-    """Failed by a re-measure, fixed by hand, re-measured ok: a segment rerun keeps the edits.
+def _kept_warning(caplog, case: Path) -> str:
+    """The segment job's one warning about ``case`` being kept."""
+    (message,) = [r.getMessage() for r in caplog.records
+                  if r.getMessage().startswith(f"case {case.name} kept: ")]
+    return message
 
-    And the other side: a case left failed is redone by the rerun (so the first half can fail).
-    """
+
+def test_segment_rerun_keeps_a_hand_fixed_case(segmented, tmp_path, caplog):
+    """Failed by a re-measure, fixed by hand, re-measured ok: a segment rerun keeps the edits."""
     out, case = _batch_copy(segmented, tmp_path / "out")
     lab, _ = _nifti(case / "labels.nii.gz")
     erased = lab.copy()
@@ -490,14 +494,90 @@ def test_segment_rerun_keeps_a_hand_fixed_case(segmented, tmp_path):
     kept, _ = _nifti(case / "labels.nii.gz")
     assert np.array_equal(kept, edited) and not np.array_equal(kept, lab)
     assert json.loads((case / "manifest.json").read_text())["measured"]["by"] == "medscan measure"
-    # a case the re-measure left failed is not current: the rerun segments it again
+    assert "re-measured with medscan measure; ok" in _kept_warning(caplog, case)
+
+
+def test_segment_rerun_never_replaces_a_case_failed_by_a_hand_edit(segmented, tmp_path, caplog):
+    """B1: lungs erased by hand + re-measured (failed): kept byte-equal, exit 1; overwrite redoes.
+
+    The manifest records the SHA-256 of the labels.nii.gz it describes (checked by hashlib).
+    """
+    import hashlib
+
+    out, case = _batch_copy(segmented, tmp_path / "out")
+    original = (case / "labels.nii.gz").read_bytes()
+    manifest = json.loads((case / "manifest.json").read_text())
+    assert manifest["labels_sha256"] == hashlib.sha256(original).hexdigest()
+    lab, _ = _nifti(case / "labels.nii.gz")
+    erased = lab.copy()
+    erased[(lab == LUNG_LEFT) | (lab == LUNG_RIGHT)] = 0
     _set_labels(case, erased)
-    assert run_measure(_config("measure", input=out)) == 1
-    assert run_segment(_config("segment", output=out, progress=False)) == 0
-    redone, _ = _nifti(case / "labels.nii.gz")
-    assert np.array_equal(redone, lab)
+    edited = (case / "labels.nii.gz").read_bytes()
+    assert run_measure(_config("measure", input=case)) == 1
+    manifest = json.loads((case / "manifest.json").read_text())
+    assert manifest["status"] == "failed"
+    assert manifest["labels_sha256"] == hashlib.sha256(edited).hexdigest()
+    metrics = (case / "metrics.json").read_bytes()
+
+    assert run_segment(_config("segment", output=out, progress=False)) == 1
+    assert (case / "labels.nii.gz").read_bytes() == edited  # the edit survives, byte for byte
+    assert (case / "metrics.json").read_bytes() == metrics
+    warning = _kept_warning(caplog, case)
+    assert "edited by hand (re-measured with medscan measure; failed (no lungs" in warning
+    assert "overwrite=true re-segments it" in warning
+    (row,) = read_index(out)
+    assert row["status"] == "failed"
+
+    caplog.clear()
+    assert run_segment(_config("segment", output=out, progress=False, overwrite=True)) == 0
+    assert (case / "labels.nii.gz").read_bytes() == original  # segment is deterministic
     manifest = json.loads((case / "manifest.json").read_text())
     assert manifest["status"] == "ok" and "measured" not in manifest
+    assert manifest["labels_sha256"] == hashlib.sha256(original).hexdigest()
+    assert not [r for r in caplog.records if " kept: " in r.getMessage()]
+
+
+def test_labels_edited_but_not_remeasured_are_stale(segmented, tmp_path, caplog, capsys):
+    """B2: a hand edit without ``medscan measure``: told by segment (exit 1) and read_case."""
+    from medscan.io import read_case
+
+    out, case = _batch_copy(segmented, tmp_path / "out")
+    assert read_case(case, arrays=False).findings == read_case(segmented / case.name,
+                                                               arrays=False).findings
+    lab, _ = _nifti(case / "labels.nii.gz")
+    edited = lab.copy()
+    edited[lab == LUNG_RIGHT] = 0
+    _set_labels(case, edited)
+    edited_bytes = (case / "labels.nii.gz").read_bytes()
+    codes = [f.code for f in read_case(case, arrays=False).findings]
+    assert "labels_edited" in codes
+
+    assert run_segment(_config("segment", output=out, progress=False)) == 1
+    assert (case / "labels.nii.gz").read_bytes() == edited_bytes
+    warning = _kept_warning(caplog, case)
+    assert "NOT re-measured" in warning and "medscan measure input=" in warning
+    assert "unchanged inputs and config" not in capsys.readouterr().err
+
+    # measured: the metrics describe the labels again, the finding goes, the rerun keeps it ok
+    assert run_measure(_config("measure", input=case)) == 0
+    assert "labels_edited" not in [f.code for f in read_case(case, arrays=False).findings]
+    qc = json.loads((case / "qc.json").read_text())
+    assert "labels_edited" not in [f["code"] for f in qc["segmentation_findings"]]
+    caplog.clear()
+    assert run_segment(_config("segment", output=out, progress=False)) == 0
+    assert (case / "labels.nii.gz").read_bytes() == edited_bytes
+    assert "re-measured with medscan measure; ok" in _kept_warning(caplog, case)
+
+
+def test_unedited_case_is_still_skipped(segmented, tmp_path, caplog, capsys):
+    """The other side: labels as segment wrote them -> "skipped: unchanged", exit 0."""
+    out, case = _batch_copy(segmented, tmp_path / "out")
+    manifest = (case / "manifest.json").read_bytes()
+    assert run_segment(_config("segment", output=out, progress=False)) == 0
+    err = capsys.readouterr().err
+    assert "unchanged inputs and config" in err and "0 ok, 0 failed, 1 skipped" in err
+    assert (case / "manifest.json").read_bytes() == manifest
+    assert not [r for r in caplog.records if " kept: " in r.getMessage()]
 
 
 def test_segment_no_lungs_is_lifted_only_when_lungs_are_painted():

@@ -35,8 +35,9 @@ from medscan.case import CaseResult, Provenance, public_config, versions
 from medscan.ct.analyse import CaseOptions, analyse, case_config
 from medscan.dicom.discover import LostSeries
 from medscan.dicom.identity import SecretError, secret_fingerprint
-from medscan.io.case import write_case_folder
+from medscan.io.case import LABELS_SEGMENTED, LABELS_STALE, labels_state, write_case_folder
 from medscan.io.casedir import output_error
+from medscan.io.layout import LABELS, METRICS, read_manifest
 from medscan.io.redact import (
     FileRefs,
     relative_to_root,
@@ -302,6 +303,10 @@ def _locked_case(job: _Job, series: Any) -> None:
             inputs, input_hash = [], ""
         for f, item in zip(series.files, inputs, strict=False):
             refs.hashes[str(f)] = item["sha256"]
+        if not job.cfg.get("overwrite") and (kept := _kept_edit(job.output / case_id)):
+            job.rows.append(kept)
+            log.warning("case %s kept: %s", case_id, kept[2])
+            return
         if input_hash and not job.cfg.get("overwrite") and case_is_current(
                 job.output / case_id, input_hash, job.cfg_hash):
             job.rows.append((case_id, "skipped", "unchanged inputs and config", 0.0))
@@ -317,6 +322,36 @@ def _locked_case(job: _Job, series: Any) -> None:
     job.rows.append((case_id, status, reason, seconds))
     if status != "ok":
         log.warning("case %s failed: %s", case_id, reason)
+
+
+def _kept_edit(case_dir: Path) -> tuple[str, str, str, float] | None:
+    """The row of a case whose labels were edited by hand, which a rerun never replaces.
+
+    A case re-measured by ``medscan measure`` (a ``measured`` record: its labels were edited,
+    e.g. in napari) or whose ``labels.nii.gz`` differs from the one its manifest recorded
+    (:func:`medscan.io.case.labels_state`) is kept as it is without ``overwrite=true``, ok or
+    failed: re-segmenting it would silently destroy the manual work. The row's status is the
+    case's own, ``stale`` when its metrics do not describe its labels (both make the job
+    exit 1). None for any other case (no folder, or the labels ``segment`` wrote).
+    """
+    try:
+        manifest = read_manifest(case_dir)
+        state = labels_state(case_dir, manifest)
+    except (OSError, ValueError):
+        return None
+    if state == LABELS_SEGMENTED:
+        return None
+    redo = "overwrite=true re-segments it (the edit is lost)"
+    if state == LABELS_STALE:
+        return (case_dir.name, "stale",
+                f"kept: {LABELS} edited by hand and NOT re-measured ({METRICS}, index.csv and "
+                f"report.html describe the previous labels): run `medscan measure "
+                f"input=<output>/{case_dir.name}`; {redo}", 0.0)
+    status = "ok" if manifest.get("status") == "ok" else "failed"
+    why = f" ({manifest.get('reason')})" if status == "failed" and manifest.get("reason") else ""
+    return (case_dir.name, status,
+            f"kept: {LABELS} edited by hand (re-measured with medscan measure; {status}{why}); "
+            f"{redo}", 0.0)
 
 
 def _lost_case(job: _Job, lost: LostSeries) -> None:
@@ -467,7 +502,7 @@ def _run_segment(cfg: dict[str, Any]) -> int:
         raise JobError(f"output folder {output}: cannot write index.csv: "
                        f"{exc.strerror or exc}") from exc
     _summary(job.rows, found.skipped, output, source)
-    return 1 if any(r[1] == "failed" for r in job.rows) else 0
+    return 1 if any(r[1] in ("failed", "stale") for r in job.rows) else 0
 
 
 def _progress(enabled: bool) -> Any:
@@ -489,10 +524,11 @@ def _summary(rows: list[tuple[str, str, str, float]], skipped: list[Any], output
     table = Table(title=f"medscan segment -> {output}")
     for col in ("case", "status", "reason", "seconds"):
         table.add_column(col)
-    style = {"ok": "green", "failed": "red", "skipped": "cyan"}
+    style = {"ok": "green", "failed": "red", "skipped": "cyan", "stale": "yellow"}
     for case_id, status, reason, seconds in rows:
+        shown = reason if reason.startswith("kept:") else reason[:100]  # kept: says what to do
         table.add_row(case_id, f"[{style.get(status, '')}]{status}[/]",
-                      escape(safe_text(reason[:100])), f"{seconds:.1f}")
+                      escape(safe_text(shown)), f"{seconds:.1f}")
     # logs and CI capture stderr: do not fold long paths at 80 columns there
     console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
     console.print(table)
@@ -506,8 +542,12 @@ def _summary(rows: list[tuple[str, str, str, float]], skipped: list[Any], output
         if len(skipped) > 50:
             files.add_row(f"... and {len(skipped) - 50} more", "")
         console.print(files)
-    counts = {s: sum(r[1] == s for r in rows) for s in ("ok", "failed", "skipped")}
+    counts = {s: sum(r[1] == s for r in rows) for s in ("ok", "failed", "skipped", "stale")}
+    kept = sum(r[2].startswith("kept:") for r in rows)
+    stale = f", {counts['stale']} stale" if counts["stale"] else ""
+    kept_text = f" ({kept} hand-edited case(s) kept)" if kept else ""
     console.print(
-        f"{counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped; "
+        f"{counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped{stale}"
+        f"{kept_text}; "
         f"{len(skipped)} file(s) skipped by the loader"
     )

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from medscan.case import CaseResult, Provenance, utc_now
+from medscan.hashing import sha256_file
 from medscan.io.atomic import read_json, write_bytes, write_json, write_text
 from medscan.io.casedir import LEASE_S, CaseWrite, case_writer, output_error
 from medscan.io.gallery import write_gallery
@@ -288,7 +289,8 @@ def write_case_folder(
         if result.preview_png is not None:
             write_bytes(folder / PREVIEW, result.preview_png)
         timings = {**result.timings_s, "write": round(time.perf_counter() - t0, 4)}
-        manifest = build_manifest(result, provenance, refs, meshes, timings, label_table)
+        manifest = build_manifest(result, provenance, refs, meshes, timings, label_table,
+                                  labels_sha256=_labels_sha256(folder))
         if report:
             write_case_report(folder, manifest)
         _write_manifest(folder, manifest)
@@ -321,10 +323,10 @@ def update_measurements(case_dir: str | Path, result: CaseResult,
     ``metrics.json``, ``report.html`` (when present) and ``manifest.json`` then tell the
     re-measure's truth. The manifest is rebuilt by :func:`build_manifest` (the one builder)
     from the provenance read back with the case (:func:`read_case`): ``inputs``,
-    ``input_hash``, ``config_hash``, ``created`` and ``seconds`` stay, so a case that is ``ok``
-    after the re-measure (a failed case whose lungs were painted by hand, too) stays current for
-    a ``medscan segment`` rerun, which then keeps the edited labels; ``status`` and ``reason``
-    become ``result``'s, and ``measured`` records the re-measurement. Written in the order
+    ``input_hash``, ``config_hash``, ``created`` and ``seconds`` stay; ``status`` and ``reason``
+    become ``result``'s, ``labels_sha256`` the hash of the ``labels.nii.gz`` measured now, and
+    ``measured`` records the re-measurement: a ``medscan segment`` rerun keeps such a case
+    (ok or failed) unless ``overwrite=true`` (:func:`labels_state`). Written in the order
     ``qc.json``, ``metrics.json``, ``report.html``, ``manifest.json`` (last), each atomically.
     The caller holds the case's lock (:func:`medscan.io.casedir.case_lock`).
 
@@ -357,8 +359,11 @@ def update_measurements(case_dir: str | Path, result: CaseResult,
     provenance = result.provenance or Provenance.from_manifest(old)
     if measured is not None:
         provenance = dataclasses.replace(provenance, measured=dict(measured))
+    # the manifest records the labels measured now: read_case's labels_edited no longer holds
+    result.findings = [f for f in result.findings if f.code != "labels_edited"]
     manifest = build_manifest(result, provenance, FileRefs([]), list(old.get("meshes") or []),
-                              dict(old.get("timings_s") or {}), old.get("labels"))
+                              dict(old.get("timings_s") or {}), old.get("labels"),
+                              labels_sha256=_labels_sha256(folder))
     write_json(folder / QC, _qc(result, list))
     write_json(folder / METRICS, result.metrics)
     if (folder / REPORT).is_file():  # the report shows status, metrics, findings: refresh it
@@ -375,11 +380,15 @@ def build_manifest(
     meshes: list[dict[str, Any]],
     timings_s: dict[str, float],
     label_table: dict[str, Any] | None = None,
+    *,
+    labels_sha256: str | None = None,
 ) -> dict[str, Any]:
     """The content of ``manifest.json`` (the only place it is assembled).
 
     ``seconds`` is the provenance's, else the time since ``provenance.clock_start``, else the
-    sum of the top-level stage timings.
+    sum of the top-level stage timings. ``labels_sha256`` (when the case has a
+    ``labels.nii.gz``) is the SHA-256 of that file as the metrics describe it, so that an edit
+    made afterwards (napari) is noticed (:func:`labels_state`).
     """
     if result.labels is not None:
         labels = result.labels.labels_dict()
@@ -399,11 +408,61 @@ def build_manifest(
         **fields,
         **SPACE,
         "labels": labels,
+        **({"labels_sha256": labels_sha256} if labels_sha256 else {}),
         "meshes": meshes,
         "timings_s": timings_s,
         "seconds": round(float(seconds), 3),
         "created": provenance.created or utc_now(),
     }
+
+
+def _labels_sha256(folder: Path) -> str | None:
+    """SHA-256 of ``folder/labels.nii.gz`` (None when the case has none)."""
+    path = folder / LABELS
+    return sha256_file(path) if path.is_file() else None
+
+
+#: :func:`labels_state` values.
+LABELS_SEGMENTED, LABELS_REMEASURED, LABELS_STALE = "segmented", "remeasured", "stale"
+
+
+def labels_state(case_dir: str | Path, manifest: dict[str, Any] | None = None) -> str:
+    """Whether a case's ``labels.nii.gz`` is still the segmentation its manifest describes.
+
+    Parameters
+    ----------
+    case_dir : str or Path
+        A case folder.
+    manifest : dict, optional
+        Its manifest when already read.
+
+    Returns
+    -------
+    str
+        :data:`LABELS_STALE` when ``labels.nii.gz`` differs from the file the manifest's
+        ``labels_sha256`` recorded (edited by hand and not re-measured: ``metrics.json`` no
+        longer describes it); :data:`LABELS_REMEASURED` when the manifest has a ``measured``
+        record (re-measured by ``medscan measure``, usually after a hand edit) and the labels
+        are the ones measured; :data:`LABELS_SEGMENTED` otherwise (the labels ``segment``
+        wrote, or a case without labels). A case written before ``labels_sha256`` existed
+        cannot be stale.
+    """
+    folder = Path(case_dir)
+    if manifest is None:
+        manifest = read_manifest(folder)
+    recorded = manifest.get("labels_sha256")
+    path = folder / LABELS
+    if recorded and path.is_file() and sha256_file(path) != recorded:
+        return LABELS_STALE
+    return LABELS_REMEASURED if manifest.get("measured") else LABELS_SEGMENTED
+
+
+def labels_edited_finding(case_id: str) -> Finding:
+    """The ``labels_edited`` warning of a case whose labels changed after its metrics."""
+    return Finding("labels_edited", "warning",
+                   f"{LABELS} was edited after {METRICS} was written: the metrics, index.csv "
+                   f"and report.html describe the previous labels; run `medscan measure "
+                   f"input=<case folder>` to re-measure {case_id}")
 
 
 def _write_meshes(result: CaseResult, folder: Path, formats: list[str]) -> list[dict[str, Any]]:
@@ -499,6 +558,8 @@ def read_case(case_dir: str | Path, *, arrays: bool = True, meshes: bool = False
         folder=folder,
         files=files,
     )
+    if labels_state(folder, manifest) == LABELS_STALE:
+        result.findings.append(labels_edited_finding(case_id))
     if arrays and "volume" in files:
         result.volume = Volume.from_nifti(files["volume"], case_id=case_id)
     if arrays and "labels" in files:
