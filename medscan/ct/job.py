@@ -305,7 +305,7 @@ def _locked_case(job: _Job, series: Any) -> None:
             refs.hashes[str(f)] = item["sha256"]
         if not job.cfg.get("overwrite") and (kept := _kept_edit(job.output / case_id)):
             job.rows.append(kept)
-            log.warning("case %s kept: %s", case_id, kept[2])
+            log.warning("case %s %s", case_id, kept[2])
             return
         if input_hash and not job.cfg.get("overwrite") and case_is_current(
                 job.output / case_id, input_hash, job.cfg_hash):
