@@ -10,26 +10,15 @@ float64 sums), NumPy masks per lung for the coverage contacts, and the float-HU 
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
 import pytest
-from ct_reference import load_series
+from test_ct_measure import _case  # the same cached (volume, labels) per series
 
 from medscan.ct import measure as m
 from medscan.ct.orient import canonical_reorientation
-from medscan.ct.segment import segment
 from medscan.ct.structures import MAX_ALL_LABEL_BINS, structure_stats
 from medscan.ct.tissues import LUNG_LEFT, LUNG_RIGHT, default_tissues
 from medscan.volume import Volume
-
-
-@lru_cache(maxsize=2)
-def _case(folder: str) -> tuple[Volume, np.ndarray]:
-    volume = load_series(folder)
-    labels = segment(volume, default_tissues()).labels
-    labels.setflags(write=False)
-    return volume, labels
 
 
 @pytest.fixture(scope="module", params=["sample", "lungdx-a0001-chest-5mm"])
