@@ -198,6 +198,20 @@ def test_seg_uneven_tilted_resampled_maps_to_source_slices(shared_ct_qa: Path,
     with pytest.raises(ValueError, match="unevenly spaced"):
         read_seg(path, uniform=False)
 
+    # ... so the label map does not round-trip exactly: measure says so (never a silent ok)
+    from medscan.ct.measure_job import check_seg_reference
+
+    assert not np.array_equal(back.array, labels.array)
+    codes = [f.code for f in check_seg_reference(path, volume)]
+    assert codes == ["seg_resampled"], codes
+
+
+def test_seg_of_even_series_needs_no_resampling_warning(even_seg) -> None:
+    from medscan.ct.measure_job import check_seg_reference
+
+    volume, _labels, path = even_seg
+    assert check_seg_reference(path, volume) == []
+
 
 def test_seg_refuses_unplaceable_label_maps(shared_ct: Path, shared_ct_qa: Path,
                                             tmp_path: Path) -> None:

@@ -47,7 +47,7 @@ log = logging.getLogger("medscan.measure")
 #: Finding codes a measurement makes: replaced in ``qc.json`` by a re-measurement
 #: (``no_lungs`` too, see :func:`_replace_findings`).
 MEASURE_CODES = ("lung_truncated", "body_truncated", "mesh_stale", "dicom_seg_stale",
-                 "labels_empty", "no_lung_labels", "seg_reference_unchecked")
+                 "labels_empty", "no_lung_labels", "seg_reference_unchecked", "seg_resampled")
 #: Lung label names the lung metrics are measured from (``medscan.ct.tissues``).
 LUNG_NAMES = (LUNG_RIGHT, LUNG_LEFT)
 #: A ``case_id=`` given by the user: one plain folder name (no path, not hidden).
@@ -190,12 +190,13 @@ def check_seg_reference(path: Path, volume: Volume) -> list[Finding]:
     series, a SEG of another series is refused even on the same grid (two reconstructions of
     one scan, e.g. b40f and b70f kernels, share the grid but are different images). When the
     volume is NIfTI (no SeriesInstanceUID) or the SEG names no series, the reference cannot be
-    checked: a ``seg_reference_unchecked`` warning says so.
+    checked: a ``seg_reference_unchecked`` warning says so. On a resampled (unevenly spaced)
+    volume a ``seg_resampled`` warning says the labels do not round-trip exactly.
 
     Returns
     -------
     list of Finding
-        Empty when the reference was checked and matches.
+        Empty when the reference was checked and matches on an evenly spaced volume.
 
     Raises
     ------
@@ -217,13 +218,26 @@ def check_seg_reference(path: Path, volume: Volume) -> list[Finding]:
         raise MeasureError(f"{path.name}: the DICOM SEG references another series than the "
                            "volume's (ReferencedSeriesSequence does not name its "
                            "SeriesInstanceUID); measure it on the series it was made from")
+    findings = []
+    if any(f.code == "resampled" for f in volume.findings):
+        # The SEG stores one frame per SOURCE slice (medscan.io.dicom_seg: nearest label slice
+        # of the uniform grid); back on the uniform grid each label slice is the nearest source
+        # frame, so a label map does not round-trip exactly (bone/fat -3 %/+3 % on the uneven
+        # QA head CT). Never an ok number without saying so.
+        findings.append(Finding(
+            "seg_resampled", "warning",
+            "the volume is an unevenly spaced series resampled to even spacing; the DICOM SEG "
+            "holds labels on the source slices and was placed on the resampled grid by nearest "
+            "slice, so volumes can differ by a few percent from the label map the SEG was "
+            "made from (exact on evenly spaced series)"))
     if series and refs:
-        return []
+        return findings
     why = ("the volume is not a DICOM series (no SeriesInstanceUID)" if not series
            else "the SEG names no referenced series")
-    return [Finding("seg_reference_unchecked", "warning",
-                    "whether the DICOM SEG (labels=) was made from the measured volume "
-                    f"could not be checked ({why}); only its grid was checked to match")]
+    return [*findings, Finding("seg_reference_unchecked", "warning",
+                               "whether the DICOM SEG (labels=) was made from the measured "
+                               f"volume could not be checked ({why}); only its grid was "
+                               "checked to match")]
 
 
 def _seg_on_volume(path: Path, table: dict[int, Label] | None, volume: Volume) -> LabelMap:
