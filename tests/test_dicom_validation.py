@@ -218,3 +218,24 @@ def test_vanished_root_folder_is_reported(tmp_path: Path) -> None:
     errors: list[SkippedFile] = []
     assert list(iter_files(link, errors)) == []
     assert [e.reason.split(":")[0] for e in errors] == ["unreadable folder"]
+
+
+def test_theil_sen_equals_scipy_theilslopes() -> None:
+    """The in-plane check's Theil-Sen line is scipy's point estimate, bit for bit (issue 15:
+    written in medscan only to keep :mod:`scipy.stats`'s import out of every header read)."""
+    from scipy.stats import theilslopes
+
+    from medscan.dicom.validate import theil_sen
+
+    rng = np.random.default_rng(15)
+    for n in (2, 3, 7, 64, 255):
+        x = np.cumsum(rng.choice([0.5, 1.0, 1.25, 0.0], size=n))  # ties in x (duplicates)
+        y = 0.3 * x - 12.0 + rng.normal(0, 0.05, n)
+        out = rng.random(n) < 0.2
+        y[out] += rng.normal(0, 40, int(out.sum()))  # gross outliers
+        if np.ptp(x) == 0:
+            continue
+        ref = theilslopes(y, x)
+        assert theil_sen(x, y) == (ref.slope, ref.intercept)
+    slope, intercept = theil_sen(np.zeros(4), np.arange(4.0))
+    assert np.isnan(slope) and np.isnan(intercept)

@@ -272,3 +272,71 @@ def refine_mask(
         dst &= condition[k0 * fz : k1 * fz]
         dst |= up == 2
     return out
+
+
+def convex_hull_2d(mask: np.ndarray, tol: float = 1e-9) -> np.ndarray:
+    """Pixels inside the convex hull of a 2-D mask (borders included), on the host.
+
+    The same pixels as :func:`skimage.morphology.convex_hull_image` with its defaults
+    (``offset_coordinates=True``: each pixel is represented by the midpoints of its four edges;
+    ``include_borders=True``): the hull comes from the same candidate points (the first and
+    last set pixel of every row and column, as scikit-image's ``possible_hull``) through
+    ``scipy.spatial.ConvexHull``. Written here because scikit-image then tests every pixel of
+    the image against the hull polygon (``grid_points_in_poly``: 11 ms per 256 x 256 slice,
+    3.1 s of a 19-s ``medscan segment`` on a 255-slice chest CT); a convex polygon meets each
+    row in one interval, found from the hull's edge equations, so filling the rows costs
+    about 0.1 ms. ``tests/test_ct_ops.py`` checks the equality on real CT slices and random
+    shapes.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        ``(rows, columns)`` bool.
+    tol : float
+        Distance (pixels) within which a pixel centre on the hull's border counts as inside
+        (floating-point slack; the candidate points are on the half-pixel lattice).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(rows, columns)`` bool; all False for an empty mask.
+    """
+    from scipy.spatial import ConvexHull, QhullError
+
+    mask = np.asarray(mask, dtype=bool)
+    out = np.zeros(mask.shape, dtype=bool)
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return out
+    ncol, nrow = mask.shape[1], mask.shape[0]
+    first_c = np.argmax(mask[rows], axis=1)
+    last_c = ncol - 1 - np.argmax(mask[rows, ::-1], axis=1)
+    first_r = np.argmax(mask[:, cols], axis=0)
+    last_r = nrow - 1 - np.argmax(mask[::-1, cols], axis=0)
+    pts = np.concatenate([
+        np.stack([rows, first_c], 1), np.stack([rows, last_c], 1),
+        np.stack([first_r, cols], 1), np.stack([last_r, cols], 1),
+    ]).astype(np.float64)
+    try:  # hull(P + diamond) = hull(vertices of hull(P) + diamond): fewer points to offset
+        pts = pts[ConvexHull(pts).vertices]
+    except QhullError:  # fewer than 3 points or all on one line: offset them all
+        pass
+    diamond = np.array([[-0.5, 0.0], [0.5, 0.0], [0.0, -0.5], [0.0, 0.5]])
+    pts = np.unique((pts[:, None, :] + diamond).reshape(-1, 2), axis=0)
+    eq = ConvexHull(pts).equations  # (H, 3): a*r + b*c + d <= 0 inside, (a, b) unit
+    r = np.arange(rows[0], rows[-1] + 1, dtype=np.float64)
+    a, b, d = eq[:, 0:1], eq[:, 1:2], eq[:, 2:3]
+    rhs = -(a * r + d)  # b * c <= rhs, per equation and row
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bound = rhs / b
+    pos, neg, flat = b[:, 0] > tol, b[:, 0] < -tol, np.abs(b[:, 0]) <= tol
+    hi = np.min(bound[pos] + tol / b[pos], axis=0, initial=np.inf)
+    lo = np.max(bound[neg] + tol / b[neg], axis=0, initial=-np.inf)
+    ok = np.all(rhs[flat] >= -tol, axis=0)  # equations of horizontal edges bound rows only
+    lo_i = np.clip(np.ceil(lo), 0, ncol).astype(np.int64)
+    hi_i = np.clip(np.floor(hi), -1, ncol - 1).astype(np.int64)
+    c = np.arange(ncol)
+    span = (c >= lo_i[:, None]) & (c <= hi_i[:, None]) & ok[:, None]
+    out[rows[0] : rows[-1] + 1] = span
+    return out

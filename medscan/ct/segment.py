@@ -45,6 +45,7 @@ from medscan.ct.ops import (
     block_factors,
     block_mean,
     component_sizes,
+    convex_hull_2d,
     dilate,
     erode,
     fill_holes_2d,
@@ -367,7 +368,8 @@ def _with_edge_air(
     A lung cut open by the image edge (a field of view smaller than the chest) is joined to
     the outside air there, so it is no hole of the body and the hole fill leaves it out. When
     the body touches an in-plane edge of the image, air (below ``lung_threshold_hu``) that lies
-    inside the convex hull of the body's slice (scikit-image ``convex_hull_image``) and reaches
+    inside the convex hull of the body's slice (:func:`medscan.ct.ops.convex_hull_2d`, the
+    pixels of scikit-image's ``convex_hull_image``) and reaches
     that edge is added to the region searched for lungs (only there: tissue labels still use
     the body). Outside air that this lets in is pure gas (median below ``gas_median_hu``) and
     is rejected with the other gas regions; the lung keeps its contact with the edge, so the
@@ -379,7 +381,6 @@ def _with_edge_air(
     if not any(at_edge):
         return body
     from scipy import ndimage
-    from skimage.morphology import convex_hull_image
 
     body_h = be.asnumpy(body)
     air = be.asnumpy(hu < p.lung_threshold_hu) & ~body_h
@@ -387,7 +388,7 @@ def _with_edge_air(
     for k in range(body_h.shape[0]):
         if not body_h[k].any():
             continue
-        extra = convex_hull_image(body_h[k]) & air[k]
+        extra = convex_hull_2d(body_h[k]) & air[k]
         lab, n = ndimage.label(extra)
         if n == 0:
             continue
