@@ -110,6 +110,33 @@ def lock_holder(output: str | Path, case_id: str, lease_s: float = LEASE_S) -> s
     return f"{who}; its lease runs until {until}{expired}"
 
 
+def lock_busy(output: str | Path, case_id: str, lease_s: float = LEASE_S) -> bool:
+    """Whether another run seems to be handling ``case_id`` right now, without taking its lock.
+
+    For guesses only (:mod:`medscan.ct.prefetch` decides which case to decode ahead): trying
+    the ``flock`` would itself make a concurrent run's non-blocking :func:`case_lock` fail.
+    True when a process of this host holds the lock file's ``flock`` (``/proc/locks``, Linux;
+    a lock held from another host is not seen there) or a lease of the case was renewed
+    within ``lease_s`` (another run is writing it, on any host).
+    """
+    root = Path(output)
+    now = time.time()
+    for lease_file in root.glob(f"{LEASE_PREFIX}{case_id}-*.json"):
+        with contextlib.suppress(OSError):
+            if lease_file.stat().st_mtime + lease_s > now:
+                return True
+    try:
+        st = (root / LOCK_DIR / f"{case_id}.lock").stat()
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return False
+    # /proc/locks rows: "1: FLOCK ADVISORY WRITE <pid> <major>:<minor>:<inode> 0 EOF", the
+    # device numbers in hex (fs/locks.c lock_get_status)
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    return any(len(f := row.split()) >= 6 and f[1] == "FLOCK" and f[5] == key
+               for row in table.splitlines())
+
+
 @contextlib.contextmanager
 def case_lock(output: str | Path, case_id: str, blocking: bool = True,
               on_wait: Callable[[str], None] | None = None,

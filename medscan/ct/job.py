@@ -27,12 +27,14 @@ from medscan.batch import (
     case_lock,
     config_hash,
     hash_series,
+    lock_busy,
     rebuild_index,
     remove_stale,
     select_shard,
 )
 from medscan.case import CaseResult, Provenance, public_config, versions
 from medscan.ct.analyse import CaseOptions, analyse, case_config
+from medscan.ct.prefetch import Prefetcher
 from medscan.dicom.discover import LostSeries
 from medscan.dicom.identity import SecretError, secret_fingerprint
 from medscan.io.case import LABELS_SEGMENTED, LABELS_STALE, labels_state, write_case_folder
@@ -231,6 +233,42 @@ class _Job:
     fingerprint: str
     rows: list[tuple[str, str, str, float]] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=versions)
+    prefetch: Prefetcher | None = None
+
+    @property
+    def lease_s(self) -> float:
+        """Seconds of a case writer's lease (``lease_s``)."""
+        return float(self.cfg.get("lease_s") or LEASE_S)
+
+    def load(self, series: Any, cancel: Any = None) -> Volume:
+        """:func:`medscan.dicom.load` with this run's settings (``workers``, ``uniform``)."""
+        from medscan.dicom import load
+
+        return load(series, workers=self.cfg.get("workers"), uniform=bool(self.cfg.get("uniform")),
+                    cancel=cancel)
+
+    def will_process(self, series: Any) -> str | None:
+        """The inputs' hash of a case this run would load now; None when it would not.
+
+        :func:`_locked_case`'s checks made without the case lock, for :class:`Prefetcher`'s
+        guess of the next case: None for a series with no loadable file, a case another run
+        seems to hold (:func:`~medscan.batch.lock_busy`), hand-edited labels that are kept
+        (:func:`_kept_edit`), unreadable inputs, or a case that is current.
+        """
+        if isinstance(series, LostSeries) or lock_busy(self.output, series.case_id,
+                                                       self.lease_s):
+            return None
+        overwrite = bool(self.cfg.get("overwrite"))
+        if not overwrite and _kept_edit(self.output / series.case_id):
+            return None
+        try:
+            _, input_hash = hash_series(series.files)
+        except OSError:
+            return None
+        if not overwrite and case_is_current(self.output / series.case_id, input_hash,
+                                             self.cfg_hash):
+            return None
+        return input_hash or None
 
     @property
     def case_cfg(self) -> dict[str, Any]:
@@ -378,10 +416,33 @@ def _lost_case(job: _Job, lost: LostSeries) -> None:
     log.warning("case %s failed: %s", lost.case_id, reason)
 
 
+def _load(job: _Job, series: Any, input_hash: str, timings: dict[str, float]) -> Volume:
+    """The case's volume: the one loaded ahead (:class:`Prefetcher`) when valid, else loaded.
+
+    ``timings["load"]`` is the load's own seconds (in the background when loaded ahead; then
+    ``timings["load_wait"]`` is what this case still waited for it). Then the load of the next
+    case starts, so it overlaps this case's analysis and writing; a load error is raised the
+    same either way.
+    """
+    t = time.perf_counter()
+    try:
+        ahead = job.prefetch.take(series, input_hash) if job.prefetch else None
+        if ahead is not None:
+            volume, timings["load"] = ahead
+            timings["load_wait"] = round(time.perf_counter() - t, 4)
+            return volume
+        volume = job.load(series)
+        timings["load"] = round(time.perf_counter() - t, 4)
+        return volume
+    finally:
+        if job.prefetch:
+            job.prefetch.start_after(series.case_id)
+
+
 def _write_case(job: _Job, series: Any, refs: FileRefs, inputs: list[dict[str, Any]],
                 input_hash: str, t0: float) -> tuple[str, str]:
     """Load, analyse and commit one case; returns its status and reason."""
-    from medscan.dicom import SeriesError, load
+    from medscan.dicom import SeriesError
 
     # series_block holds no geometry: after resampling the source's is not the written grid's,
     # which volume.nii.gz / labels.nii.gz carry in their headers
@@ -392,10 +453,7 @@ def _write_case(job: _Job, series: Any, refs: FileRefs, inputs: list[dict[str, A
     provenance = job.provenance(series.files, inputs, input_hash, series_dict, t0)
     timings: dict[str, float] = {}
     try:
-        t = time.perf_counter()
-        volume = load(series, workers=job.cfg.get("workers"),
-                      uniform=bool(job.cfg.get("uniform")))
-        timings["load"] = round(time.perf_counter() - t, 4)
+        volume = _load(job, series, input_hash, timings)
         volume.findings = refs.findings(volume.findings)
         volume.metadata = series_metadata(volume.metadata, bool(job.cfg.get("free_text")))
         result = analyse(volume, job.options, job.be)
@@ -480,8 +538,12 @@ def _run_segment(cfg: dict[str, Any]) -> int:
     log.info("%d CT series found; %d in shard %s/%s", len(by_id), len(mine),
              cfg.get("shard", 0), cfg.get("num_shards", 1))
 
+    # the next case's load overlaps the current case's compute (first pass only: a busy case
+    # is usually current once its lock is free)
+    job.prefetch = Prefetcher([by_id[c] for c in mine], job.will_process, job.load,
+                              enabled=_prefetch_enabled(cfg))
     progress = _progress(bool(cfg.get("progress")))
-    with progress:
+    with progress, contextlib.closing(job.prefetch):
         task = progress.add_task("segment", total=len(mine))
         busy = []
         # First pass: cases another run is writing right now are left for the second pass.
@@ -491,6 +553,8 @@ def _run_segment(cfg: dict[str, Any]) -> int:
                 progress.advance(task)
             else:
                 busy.append(case_id)
+            job.prefetch.finished(case_id)
+        job.prefetch.close()
         for case_id in busy:  # wait for the other run; usually it has finished the case
             progress.update(task, description=f"segment {case_id} (after another run)")
             _case(job, by_id[case_id], blocking=True)
@@ -503,6 +567,16 @@ def _run_segment(cfg: dict[str, Any]) -> int:
                        f"{exc.strerror or exc}") from exc
     _summary(job.rows, found.skipped, output, source)
     return 1 if any(r[1] in ("failed", "stale") for r in job.rows) else 0
+
+
+def _prefetch_enabled(cfg: dict[str, Any]) -> bool:
+    """``prefetch`` of the config; the packaged ``conf/segment.yaml``'s value when absent."""
+    value = cfg.get("prefetch")
+    if value is None:
+        from medscan.defaults import segment_defaults
+
+        value = segment_defaults("prefetch")
+    return bool(value)
 
 
 def _progress(enabled: bool) -> Any:

@@ -73,6 +73,14 @@ class DecoderTimeout(ContainedError):
     """The worker ran past its time limit and was killed."""
 
 
+class DecodeCancelled(Exception):
+    """The caller's ``cancel`` event was set: the decode was abandoned (its worker killed).
+
+    Not a :class:`ContainedError`: nothing is wrong with the series; a background load
+    (:mod:`medscan.ct.prefetch`) was stopped because its result is no longer wanted.
+    """
+
+
 class _Worker:
     """One decoder process and the two pipe ends that talk to it (pickled messages)."""
 
@@ -211,6 +219,7 @@ def run_contained(
     *args: Any,
     timeout_s: float | None = None,
     on_progress: Callable[[int], Any] | None = None,
+    cancel: threading.Event | None = None,
 ) -> tuple[np.ndarray, Any]:
     """Run ``func(out, state, *args)`` in a worker process that may crash.
 
@@ -232,6 +241,10 @@ def run_contained(
         Time limit; default ``TIMEOUT_BASE_S + TIMEOUT_PER_SLICE_S * shape[0]``.
     on_progress : callable, optional
         Called with the number of finished slices about every 0.2 s (progress bars).
+    cancel : threading.Event, optional
+        Checked about every 0.2 s while waiting; once set, the worker is killed (its shared
+        files are gone already or removed here) and :class:`DecodeCancelled` is raised. For a
+        load in a background thread, which a ``KeyboardInterrupt`` never reaches.
 
     Returns
     -------
@@ -246,6 +259,8 @@ def run_contained(
         The worker died (signal or exit without a result); ``files`` are the slices in flight.
     DecoderTimeout
         The worker ran longer than ``timeout_s`` and was killed.
+    DecodeCancelled
+        ``cancel`` was set.
     Exception
         Whatever ``func`` raised, re-raised.
     """
@@ -266,17 +281,18 @@ def run_contained(
         try:
             worker.send.send(request)
             message = None
-            ready = worker.recv.poll(timeout_s)
+            ready = _wait(worker.recv, timeout_s, None, 0, None, cancel)
             if ready:
                 message = worker.recv.recv()
                 if message[0] == "mapped":  # both sides hold the mappings: no file can be left
                     _unlink(path, state_path)  # behind, even if this process is killed later
                     left = max(0.0, deadline - time.monotonic())
-                    ready = _wait(worker.recv, left, state_buf, len(files), on_progress)
+                    ready = _wait(worker.recv, left, state_buf, len(files), on_progress,
+                                  cancel)
                     message = worker.recv.recv() if ready else None
         except (EOFError, BrokenPipeError, ConnectionResetError):  # the worker died
             ready, message = True, None
-        except BaseException:  # e.g. KeyboardInterrupt: the worker's state is unknown
+        except BaseException:  # KeyboardInterrupt, DecodeCancelled: the worker's state is unknown
             worker.kill()
             worker = None
             raise
@@ -317,19 +333,29 @@ def _unlink(*paths: str) -> None:
 def _wait(
     recv: Any,
     timeout_s: float,
-    state_buf: mmap.mmap,
+    state_buf: mmap.mmap | None,
     n: int,
     on_progress: Callable[[int], Any] | None,
+    cancel: threading.Event | None = None,
 ) -> bool:
-    """Wait for the worker's message (or its death); False on timeout."""
-    if on_progress is None:
+    """Wait for the worker's message (or its death); False on timeout.
+
+    Raises
+    ------
+    DecodeCancelled
+        When ``cancel`` is set while waiting.
+    """
+    if on_progress is None and cancel is None:
         return bool(recv.poll(timeout_s))
     deadline = time.monotonic() + timeout_s
-    state = np.frombuffer(state_buf, dtype=np.int8, count=n)
+    state = None if state_buf is None else np.frombuffer(state_buf, dtype=np.int8, count=n)
     while (left := deadline - time.monotonic()) > 0:
+        if cancel is not None and cancel.is_set():
+            raise DecodeCancelled("decode cancelled")
         if recv.poll(min(0.2, left)):
             return True
-        on_progress(int(np.count_nonzero(state == DONE)))
+        if on_progress is not None and state is not None:
+            on_progress(int(np.count_nonzero(state == DONE)))
     return False
 
 

@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,13 @@ from pydicom.encaps import generate_frames
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from medscan.dicom.contain import DONE, STARTED, ContainedError, run_contained
+from medscan.dicom.contain import (
+    DONE,
+    STARTED,
+    ContainedError,
+    DecodeCancelled,
+    run_contained,
+)
 from medscan.dicom.headers import SliceHeader
 from medscan.dicom.resample import regularize_stack
 from medscan.dicom.series import SeriesInfo, blocking_findings, loadable
@@ -434,6 +441,7 @@ def decode_slices(
     slices: list[SliceHeader],
     n_workers: int,
     decoder: str | None = None,
+    cancel: threading.Event | None = None,
 ) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
     """Fill ``out[k]`` with the HU of ``slices[k]``; runs in-process or in a contained worker.
 
@@ -451,6 +459,9 @@ def decode_slices(
     decoder : str, optional
         JPEG Lossless decoder (passed explicitly: a contained worker does not see later
         changes of the caller's environment).
+    cancel : threading.Event, optional
+        In-process decoding only: once set, no further slice is started and
+        :class:`~medscan.dicom.contain.DecodeCancelled` is raised.
 
     Returns
     -------
@@ -463,10 +474,14 @@ def decode_slices(
     ------
     _TooWide
         When a slice's HU do not fit an int16 ``out``.
+    DecodeCancelled
+        When ``cancel`` was set.
     """
     errors: list[tuple[Path, str]] = []
 
     def work(k: int) -> dict[str, Any] | None:
+        if cancel is not None and cancel.is_set():
+            raise DecodeCancelled("decode cancelled")
         state[k] = STARTED
         try:
             return _fill_slice(out, k, slices[k], decoder)
@@ -487,7 +502,8 @@ def decode_slices(
 
 
 def _decode_all(
-    series: SeriesInfo, dtype: np.dtype, n_workers: int, progress: bool, contain: bool
+    series: SeriesInfo, dtype: np.dtype, n_workers: int, progress: bool, contain: bool,
+    cancel: threading.Event | None = None,
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     slices = series.slices
     files = [h.path for h in slices]
@@ -507,6 +523,7 @@ def _decode_all(
                 out, (stats, errors) = run_contained(
                     decode_slices, series.shape, dtype, files, slices, n_workers, decoder,
                     on_progress=(lambda done: bar.update(task, completed=done)) if bar else None,
+                    cancel=cancel,
                 )
             except ContainedError as exc:
                 named = ", ".join(str(p) for p in exc.files[:10]) or "an unknown slice"
@@ -517,7 +534,7 @@ def _decode_all(
         else:
             out = np.empty(series.shape, dtype=dtype)
             state = np.zeros(len(slices), dtype=np.int8)
-            stats, errors = decode_slices(out, state, slices, n_workers, decoder)
+            stats, errors = decode_slices(out, state, slices, n_workers, decoder, cancel)
     finally:
         if bar is not None:
             bar.stop()
@@ -549,6 +566,7 @@ def load(
     progress: bool = False,
     contain: bool | None = None,
     max_bytes: int | None = None,
+    cancel: threading.Event | None = None,
 ) -> Volume:
     """Decode ``series`` into a HU volume.
 
@@ -573,6 +591,10 @@ def load(
     max_bytes : int, optional
         Refuse a volume whose HU array would need more bytes (default
         :func:`max_volume_bytes`: ``$MEDSCAN_MAX_VOLUME_GIB`` or 16 GiB).
+    cancel : threading.Event, optional
+        Abandon the decode once set (checked between slices in-process, about every 0.2 s
+        while a contained worker decodes; the worker is then killed): for loads in a
+        background thread (:mod:`medscan.ct.prefetch`).
 
     Returns
     -------
@@ -590,6 +612,8 @@ def load(
         decode, or the decoder crashed or hung in its worker process ("decoder crashed",
         "decoder timed out"); the message names the files and the reasons. No other exception
         is expected from a bad file (``benchmarks/fuzz_dicom.py`` checks this).
+    DecodeCancelled
+        When ``cancel`` was set (:mod:`medscan.dicom.contain`).
     """
     blocking = blocking_findings(series)
     if not loadable(series):
@@ -610,10 +634,11 @@ def load(
         raise SeriesError(str(exc)) from exc
     _check_allocation(series, dtype, cap)
     try:
-        out, stats = _decode_all(series, dtype, n_workers, progress, contain)
+        out, stats = _decode_all(series, dtype, n_workers, progress, contain, cancel)
     except _TooWide:  # rare: HU beyond int16 (e.g. 16-bit unsigned data): float32, exact
         _check_allocation(series, np.dtype(np.float32), cap)
-        out, stats = _decode_all(series, np.dtype(np.float32), n_workers, progress, contain)
+        out, stats = _decode_all(series, np.dtype(np.float32), n_workers, progress, contain,
+                                 cancel)
 
     findings = list(series.findings)
     n_pad = sum(s["padding"] for s in stats)
