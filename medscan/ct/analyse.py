@@ -15,14 +15,26 @@ it and hand the :class:`~medscan.case.CaseResult` to :func:`medscan.io.case.writ
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from medscan.backend import Backend, get_backend
 from medscan.case import CaseResult
 from medscan.ct.measure import MeasureOptions, measure_case
-from medscan.ct.mesh import MeshParams, label_surface
+from medscan.ct.mesh import (
+    LabelCrop,
+    MeshParams,
+    contained_surface,
+    crop_surface,
+    label_crop,
+    label_surface,
+    mesh_from_arrays,
+)
 from medscan.ct.segment import SegmentParams, segment
 from medscan.ct.tissues import TissueTable
 from medscan.defaults import segment_defaults, tissue_defaults
@@ -60,6 +72,10 @@ class CaseOptions:
         Write ``report.html`` into the case folder (used by ``write_case``).
     measure : MeasureOptions
         Density bands and the metric blocks (:func:`medscan.ct.measure.measure_case`).
+    parallel_meshes : bool
+        Mesh the label with the largest box in a contained worker process while this process
+        meshes the others and measures (CPU backend and at least 2 CPUs only; same outputs).
+        A pure performance switch: not part of :func:`case_config`.
     """
 
     tissues: TissueTable
@@ -72,6 +88,7 @@ class CaseOptions:
     outputs: list[str] = field(default_factory=lambda: _default("outputs"))
     report: bool = field(default_factory=lambda: _default("report"))
     measure: MeasureOptions = field(default_factory=MeasureOptions)
+    parallel_meshes: bool = field(default_factory=lambda: _default("parallel_meshes"))
 
     def __post_init__(self) -> None:
         bad = [f for f in self.mesh_formats if f not in FORMATS]
@@ -114,6 +131,7 @@ class CaseOptions:
             outputs=list(cfg.get("outputs", _default("outputs")) or []),
             report=bool(cfg.get("report", _default("report"))),
             measure=MeasureOptions.from_config(cfg),
+            parallel_meshes=bool(cfg.get("parallel_meshes", _default("parallel_meshes"))),
         )
 
 
@@ -127,7 +145,8 @@ def case_config(options: CaseOptions, uniform: bool = True,
     """The config that decides a case's outputs: what ``config_hash`` covers.
 
     The case options plus the load options that change the outputs (``uniform``: resample
-    uneven stacks; ``free_text``: keep free-text DICOM fields in the manifest). The job and the
+    uneven stacks; ``free_text``: keep free-text DICOM fields in the manifest). Not
+    ``parallel_meshes``: it changes the speed, not the outputs. The job and the
     napari widget both hash this, so a case either wrote is current for the other when the
     options are equal.
 
@@ -188,21 +207,38 @@ def analyse(volume: Volume, options: CaseOptions, be: Backend | None = None) -> 
     seg = segment(volume, tissues, options.segment, be=be)
     labels = LabelMap(seg.labels, volume.affine.copy(), tissues.label_table(), volume.case_id)
     t = lap("segment", t)
-    surfaces: dict[str, Any] = {}
+    surfaces: Mapping[str, Any] = {}
     nz = volume.shape[0]
+    meshes = None
     if nz >= options.min_slices:  # meshed before measuring: surface areas come from the meshes
-        for name in options.mesh_labels:
-            surface = label_surface(labels.array, tissues[name].label, volume.affine,
-                                    options.mesh, be, thin=name in options.mesh.thin_labels)
-            if surface is not None:
-                surfaces[name] = surface
+        if parallel_meshes(options, be):
+            meshes = _Meshes.start(labels.array, volume.affine, options, be)
+            surfaces = meshes
+        else:
+            surfaces = {}
+            for name in options.mesh_labels:
+                surface = label_surface(labels.array, tissues[name].label, volume.affine,
+                                        options.mesh, be, thin=name in options.mesh.thin_labels)
+                if surface is not None:
+                    surfaces[name] = surface
         t = lap("mesh", t)
     metrics, coverage_findings = measure_case(volume, labels, tissues, options.measure,
                                               surfaces=surfaces, be=be)
     t = lap("measure", t)
+    mesh_failures: list[str] = []
+    if meshes is not None:  # joined while measuring (surface areas) or now
+        surfaces = dict(meshes)
+        mesh_failures = meshes.failures
+        timings["measure"] = round(timings["measure"] - meshes.wait_s, 4)
+        timings["mesh"] = round(timings["mesh"] + meshes.wait_s, 4)
+        timings["mesh.worker"] = round(meshes.worker_s, 4)
 
     result = CaseResult(case_id=volume.case_id, volume=volume, labels=labels, metrics=metrics,
-                        surfaces=surfaces, findings=list(seg.findings) + coverage_findings)
+                        surfaces=dict(surfaces),
+                        findings=list(seg.findings) + coverage_findings)
+    for msg in mesh_failures:
+        result.findings.append(Finding("mesh_failed", "error", msg))
+        result.fail(msg)
     if any(f.details.get("reason") == "field_of_view" for f in coverage_findings):
         for f in result.findings:
             if f.code == "one_lung":  # not "absent": the field of view cuts the body
@@ -225,3 +261,118 @@ def analyse(volume: Volume, options: CaseOptions, be: Backend | None = None) -> 
         t = lap("preview", t)
     result.timings_s = {**timings, **{f"segment.{k}": v for k, v in seg.timings_s.items()}}
     return result
+
+
+#: Seconds a mesh in the worker process may take before the worker is killed: a base plus a
+#: per-slice allowance (RICORD's bone, 255 slices: about 3 s; a hang is a bug in native code).
+MESH_TIMEOUT_BASE_S = 120.0
+MESH_TIMEOUT_PER_SLICE_S = 0.5
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a Slurm allocation's cores)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def parallel_meshes(options: CaseOptions, be: Backend) -> bool:
+    """Whether :func:`analyse` meshes one label in a worker process (see ``parallel_meshes``).
+
+    Only with ``options.parallel_meshes``, the CPU backend (the GPU's arrays stay in this
+    process) and at least two usable CPUs (with one the two processes would only take turns).
+    """
+    return bool(options.parallel_meshes) and be.name == "cpu" and usable_cpus() >= 2
+
+
+class _Meshes(Mapping[str, Any]):
+    """The case's meshes while the costliest one is still being computed in a worker process.
+
+    :meth:`start` computes each label's crop (:func:`~medscan.ct.mesh.label_crop`), sends the
+    one with the largest box (on chest CT: bone, about 2/3 of the meshing) to a contained
+    worker process (:func:`medscan.dicom.contain.run_contained`, from a background thread; the
+    GIL is free while the thread waits on the pipe) and meshes the others here. Reading the
+    mapping (``measure_case`` reads the surface areas last) waits for the worker. The worker
+    returns the mesh's arrays; :func:`~medscan.ct.mesh.mesh_from_arrays` rebuilds the same
+    mesh (no reprocessing), so meshes, files, metrics and preview equal the serial path's.
+
+    Why a worker process and not a thread: the quadric decimation (fast-simplification) holds
+    the GIL. Why contain.py's worker: it is started without fork (see that module), and a
+    crash of native mesh code then fails this case (:attr:`failures`), not the batch.
+    """
+
+    def __init__(self, names: list[str]) -> None:
+        self._names = names
+        self._done: dict[str, Any] = {}
+        self._pending: tuple[str, Future[Any]] | None = None
+        self.failures: list[str] = []
+        self.wait_s = 0.0
+        self.worker_s = 0.0
+
+    @classmethod
+    def start(cls, labels: Any, affine: Any, options: CaseOptions, be: Backend) -> _Meshes:
+        """Start the worker's mesh and compute the others (returns when they are done)."""
+        tissues = options.tissues
+        params = options.mesh
+        crops: dict[str, LabelCrop] = {}
+        for name in options.mesh_labels:
+            crop = label_crop(labels, tissues[name].label, affine, params, be)
+            if crop is not None:
+                crops[name] = crop
+        self = cls([n for n in options.mesh_labels if n in crops])
+        if not crops:
+            return self
+        far = max(crops, key=lambda n: crops[n].voxels)  # first of equal boxes
+        self._submit(far, crops.pop(far), affine, params, labels.shape[0])
+        for name, crop in crops.items():
+            surface = crop_surface(crop, affine, params, be, thin=name in params.thin_labels)
+            if surface is not None:
+                self._done[name] = surface
+        return self
+
+    def _submit(self, name: str, crop: LabelCrop, affine: Any, params: MeshParams,
+                nz: int) -> None:
+        from medscan.dicom.contain import run_contained
+
+        timeout = MESH_TIMEOUT_BASE_S + MESH_TIMEOUT_PER_SLICE_S * nz
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medscan-mesh")
+        future = pool.submit(run_contained, contained_surface, (1,), "u1", [Path(name)], crop,
+                             affine, params, name in params.thin_labels, timeout_s=timeout)
+        pool.shutdown(wait=False)  # the thread ends with its one task
+        started = time.perf_counter()
+        future.add_done_callback(
+            lambda _: setattr(self, "worker_s", time.perf_counter() - started))
+        self._pending = (name, future)
+
+    def _join(self) -> None:
+        """Wait for the worker's mesh; a crash or timeout becomes a failure of the case."""
+        if self._pending is None:
+            return
+        from medscan.dicom.contain import ContainedError
+
+        name, future = self._pending
+        self._pending = None
+        t0 = time.perf_counter()
+        try:
+            _, arrays = future.result()
+        except ContainedError as exc:  # native code crashed or hung: this case fails
+            detail = str(exc).removeprefix("decoder ")  # contain.py's words are a decoder's
+            self.failures.append(f"mesh of {name} failed in its worker process: {detail}")
+            arrays = None
+        finally:
+            self.wait_s = time.perf_counter() - t0
+        if arrays is not None:
+            self._done[name] = mesh_from_arrays(*arrays)
+
+    def __getitem__(self, name: str) -> Any:
+        self._join()
+        return self._done[name]
+
+    def __iter__(self) -> Iterator[str]:
+        self._join()
+        return iter([n for n in self._names if n in self._done])  # mesh_labels' order
+
+    def __len__(self) -> int:
+        self._join()
+        return len(self._done)

@@ -89,6 +89,9 @@ def label_surface(
 ) -> Any | None:
     """Closed surface of ``labels == label`` as a ``trimesh.Trimesh`` in LPS mm.
 
+    :func:`label_crop` then :func:`crop_surface` (the parallel meshing of
+    :func:`medscan.ct.analyse.analyse` runs the second in a worker process).
+
     Parameters
     ----------
     labels : numpy.ndarray
@@ -115,22 +118,107 @@ def label_surface(
     trimesh.Trimesh or None
         None when the label is absent or too thin to give a surface.
     """
+    params = params or MeshParams()
+    be = be or get_backend("cpu")
+    crop = label_crop(labels, label, affine, params, be)
+    if crop is None:
+        return None
+    return crop_surface(crop, affine, params, be, thin)
+
+
+@dataclass(frozen=True)
+class LabelCrop:
+    """``labels == label`` inside the label's bounding box (plus a margin of two blocks).
+
+    Pickled bit-packed (``numpy.packbits``: 1/8 of the boolean crop) so that it goes cheaply
+    through the pipe to a mesh worker process.
+
+    Attributes
+    ----------
+    mask : array
+        bool ``(z, y, x)`` crop (a NumPy array, or the backend's array type).
+    start : tuple of int
+        Index of the crop's first voxel in the label map.
+    full_shape : tuple of int
+        Shape of the whole label map (a crop touching its border gets an empty block there).
+    """
+
+    mask: Any
+    start: tuple[int, int, int]
+    full_shape: tuple[int, int, int]
+
+    @property
+    def box(self) -> tuple[slice, ...]:
+        """The crop's slices in the label map."""
+        return tuple(slice(a, a + n) for a, n in zip(self.start, self.mask.shape, strict=True))
+
+    @property
+    def voxels(self) -> int:
+        """Voxels in the crop's box (the cost of the field; the largest box is meshed apart)."""
+        return int(np.prod(self.mask.shape))
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        mask = np.asarray(self.mask)
+        return (_unpack_crop, (np.packbits(mask, axis=None), mask.shape, self.start,
+                               self.full_shape))
+
+
+def _unpack_crop(packed: np.ndarray, shape: tuple[int, ...], start: tuple[int, int, int],
+                 full_shape: tuple[int, int, int]) -> LabelCrop:
+    mask = np.unpackbits(packed, count=int(np.prod(shape))).reshape(shape).view(bool)
+    return LabelCrop(mask, start, full_shape)
+
+
+def label_crop(
+    labels: Any, label: int, affine: np.ndarray, params: MeshParams | None = None,
+    be: Backend | None = None,
+) -> LabelCrop | None:
+    """The part of ``labels == label`` that :func:`crop_surface` meshes (None: label absent).
+
+    Parameters are those of :func:`label_surface`; the margin (two working-grid blocks each
+    side) keeps the Gaussian pre-smoothing inside the crop.
+    """
+    params = params or MeshParams()
+    be = be or get_backend("cpu")
+    lab = be.asarray(labels)
+    f = _factors(affine, params)
+    margin = tuple(2 * k for k in f)
+    box = label_bbox(be, lab, label, margin)  # type: ignore[arg-type]
+    if box[0].stop == 0:
+        return None
+    return LabelCrop(lab[box] == label, tuple(int(sl.start) for sl in box),  # type: ignore
+                     tuple(int(n) for n in lab.shape))  # type: ignore[arg-type]
+
+
+def _factors(affine: np.ndarray, params: MeshParams) -> tuple[int, ...]:
+    spacing = tuple(float(n) for n in np.linalg.norm(affine[:3, :3], axis=0)[::-1])
+    return block_factors(spacing, params.work_mm)  # type: ignore[arg-type]
+
+
+def crop_surface(
+    crop: LabelCrop, affine: np.ndarray, params: MeshParams | None = None,
+    be: Backend | None = None, thin: bool = False,
+) -> Any | None:
+    """Closed surface of a :class:`LabelCrop` as a ``trimesh.Trimesh`` in LPS mm.
+
+    Parameters are those of :func:`label_surface` (``crop`` from :func:`label_crop`).
+
+    Returns
+    -------
+    trimesh.Trimesh or None
+        None when the crop is too thin to give a surface.
+    """
     import trimesh
 
     params = params or MeshParams()
     be = be or get_backend("cpu")
     xp = be.xp
-    lab = be.asarray(labels)
-    spacing = tuple(float(n) for n in np.linalg.norm(affine[:3, :3], axis=0)[::-1])
-    f = block_factors(spacing, params.work_mm)  # type: ignore[arg-type]
-    margin = tuple(2 * k for k in f)
-    box = label_bbox(be, lab, label, margin)  # type: ignore[arg-type]
-    if box[0].stop == 0:
-        return None
-    sub = lab[box] == label
+    f = _factors(affine, params)
+    box = crop.box
+    sub = be.asarray(crop.mask)
     # pad to whole blocks (plus one empty block each side when the box touches the border)
     pads = []
-    for n, k, sl, full in zip(sub.shape, f, box, lab.shape, strict=True):
+    for n, k, sl, full in zip(sub.shape, f, box, crop.full_shape, strict=True):
         before = k if sl.start == 0 else 0
         after = (-(n + before)) % k + (k if sl.stop == full else 0)
         pads.append((before, after))
@@ -164,6 +252,55 @@ def label_surface(
         mesh = mesh.simplify_quadric_decimation(face_count=int(params.max_faces))
         if _signed_volume(mesh) < 0:
             mesh.invert()
+    return mesh
+
+
+def contained_surface(
+    out: np.ndarray, state: np.ndarray, crop: LabelCrop, affine: np.ndarray,
+    params: MeshParams, thin: bool,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
+    """:func:`crop_surface` as a request to a contained worker process (CPU backend).
+
+    Called by :func:`medscan.dicom.contain.run_contained` in its worker (``out``: a one-slot
+    placeholder; ``state[0]`` marks the mesh as started / done, so a crash names it).
+
+    Returns
+    -------
+    tuple or None
+        ``(vertices, faces, metadata)``: float64 ``(n, 3)`` LPS mm and int64 ``(m, 3)``,
+        exactly the mesh's arrays, and its ``metadata`` dict (trimesh's ``processed`` flag;
+        glTF writes it as ``extras``); :func:`mesh_from_arrays` rebuilds the same mesh.
+        None: no surface.
+    """
+    from medscan.dicom.contain import DONE, STARTED
+
+    state[0] = STARTED
+    mesh = crop_surface(crop, affine, params, get_backend("cpu"), thin)
+    state[0] = DONE
+    if mesh is None:
+        return None
+    return (np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64),
+            dict(mesh.metadata))
+
+
+def mesh_from_arrays(vertices: np.ndarray, faces: np.ndarray,
+                     metadata: dict[str, Any] | None = None) -> Any:
+    """``trimesh.Trimesh`` of the given arrays as they are (``process=False``: no merging).
+
+    Parameters
+    ----------
+    vertices : numpy.ndarray
+        float64 ``(n, 3)``.
+    faces : numpy.ndarray
+        int64 ``(m, 3)`` vertex indices.
+    metadata : dict, optional
+        The original mesh's ``metadata`` (exported by glTF; default: empty).
+    """
+    import trimesh
+
+    mesh = trimesh.Trimesh(vertices=vertices, faces=faces, process=False)
+    mesh.metadata.clear()
+    mesh.metadata.update(metadata or {})
     return mesh
 
 
