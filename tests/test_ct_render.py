@@ -165,3 +165,28 @@ def test_preview_titles_clear_of_every_panel(sample_ct):
             if j != i:
                 assert not _overlap(title, box), (axes[i].title.get_text(), j, title, box)
                 assert not _overlap(title, titles[j]), (i, j)
+
+
+@pytest.mark.parametrize("view", sorted(VIEWS))
+def test_rendered_view_near_surface_hides_far_one(view):
+    """Painter's order (issue 15: flat Gouraud triangles instead of a polygon collection): of two
+    spheres on one line of sight, the one nearer the viewer covers the far one's centre, and
+    the far one still shows where the near one does not reach."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    right, up = EXPECTED[view]
+    toward = np.cross(right, up)
+    fig = Figure(figsize=(4, 4), dpi=80)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_axes((0, 0, 1, 1))
+    near = trimesh.creation.icosphere(3, radius=10.0).apply_translation(40.0 * toward)
+    far = trimesh.creation.icosphere(3, radius=25.0).apply_translation(-40.0 * toward)
+    _shaded_projection(ax, [(far, (0, 0, 255)), (near, (255, 0, 0))], view)
+    canvas.draw()
+    img = np.asarray(canvas.buffer_rgba())[..., :3].astype(int)
+    h, w = img.shape[:2]
+    red = (img[..., 0] > 60) & (img[..., 1:] < 30).all(axis=-1)
+    blue = (img[..., 2] > 60) & (img[..., :2] < 30).all(axis=-1)
+    assert red[h // 2 - 3 : h // 2 + 4, w // 2 - 3 : w // 2 + 4].all()
+    assert blue.sum() > 5 * red.sum() > 0  # the far sphere's ring around the near one
