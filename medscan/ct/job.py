@@ -241,11 +241,15 @@ class _Job:
         return float(self.cfg.get("lease_s") or LEASE_S)
 
     def load(self, series: Any, cancel: Any = None) -> Volume:
-        """:func:`medscan.dicom.load` with this run's settings (``workers``, ``uniform``)."""
+        """:func:`medscan.dicom.load` with this run's settings (``workers``, ``uniform``).
+
+        A load ahead (``cancel`` given: :class:`Prefetcher`, while the current case computes)
+        decodes in one worker process; a second one would take the CPU of that analysis.
+        """
         from medscan.dicom import load
 
         return load(series, workers=self.cfg.get("workers"), uniform=bool(self.cfg.get("uniform")),
-                    cancel=cancel)
+                    cancel=cancel, processes=1 if cancel is not None else None)
 
     def will_process(self, series: Any) -> str | None:
         """The inputs' hash of a case this run would load now; None when it would not.

@@ -37,7 +37,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
@@ -165,13 +165,16 @@ def serve(request_fd: int, reply_fd: int) -> None:
     replies = Connection(reply_fd, readable=False, writable=True)
     while True:
         try:
-            module, name, buffer_path, dtype, shape, state_path, args = requests.recv()
+            (module, name, buffer_path, dtype, shape, state_path, offset, state_offset,
+             args) = requests.recv()
         except (EOFError, OSError):
             return
         try:
             func = getattr(importlib.import_module(module), name)
-            out = np.memmap(buffer_path, dtype=dtype, mode="r+", shape=shape)
-            state = np.memmap(state_path, dtype=np.int8, mode="r+", shape=(shape[0],))
+            # this request's part of the shared buffers: slices [state_offset, +shape[0])
+            out = np.memmap(buffer_path, dtype=dtype, mode="r+", shape=shape, offset=offset)
+            state = np.memmap(state_path, dtype=np.int8, mode="r+", shape=(shape[0],),
+                              offset=state_offset)
             replies.send(("mapped", None))  # the parent may unlink the files now
             reply: tuple[str, Any] = ("ok", func(out, state, *args))
             del out, state
@@ -223,6 +226,8 @@ def run_contained(
 ) -> tuple[np.ndarray, Any]:
     """Run ``func(out, state, *args)`` in a worker process that may crash.
 
+    One part of :func:`run_contained_parts` (every slice, one worker).
+
     Parameters
     ----------
     func : callable
@@ -264,65 +269,170 @@ def run_contained(
     Exception
         Whatever ``func`` raised, re-raised.
     """
+    out, results = run_contained_parts(func, shape, dtype, files, [(0, shape[0], args)],
+                                       timeout_s=timeout_s, on_progress=on_progress,
+                                       cancel=cancel)
+    return out, results[0]
+
+
+def run_contained_parts(
+    func: Callable[..., Any],
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    files: Sequence[Path],
+    parts: Sequence[tuple[int, int, tuple[Any, ...]]],
+    *,
+    timeout_s: float | None = None,
+    on_progress: Callable[[int], Any] | None = None,
+    cancel: threading.Event | None = None,
+) -> tuple[np.ndarray, list[Any]]:
+    """Fill one shared ``out`` in several worker processes at once, one per part.
+
+    Part ``(start, stop, args)`` runs ``func(out[start:stop], state[start:stop], *args)`` in
+    its own worker: each worker maps the same shared buffer and state array at its part's
+    offset, so nothing is copied. Every containment guarantee of :func:`run_contained` holds
+    for every part: when any worker dies, runs past the time limit, or ``func`` raises in it,
+    the other workers are killed (their state is unknown) and the error names the slices in
+    flight of the part(s) concerned; the shared files are unlinked once every worker mapped
+    them, or at the end.
+
+    Parameters
+    ----------
+    func : callable
+        As for :func:`run_contained`, called on each part's views.
+    shape, dtype, files
+        Of the whole output, as for :func:`run_contained`.
+    parts : sequence of (int, int, tuple)
+        Non-empty, disjoint slice ranges ``[start, stop)`` with the arguments of ``func`` for
+        that range (e.g. the part's own slice headers).
+    timeout_s : float, optional
+        Time limit of the whole call; default
+        ``TIMEOUT_BASE_S + TIMEOUT_PER_SLICE_S * shape[0]``.
+    on_progress : callable, optional
+        Called with the number of finished slices of all parts about every 0.2 s.
+    cancel : threading.Event, optional
+        As for :func:`run_contained`: every worker is killed.
+
+    Returns
+    -------
+    out : numpy.ndarray
+        The filled array.
+    results : list
+        What ``func`` returned for each part, in the order of ``parts``.
+
+    Raises
+    ------
+    DecoderCrashed
+        A worker died; ``files`` are that part's slices in flight.
+    DecoderTimeout
+        The time limit passed; ``files`` are the slices in flight of the unfinished parts.
+    DecodeCancelled
+        ``cancel`` was set.
+    Exception
+        Whatever ``func`` raised in a part, re-raised (the first one received).
+    """
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape)) * dtype.itemsize
+    slice_bytes = int(np.prod(shape[1:])) * dtype.itemsize
+    if not parts or any(not 0 <= a < b <= shape[0] for a, b, _ in parts):
+        raise ValueError(f"parts {[(a, b) for a, b, _ in parts]} do not fit {shape[0]} slices")
     if timeout_s is None:
         timeout_s = TIMEOUT_BASE_S + TIMEOUT_PER_SLICE_S * shape[0]
     fd, path = _shared_file(nbytes)
     state_fd, state_path = _shared_file(shape[0])
-    worker = None
+    busy: dict[int, _Worker] = {}  # part -> its worker, until its reply came
     try:
         buf = mmap.mmap(fd, max(nbytes, 1))
         state_buf = mmap.mmap(state_fd, max(shape[0], 1))
-        worker = _take_worker()
-        request = (func.__module__, func.__qualname__, path, dtype.str, tuple(shape), state_path,
-                   args)
         deadline = time.monotonic() + timeout_s
-        try:
-            worker.send.send(request)
-            message = None
-            ready = _wait(worker.recv, timeout_s, None, 0, None, cancel)
-            if ready:
-                message = worker.recv.recv()
-                if message[0] == "mapped":  # both sides hold the mappings: no file can be left
-                    _unlink(path, state_path)  # behind, even if this process is killed later
-                    left = max(0.0, deadline - time.monotonic())
-                    ready = _wait(worker.recv, left, state_buf, len(files), on_progress,
-                                  cancel)
-                    message = worker.recv.recv() if ready else None
-        except (EOFError, BrokenPipeError, ConnectionResetError):  # the worker died
-            ready, message = True, None
-        except BaseException:  # KeyboardInterrupt, DecodeCancelled: the worker's state is unknown
-            worker.kill()
-            worker = None
-            raise
-        if message is None:
-            timed_out = not ready
-            worker.kill()
-            status = _signal_name(worker.proc.returncode)
-            worker = None
-            if timed_out:
-                raise DecoderTimeout(
-                    f"decoder timed out after {timeout_s:.0f} s and was killed",
-                    _in_flight(state_buf, files),
-                )
-            hint = "" if status.startswith("signal") else "; the worker's error is on stderr"
-            raise DecoderCrashed(
-                f"decoder crashed ({status}{hint})", _in_flight(state_buf, files)
-            )
-        _give_back(worker)
-        worker = None
-        kind, value = message
-        if kind == "error":
-            raise value
+        for i, (start, stop, args) in enumerate(parts):
+            busy[i] = _take_worker()
+            request = (func.__module__, func.__qualname__, path, dtype.str,
+                       (stop - start, *shape[1:]), state_path, start * slice_bytes, start, args)
+            try:
+                busy[i].send.send(request)
+            except (BrokenPipeError, ConnectionResetError, OSError):
+                pass  # a worker that died: seen below as its end of file
+        replies = _collect(busy, parts, files, state_buf, deadline, timeout_s, on_progress,
+                           cancel, (path, state_path))
+        for i in range(len(parts)):
+            kind, value = replies[i]
+            if kind == "error":
+                raise value
         out = np.frombuffer(buf, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
-        return out, value
+        return out, [replies[i][1] for i in range(len(parts))]
     finally:
-        if worker is not None:
+        for worker in busy.values():  # interrupted, failed or cancelled: state unknown
             worker.kill()
         os.close(fd)
         os.close(state_fd)
         _unlink(path, state_path)
+
+
+def _collect(
+    busy: dict[int, _Worker],
+    parts: Sequence[tuple[int, int, Any]],
+    files: Sequence[Path],
+    state_buf: mmap.mmap,
+    deadline: float,
+    timeout_s: float,
+    on_progress: Callable[[int], Any] | None,
+    cancel: threading.Event | None,
+    shared: tuple[str, str],
+) -> dict[int, tuple[str, Any]]:
+    """Wait for every part's reply; workers that replied leave ``busy`` (back to the pool).
+
+    Stops at the first failure: the caller kills the workers still in ``busy``.
+    """
+    mapped: set[int] = set()
+    replies: dict[int, tuple[str, Any]] = {}
+    by_conn = {id(w.recv): i for i, w in busy.items()}
+    state = np.frombuffer(state_buf, dtype=np.int8, count=len(files))
+    step = 0.2 if (on_progress is not None or cancel is not None) else None
+    while busy:
+        if cancel is not None and cancel.is_set():
+            raise DecodeCancelled("decode cancelled")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            for worker in busy.values():
+                worker.kill()
+            late = [p for i in sorted(busy) for p in _in_flight(state_buf, files, *parts[i][:2])]
+            busy.clear()
+            raise DecoderTimeout(f"decoder timed out after {timeout_s:.0f} s and was killed",
+                                 late)
+        ready = wait([w.recv for w in busy.values()], left if step is None else min(step, left))
+        for conn in ready:
+            i = by_conn[id(conn)]
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):  # the worker died
+                _crashed(busy, i, parts, files, state_buf)
+            if message[0] == "mapped":  # both sides hold the mappings: no file can be left
+                mapped.add(i)  # behind once every worker has them, even if this process dies
+                if len(mapped) == len(parts):
+                    _unlink(*shared)
+                continue
+            replies[i] = message
+            _give_back(busy.pop(i))
+            if message[0] == "error":
+                return replies | {k: message for k in range(len(parts)) if k not in replies}
+        if on_progress is not None:
+            on_progress(int(np.count_nonzero(state == DONE)))
+    return replies
+
+
+def _crashed(busy: dict[int, _Worker], i: int, parts: Sequence[tuple[int, int, Any]],
+             files: Sequence[Path], state_buf: mmap.mmap) -> None:
+    """Raise :class:`DecoderCrashed` for part ``i`` (its worker is gone); kill the others."""
+    worker = busy.pop(i)
+    worker.kill()
+    for other in busy.values():
+        other.kill()
+    busy.clear()
+    status = _signal_name(worker.proc.returncode)
+    hint = "" if status.startswith("signal") else "; the worker's error is on stderr"
+    raise DecoderCrashed(f"decoder crashed ({status}{hint})",
+                         _in_flight(state_buf, files, *parts[i][:2]))
 
 
 def _unlink(*paths: str) -> None:
@@ -330,36 +440,9 @@ def _unlink(*paths: str) -> None:
         Path(p).unlink(missing_ok=True)
 
 
-def _wait(
-    recv: Any,
-    timeout_s: float,
-    state_buf: mmap.mmap | None,
-    n: int,
-    on_progress: Callable[[int], Any] | None,
-    cancel: threading.Event | None = None,
-) -> bool:
-    """Wait for the worker's message (or its death); False on timeout.
-
-    Raises
-    ------
-    DecodeCancelled
-        When ``cancel`` is set while waiting.
-    """
-    if on_progress is None and cancel is None:
-        return bool(recv.poll(timeout_s))
-    deadline = time.monotonic() + timeout_s
-    state = None if state_buf is None else np.frombuffer(state_buf, dtype=np.int8, count=n)
-    while (left := deadline - time.monotonic()) > 0:
-        if cancel is not None and cancel.is_set():
-            raise DecodeCancelled("decode cancelled")
-        if recv.poll(min(0.2, left)):
-            return True
-        if on_progress is not None and state is not None:
-            on_progress(int(np.count_nonzero(state == DONE)))
-    return False
-
-
-def _in_flight(state_buf: mmap.mmap, files: Sequence[Path]) -> list[Path]:
-    """Files whose slice was started but not finished when the worker ended."""
+def _in_flight(state_buf: mmap.mmap, files: Sequence[Path], start: int = 0,
+               stop: int | None = None) -> list[Path]:
+    """Files of slices ``[start, stop)`` started but not finished when their worker ended."""
     state = np.frombuffer(state_buf, dtype=np.int8, count=len(files))
-    return [files[k] for k in np.flatnonzero(state == STARTED)]
+    stop = len(files) if stop is None else stop
+    return [files[start + k] for k in np.flatnonzero(state[start:stop] == STARTED)]

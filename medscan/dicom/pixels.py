@@ -24,6 +24,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +43,7 @@ from medscan.dicom.contain import (
     STARTED,
     ContainedError,
     DecodeCancelled,
-    run_contained,
+    run_contained_parts,
 )
 from medscan.dicom.headers import SliceHeader
 from medscan.dicom.resample import regularize_stack
@@ -74,6 +75,12 @@ JPEG_FAMILY = {
 }
 #: Files per slice below which a thread pool does not pay.
 PARALLEL_MIN_SLICES = 8
+#: Slices from which a contained decode that holds the GIL (pylibjpeg) is split over two worker
+#: processes when two CPUs are usable: a worker's start costs about 0.5-1 s of CPU (imports),
+#: RICORD's 255 JPEG Lossless slices take about 3 s in one worker (docs/performance.md).
+SPLIT_MIN_SLICES = 64
+#: Most worker processes one contained decode uses.
+MAX_DECODE_PROCESSES = 2
 #: Default cap on the bytes one volume may allocate (``load(max_bytes=...)`` or the environment
 #: variable ``MEDSCAN_MAX_VOLUME_GIB`` change it): 16 GiB is about 32k slices of 512 x 512 int16.
 DEFAULT_MAX_VOLUME_GIB = 16.0
@@ -435,6 +442,34 @@ def _default_workers(series: SeriesInfo) -> int:
     return 1
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def decode_processes(series: SeriesInfo, n_workers: int) -> int:
+    """Worker processes for a contained decode of ``series``: 1, or 2 when it pays.
+
+    Two when the decode holds the GIL in one thread (``n_workers == 1``: pylibjpeg-libjpeg,
+    JPEG 2000, ...; threads do not pay there), the series has :data:`SPLIT_MIN_SLICES` slices
+    or more and at least two CPUs are usable; decoders that release the GIL already use
+    threads inside one worker.
+    """
+    if n_workers != 1 or series.n_slices < SPLIT_MIN_SLICES:
+        return 1
+    return max(1, min(MAX_DECODE_PROCESSES, usable_cpus()))
+
+
+def split_parts(n: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` contiguous, non-empty ``[start, stop)`` ranges covering ``range(n)``."""
+    parts = max(1, min(parts, n))
+    bounds = [n * k // parts for k in range(parts + 1)]
+    return list(itertools.pairwise(bounds))
+
+
 def decode_slices(
     out: np.ndarray,
     state: np.ndarray,
@@ -503,7 +538,7 @@ def decode_slices(
 
 def _decode_all(
     series: SeriesInfo, dtype: np.dtype, n_workers: int, progress: bool, contain: bool,
-    cancel: threading.Event | None = None,
+    cancel: threading.Event | None = None, processes: int = 1,
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     slices = series.slices
     files = [h.path for h in slices]
@@ -519,12 +554,16 @@ def _decode_all(
         bar.start()
     try:
         if contain:
+            parts = [(a, b, (slices[a:b], n_workers, decoder))
+                     for a, b in split_parts(len(slices), processes)]
             try:
-                out, (stats, errors) = run_contained(
-                    decode_slices, series.shape, dtype, files, slices, n_workers, decoder,
+                out, results = run_contained_parts(
+                    decode_slices, series.shape, dtype, files, parts,
                     on_progress=(lambda done: bar.update(task, completed=done)) if bar else None,
                     cancel=cancel,
                 )
+                stats = [s for part_stats, _ in results for s in part_stats]
+                errors = sorted(e for _, part_errors in results for e in part_errors)
             except ContainedError as exc:
                 named = ", ".join(str(p) for p in exc.files[:10]) or "an unknown slice"
                 raise SeriesError(
@@ -567,6 +606,7 @@ def load(
     contain: bool | None = None,
     max_bytes: int | None = None,
     cancel: threading.Event | None = None,
+    processes: int | None = None,
 ) -> Volume:
     """Decode ``series`` into a HU volume.
 
@@ -595,6 +635,11 @@ def load(
         Abandon the decode once set (checked between slices in-process, about every 0.2 s
         while a contained worker decodes; the worker is then killed): for loads in a
         background thread (:mod:`medscan.ct.prefetch`).
+    processes : int, optional
+        Worker processes of a contained decode, each decoding a contiguous range of slices
+        into the same shared buffer (the result is the same). Default
+        :func:`decode_processes`: 2 for a series of :data:`SPLIT_MIN_SLICES` or more slices
+        whose decoder holds the GIL, when two CPUs are usable; else 1.
 
     Returns
     -------
@@ -626,6 +671,7 @@ def load(
     slices = series.slices
     dtype = _hu_dtype(slices)
     n_workers = workers if workers is not None else _default_workers(series)
+    n_processes = processes if processes is not None else decode_processes(series, n_workers)
     if contain is None:
         contain = needs_containment(series)
     try:
@@ -634,11 +680,12 @@ def load(
         raise SeriesError(str(exc)) from exc
     _check_allocation(series, dtype, cap)
     try:
-        out, stats = _decode_all(series, dtype, n_workers, progress, contain, cancel)
+        out, stats = _decode_all(series, dtype, n_workers, progress, contain, cancel,
+                                 n_processes)
     except _TooWide:  # rare: HU beyond int16 (e.g. 16-bit unsigned data): float32, exact
         _check_allocation(series, np.dtype(np.float32), cap)
         out, stats = _decode_all(series, np.dtype(np.float32), n_workers, progress, contain,
-                                 cancel)
+                                 cancel, n_processes)
 
     findings = list(series.findings)
     n_pad = sum(s["padding"] for s in stats)
