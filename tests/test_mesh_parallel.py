@@ -222,3 +222,14 @@ def test_worker_crash_in_a_batch_fails_one_case_and_the_batch_goes_on(
     assert [r["status"] for r in rows] == ["failed", "ok"], rows
     assert CRASH.fullmatch(rows[0]["reason"]), rows[0]["reason"]
     assert [p.parent.parent.name for p in out.glob("*/meshes/bone.ply")] == [rows[1]["case_id"]]
+
+
+def test_warm_up_runs_every_mesh_step():
+    """The warm-up request meshes a cube through decimation (so its imports are the real
+    path's); in a worker process it is what analyse sends while segmenting."""
+    from medscan.ct.mesh import warm_up
+
+    faces = warm_up(np.zeros(1, np.uint8), np.zeros(1, np.int8))
+    assert 0 < faces <= 16  # the cube's marching-cubes surface has hundreds: decimated
+    _, faces_there = contain.run_contained(warm_up, (1,), np.uint8, [Path("warm-up")])
+    assert faces_there == faces

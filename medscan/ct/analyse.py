@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from medscan.ct.mesh import (
     label_crop,
     label_surface,
     mesh_from_arrays,
+    warm_up,
 )
 from medscan.ct.segment import SegmentParams, segment
 from medscan.ct.tissues import TissueTable
@@ -203,16 +204,19 @@ def analyse(volume: Volume, options: CaseOptions, be: Backend | None = None) -> 
         timings[name] = round(timings.get(name, 0.0) + now - t0, 4)
         return now
 
+    nz = volume.shape[0]
+    warm = None
+    if nz >= options.min_slices and options.mesh_labels and parallel_meshes(options, be):
+        warm = _in_background(warm_up, (1,), "u1", [Path("warm-up")])  # while segmenting
     t = time.perf_counter()
     seg = segment(volume, tissues, options.segment, be=be)
     labels = LabelMap(seg.labels, volume.affine.copy(), tissues.label_table(), volume.case_id)
     t = lap("segment", t)
     surfaces: Mapping[str, Any] = {}
-    nz = volume.shape[0]
     meshes = None
     if nz >= options.min_slices:  # meshed before measuring: surface areas come from the meshes
-        if parallel_meshes(options, be):
-            meshes = _Meshes.start(labels.array, volume.affine, options, be)
+        if warm is not None:
+            meshes = _Meshes.start(labels.array, volume.affine, options, be, warm)
             surfaces = meshes
         else:
             surfaces = {}
@@ -269,6 +273,17 @@ MESH_TIMEOUT_BASE_S = 120.0
 MESH_TIMEOUT_PER_SLICE_S = 0.5
 
 
+def _in_background(func: Any, *args: Any, **kwargs: Any) -> Future[Any]:
+    """``run_contained(func, *args, **kwargs)`` in a thread of its own (ends with the task)."""
+    from medscan.dicom.contain import run_contained
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medscan-mesh")
+    try:
+        return pool.submit(run_contained, func, *args, **kwargs)
+    finally:
+        pool.shutdown(wait=False)
+
+
 def usable_cpus() -> int:
     """CPUs this process may run on (its affinity mask, e.g. a Slurm allocation's cores)."""
     try:
@@ -311,8 +326,16 @@ class _Meshes(Mapping[str, Any]):
         self.worker_s = 0.0
 
     @classmethod
-    def start(cls, labels: Any, affine: Any, options: CaseOptions, be: Backend) -> _Meshes:
-        """Start the worker's mesh and compute the others (returns when they are done)."""
+    def start(cls, labels: Any, affine: Any, options: CaseOptions, be: Backend,
+              warm: Future[Any] | None = None) -> _Meshes:
+        """Start the worker's mesh and compute the others (returns when they are done).
+
+        ``warm``: the :func:`~medscan.ct.mesh.warm_up` request sent while segmenting; it is
+        waited for first, so its worker (back in the pool, taken last-in first-out) gets the
+        mesh. Its failure is not this case's: the mesh request then starts a new worker.
+        """
+        if warm is not None:
+            wait([warm])
         tissues = options.tissues
         params = options.mesh
         crops: dict[str, LabelCrop] = {}
@@ -333,13 +356,9 @@ class _Meshes(Mapping[str, Any]):
 
     def _submit(self, name: str, crop: LabelCrop, affine: Any, params: MeshParams,
                 nz: int) -> None:
-        from medscan.dicom.contain import run_contained
-
         timeout = MESH_TIMEOUT_BASE_S + MESH_TIMEOUT_PER_SLICE_S * nz
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medscan-mesh")
-        future = pool.submit(run_contained, contained_surface, (1,), "u1", [Path(name)], crop,
-                             affine, params, name in params.thin_labels, timeout_s=timeout)
-        pool.shutdown(wait=False)  # the thread ends with its one task
+        future = _in_background(contained_surface, (1,), "u1", [Path(name)], crop, affine,
+                                params, name in params.thin_labels, timeout_s=timeout)
         started = time.perf_counter()
         future.add_done_callback(
             lambda _: setattr(self, "worker_s", time.perf_counter() - started))
