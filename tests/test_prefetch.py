@@ -280,3 +280,76 @@ def test_interrupt_while_loading_ahead_leaves_nothing(two_ricord, tmp_path, monk
     assert [w.proc.returncode for w in background_workers] == [-9]
     assert not any(Path(name).exists() for _, name in background_files)
     assert not [p.name for p in out.iterdir() if p.name.startswith((".tmp-", ".old-"))]
+
+
+# ------------------------------------------------- which case is loaded ahead (the job) -----
+
+def _hold_lock(out: str, case: str, ready, release) -> None:
+    from medscan.batch import case_lock
+
+    with case_lock(out, case):
+        ready.set()
+        release.wait(60)
+
+
+def test_lock_busy_sees_another_process_lock_and_fresh_leases(tmp_path: Path) -> None:
+    """Another process's flock (read from /proc/locks, without taking the lock) or a lease
+    renewed within lease_s marks a case busy; a free lock or an old lease does not."""
+    import multiprocessing as mp
+    import os
+
+    from medscan.batch import LEASE_PREFIX, case_lock, lock_busy
+
+    assert not lock_busy(tmp_path, "ct-1")  # no lock file yet
+    with case_lock(tmp_path, "ct-1") as mine:
+        assert mine
+    assert not lock_busy(tmp_path, "ct-1")  # lock file there, nobody holds it
+    ctx = mp.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(str(tmp_path), "ct-1", ready, release))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        assert lock_busy(tmp_path, "ct-1") and not lock_busy(tmp_path, "ct-2")
+        with case_lock(tmp_path, "ct-1", blocking=False) as mine:
+            assert not mine  # the check did not take or break the holder's lock
+    finally:
+        release.set()
+        holder.join(30)
+    assert not lock_busy(tmp_path, "ct-1")
+    lease = tmp_path / f"{LEASE_PREFIX}ct-1-token.json"
+    lease.write_text("{}")
+    assert lock_busy(tmp_path, "ct-1", lease_s=60)
+    os.utime(lease, (time.time() - 120, time.time() - 120))
+    assert not lock_busy(tmp_path, "ct-1", lease_s=60)
+
+
+def test_current_case_is_not_loaded_ahead(sample_ct: Path, tmp_path: Path, monkeypatch):
+    """A rerun where the middle case is current: it is never loaded; the third case is the one
+    decoded ahead while the first computes, and taken from there."""
+    import shutil
+
+    import medscan.ct.job as job_module
+    from medscan.ct.job import run_segment
+    from tests.test_segment_job import config
+
+    tree = tmp_path / "in"
+    for k in range(3):
+        series_copy(sample_ct, tree / f"s{k}", f"prefetch-current-{k}")
+    out = tmp_path / "out"
+    assert run_segment(config(input=tree, output=out, prefetch=False, **FAST)) == 0
+    order = [r["case_id"] for r in read_index(out)]
+    for case in (order[0], order[2]):
+        shutil.rmtree(out / case)
+    loads: list[tuple[str, bool]] = []
+    original = job_module._Job.load
+
+    def spy(self, series, cancel=None):
+        loads.append((series.case_id, cancel is not None))
+        return original(self, series, cancel)
+
+    monkeypatch.setattr(job_module._Job, "load", spy)
+    assert run_segment(config(input=tree, output=out, prefetch=True, **FAST)) == 0
+    assert loads == [(order[0], False), (order[2], True)]
+    rows = {r["case_id"]: r["status"] for r in read_index(out)}
+    assert rows == dict.fromkeys(order, "ok")
