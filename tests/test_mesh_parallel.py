@@ -147,13 +147,23 @@ def test_rebuilt_mesh_is_the_same_mesh(sample_volume):
 
 def _crash_hook(folder: Path, monkeypatch, once: bool) -> None:
     """Route the worker's mesh through a function that abort()s the worker process (as a
-    native crash in marching cubes or the decimation would): always, or on its first call.
+    native crash in marching cubes or the decimation would): always, or on its first call."""
+    _hook(folder, monkeypatch, f"meshcrash_{'once' if once else 'always'}", f"""
+        if {not once} or not MARK.exists():
+            MARK.touch()
+            state[0] = 1  # contain.STARTED: the crash names this mesh
+            os.abort()
+    """)
+
+
+def _hook(folder: Path, monkeypatch, name: str, body: str) -> None:
+    """Route the worker's mesh through ``body`` (then the real mesh) in module ``name``.
 
     The hook is a module in ``folder``, importable by fresh workers (PYTHONPATH) and here.
     """
-    name = f"meshcrash_{'once' if once else 'always'}"
     (folder / f"{name}.py").write_text(textwrap.dedent(f"""
         import os
+        import time
         from pathlib import Path
 
         from medscan.ct.mesh import contained_surface
@@ -161,19 +171,15 @@ def _crash_hook(folder: Path, monkeypatch, once: bool) -> None:
         MARK = Path({str(folder / 'crashed')!r})
 
 
-        def abort_surface(out, state, *args):
-            if {not once} or not MARK.exists():
-                MARK.touch()
-                state[0] = 1  # contain.STARTED: the crash names this mesh
-                os.abort()
-            return contained_surface(out, state, *args)
-    """))
+        def hooked_surface(out, state, *args):
+    """) + textwrap.indent(textwrap.dedent(body).strip("\n"), "    ")
+        + "\n    return contained_surface(out, state, *args)\n")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         [str(folder)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
     monkeypatch.syspath_prepend(str(folder))
     monkeypatch.delitem(sys.modules, name, raising=False)
     module = __import__(name)
-    monkeypatch.setattr(analyse_mod, "contained_surface", module.abort_surface)
+    monkeypatch.setattr(analyse_mod, "contained_surface", module.hooked_surface)
     contain._shutdown()  # pooled workers started without the hook's folder on their path
 
 
@@ -233,3 +239,30 @@ def test_warm_up_runs_every_mesh_step():
     assert 0 < faces <= 16  # the cube's marching-cubes surface has hundreds: decimated
     _, faces_there = contain.run_contained(warm_up, (1,), np.uint8, [Path("warm-up")])
     assert faces_there == faces
+
+
+def test_an_error_while_the_worker_meshes_kills_it(sample_volume, tmp_path, monkeypatch,
+                                                   two_cpus, fresh_workers):
+    """Ctrl-C (or any error) in analyse while the worker still meshes: the worker is killed
+    (run_contained's cancel event) instead of meshing on in a thread the job waits for."""
+    import threading
+
+    _hook(tmp_path, monkeypatch, "meshsleep", """
+        MARK.touch()
+        time.sleep(120)
+    """)
+
+    def interrupted(*args, **kwargs):
+        while not (tmp_path / "crashed").exists():  # the worker has the mesh
+            time.sleep(0.05)
+        raise KeyboardInterrupt
+
+    import time
+
+    monkeypatch.setattr(analyse_mod, "measure_case", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _run(sample_volume, True, preview=False)
+    meshing = [t for t in threading.enumerate() if t.name.startswith("medscan-mesh")]
+    for t in meshing:
+        t.join(30)  # killed within about 0.2 s; 120 s if not
+    assert not any(t.is_alive() for t in meshing)

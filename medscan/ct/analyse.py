@@ -16,6 +16,7 @@ it and hand the :class:`~medscan.case.CaseResult` to :func:`medscan.io.case.writ
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -193,9 +194,21 @@ def analyse(volume: Volume, options: CaseOptions, be: Backend | None = None) -> 
     CaseResult
         ``status`` is ``"failed"`` with a reason when no lungs were found or the series is too
         short to mesh; everything that could be computed is still there. ``timings_s`` holds
-        ``segment, measure, mesh, preview`` and the segmentation's own steps (``segment.*``).
+        ``segment, measure, mesh, preview`` and the segmentation's own steps (``segment.*``);
+        with parallel meshes ``mesh.worker``, the worker's mesh from request to result.
     """
     be = be or get_backend("cpu")
+    cancel = threading.Event()
+    try:
+        return _analyse(volume, options, be, cancel)
+    except BaseException:  # Ctrl-C in a job or the widget: a mesh still in a worker is killed
+        cancel.set()
+        raise
+
+
+def _analyse(volume: Volume, options: CaseOptions, be: Backend,
+             cancel: threading.Event) -> CaseResult:
+    """:func:`analyse`'s work; ``cancel`` stops this case's worker requests when set."""
     tissues = options.tissues
     timings: dict[str, float] = {}
 
@@ -207,7 +220,8 @@ def analyse(volume: Volume, options: CaseOptions, be: Backend | None = None) -> 
     nz = volume.shape[0]
     warm = None
     if nz >= options.min_slices and options.mesh_labels and parallel_meshes(options, be):
-        warm = _in_background(warm_up, (1,), "u1", [Path("warm-up")])  # while segmenting
+        warm = _in_background(warm_up, (1,), "u1", [Path("warm-up")],  # while segmenting
+                              cancel=cancel)
     t = time.perf_counter()
     seg = segment(volume, tissues, options.segment, be=be)
     labels = LabelMap(seg.labels, volume.affine.copy(), tissues.label_table(), volume.case_id)
@@ -216,7 +230,7 @@ def analyse(volume: Volume, options: CaseOptions, be: Backend | None = None) -> 
     meshes = None
     if nz >= options.min_slices:  # meshed before measuring: surface areas come from the meshes
         if warm is not None:
-            meshes = _Meshes.start(labels.array, volume.affine, options, be, warm)
+            meshes = _Meshes.start(labels.array, volume.affine, options, be, warm, cancel)
             surfaces = meshes
         else:
             surfaces = {}
@@ -327,12 +341,14 @@ class _Meshes(Mapping[str, Any]):
 
     @classmethod
     def start(cls, labels: Any, affine: Any, options: CaseOptions, be: Backend,
-              warm: Future[Any] | None = None) -> _Meshes:
+              warm: Future[Any] | None = None,
+              cancel: threading.Event | None = None) -> _Meshes:
         """Start the worker's mesh and compute the others (returns when they are done).
 
         ``warm``: the :func:`~medscan.ct.mesh.warm_up` request sent while segmenting; it is
         waited for first, so its worker (back in the pool, taken last-in first-out) gets the
         mesh. Its failure is not this case's: the mesh request then starts a new worker.
+        ``cancel``: set, it kills the worker (:func:`~medscan.dicom.contain.run_contained`).
         """
         if warm is not None:
             wait([warm])
@@ -347,7 +363,7 @@ class _Meshes(Mapping[str, Any]):
         if not crops:
             return self
         far = max(crops, key=lambda n: crops[n].voxels)  # first of equal boxes
-        self._submit(far, crops.pop(far), affine, params, labels.shape[0])
+        self._submit(far, crops.pop(far), affine, params, labels.shape[0], cancel)
         for name, crop in crops.items():
             surface = crop_surface(crop, affine, params, be, thin=name in params.thin_labels)
             if surface is not None:
@@ -355,10 +371,11 @@ class _Meshes(Mapping[str, Any]):
         return self
 
     def _submit(self, name: str, crop: LabelCrop, affine: Any, params: MeshParams,
-                nz: int) -> None:
+                nz: int, cancel: threading.Event | None) -> None:
         timeout = MESH_TIMEOUT_BASE_S + MESH_TIMEOUT_PER_SLICE_S * nz
         future = _in_background(contained_surface, (1,), "u1", [Path(name)], crop, affine,
-                                params, name in params.thin_labels, timeout_s=timeout)
+                                params, name in params.thin_labels, timeout_s=timeout,
+                                cancel=cancel)
         started = time.perf_counter()
         future.add_done_callback(
             lambda _: setattr(self, "worker_s", time.perf_counter() - started))
