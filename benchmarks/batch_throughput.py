@@ -8,13 +8,16 @@ the median per-case time from the manifests (``seconds``) against the single cas
 job's peak RSS.
 
     .venv/bin/python benchmarks/batch_throughput.py [--series PATH] [--cases 20] [--keep DIR]
-        [--set KEY=VALUE ...] [--compare KEY=VALUE]
+        [--set KEY=VALUE ...] [--compare KEY=VALUE] [--rounds N]
 
 On the shared development machine (2 cores, other jobs running) absolute figures move with the
 load; the per-case/single-case ratio comes from the same run. ``--set`` passes overrides to
 every job (e.g. ``prefetch=false``); ``--compare prefetch=false`` runs the batch job a second
 time with that override, right after the first, on the same copies, and prints both (the
 next case's decoding overlaps the current case's compute unless ``prefetch=false``).
+``--rounds N`` repeats the batch jobs N times, the variants alternating (the order flips every
+round), and prints each variant's medians and their ratio: on a shared machine one pair of
+runs can differ by 25% from the load of other jobs alone.
 """
 
 from __future__ import annotations
@@ -96,6 +99,8 @@ def main() -> None:
                     help="override for every job (repeatable)")
     ap.add_argument("--compare", action="append", default=[], metavar="KEY=VALUE",
                     help="run the batch again with these overrides added (repeatable)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="alternate the batch variants this many times; medians")
     args = ap.parse_args()
     overrides = tuple(args.set)
     env = dict(os.environ)
@@ -115,17 +120,34 @@ def main() -> None:
         runs = [("batch", overrides)]
         if args.compare:
             runs.append(("batch " + " ".join(args.compare), overrides + tuple(args.compare)))
-        for k, (name, extra) in enumerate(runs):
-            out = work / f"batch{k}"
-            wall, cpu, rss = run_job(tree, out, env, overrides=extra)
-            per_case = case_seconds(out)
-            assert len(per_case) == args.cases, f"{len(per_case)} cases written"
-            print(f"{name}: wall {wall:.1f} s  cpu {cpu:.1f} s  peak RSS {rss:.0f} MiB; "
-                  f"{3600 * args.cases / wall:.0f} cases/hour (wall), "
-                  f"{3600 * args.cases / cpu:.0f} cases per CPU-hour")
-            med = statistics.median(per_case)
-            print(f"  per case in the batch: median {med:.1f} s (min {min(per_case):.1f}, max "
-                  f"{max(per_case):.1f}) = {med / single:.2f}x the single case (goal <= 1x)")
+        walls: dict[str, list[float]] = {name: [] for name, _ in runs}
+        cpus: dict[str, list[float]] = {name: [] for name, _ in runs}
+        for r in range(args.rounds):
+            for k, (name, extra) in (enumerate(runs) if r % 2 == 0
+                                     else reversed(list(enumerate(runs)))):
+                out = work / f"batch{k}-{r}"
+                wall, cpu, rss = run_job(tree, out, env, overrides=extra)
+                walls[name].append(wall)
+                cpus[name].append(cpu)
+                per_case = case_seconds(out)
+                assert len(per_case) == args.cases, f"{len(per_case)} cases written"
+                print(f"{name}: wall {wall:.1f} s  cpu {cpu:.1f} s  peak RSS {rss:.0f} MiB; "
+                      f"{3600 * args.cases / wall:.0f} cases/hour (wall), "
+                      f"{3600 * args.cases / cpu:.0f} cases per CPU-hour; load average "
+                      f"{os.getloadavg()[0]:.1f}")
+                med = statistics.median(per_case)
+                print(f"  per case in the batch: median {med:.1f} s (min {min(per_case):.1f}, "
+                      f"max {max(per_case):.1f}) = {med / single:.2f}x the single case "
+                      "(goal <= 1x)")
+                shutil.rmtree(out, ignore_errors=True)
+        if args.rounds > 1:
+            for name, _ in runs:
+                wall, cpu = statistics.median(walls[name]), statistics.median(cpus[name])
+                print(f"median of {args.rounds}: {name}: wall {wall:.1f} s, cpu {cpu:.1f} s, "
+                      f"{3600 * args.cases / wall:.0f} cases/hour")
+            if len(runs) == 2:
+                a, b = (statistics.median(walls[name]) for name, _ in runs)
+                print(f"wall {runs[0][0]} / {runs[1][0]}: {a / b:.2f}x")
         print(f"load average at the end {os.getloadavg()[0]:.1f}")
     finally:
         if args.keep is None:
