@@ -405,9 +405,18 @@ def main(argv: list[str] | None = None) -> int:
         if text is not None:
             print(text)
             return 0
+    from medscan.interrupt import Terminated, terminate_as_exception
+
     try:
-        _preflight(command, rest)
-        return _run(command, rest)
+        with terminate_as_exception():  # SIGTERM/SIGHUP unwind like Ctrl-C: workers killed
+            _preflight(command, rest)
+            return _run(command, rest)
+    except KeyboardInterrupt:
+        print(_stopped(command, "SIGINT (Ctrl-C)"), file=sys.stderr)
+        return 130  # as a process killed by SIGINT (128 + 2)
+    except Terminated as exc:
+        print(_stopped(command, signal_name(exc.signum)), file=sys.stderr)
+        return 128 + exc.signum
     except BrokenPipeError:  # `medscan inspect ... | head`: the reader has gone, stop quietly
         _silence_stdout()
         return 141  # as a process killed by SIGPIPE (128 + 13)
@@ -427,6 +436,25 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(extra_message(command, exc.name.split(".")[0]), file=sys.stderr)
         return 2
+
+
+def signal_name(signum: int) -> str:
+    """``"SIGTERM"`` for 15, etc."""
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _stopped(command: str, what: str) -> str:
+    """One line for a job stopped by a signal (instead of a traceback)."""
+    line = f"medscan {command}: stopped by {what}"
+    if command == "segment":
+        line += ("; finished cases are complete and kept, unfinished ones left nothing behind: "
+                 "the same command again resumes")
+    return line
 
 
 def _silence_stdout() -> None:

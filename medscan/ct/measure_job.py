@@ -465,7 +465,9 @@ def _read_case(case_dir: Path) -> Any:
     MeasureError
         A file of the case cannot be read (nothing is written).
     """
-    import trimesh
+    from medscan.interrupt import import_holding_interrupt
+
+    trimesh = import_holding_interrupt("trimesh")  # Ctrl-C not swallowed
 
     from medscan.io.case import read_case
 

@@ -208,7 +208,9 @@ def crop_surface(
     trimesh.Trimesh or None
         None when the crop is too thin to give a surface.
     """
-    import trimesh
+    from medscan.interrupt import import_holding_interrupt
+
+    trimesh = import_holding_interrupt("trimesh")  # Ctrl-C not swallowed
 
     params = params or MeshParams()
     be = be or get_backend("cpu")
@@ -312,7 +314,9 @@ def mesh_from_arrays(vertices: np.ndarray, faces: np.ndarray,
     metadata : dict, optional
         The original mesh's ``metadata`` (exported by glTF; default: empty).
     """
-    import trimesh
+    from medscan.interrupt import import_holding_interrupt
+
+    trimesh = import_holding_interrupt("trimesh")  # Ctrl-C not swallowed
 
     mesh = trimesh.Trimesh(vertices=vertices, faces=faces, process=False)
     mesh.metadata.clear()

@@ -566,7 +566,9 @@ def read_case(case_dir: str | Path, *, arrays: bool = True, meshes: bool = False
         result.labels = LabelMap.from_nifti(files["labels"], manifest.get("labels") or None,
                                             case_id=case_id)
     if meshes:
-        import trimesh
+        from medscan.interrupt import import_holding_interrupt
+
+        trimesh = import_holding_interrupt("trimesh")  # Ctrl-C not swallowed
 
         for tissue, by_fmt in mesh_files.items():
             path = next(iter(by_fmt.values()))

@@ -75,7 +75,9 @@ def mesh_bytes(
     mesh: Any, fmt: str, color: tuple[int, int, int], metadata: dict[str, Any] | None = None,
 ) -> bytes:
     """The file content of :func:`export_mesh` for format ``fmt`` (``ply, stl, obj, glb``)."""
-    import trimesh
+    from medscan.interrupt import import_holding_interrupt
+
+    trimesh = import_holding_interrupt("trimesh")  # Ctrl-C not swallowed
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown mesh format {fmt!r} (use one of {FORMATS})")

@@ -271,7 +271,9 @@ def load_mesh(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     ValueError
         When the file holds no triangles.
     """
-    import trimesh
+    from medscan.interrupt import import_holding_interrupt
+
+    trimesh = import_holding_interrupt("trimesh")  # Ctrl-C not swallowed
 
     mesh = trimesh.load(str(path), force="mesh", process=False)
     vertices = np.asarray(mesh.vertices, dtype=np.float64)
