@@ -18,7 +18,9 @@ What a user waits for is the command, not the stages inside one warm process
   output of a finished run (every case skipped: process start, discovery and hashing).
 
 For each it prints the median wall time, the median CPU time (user + system of the child
-process) and the largest peak RSS, then the ratios of the medians. The reference scripts do
+process), the largest peak RSS (``ru_maxrss``: the largest single process) and the largest peak
+summed PSS of the process tree (the job and its worker processes, ``benchmarks/proctree.py``),
+then the ratios of the medians. The reference scripts do
 less than medscan (no airway removal, left/right split, smoothing, decimation or preview).
 
 **Read the ratios, not the seconds.** The development machine is shared (2 cores, several
@@ -38,12 +40,12 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from proctree import run_measured
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "ct"
@@ -57,26 +59,18 @@ def medscan_exe() -> list[str]:
 
 
 def run(cmd: Sequence[str], env: dict[str, str], cwd: Path | None = None
-        ) -> tuple[float, float, float]:
-    """Run ``cmd``; return wall seconds, CPU seconds (user + sys) and peak RSS (MiB).
+        ) -> tuple[float, float, float, float]:
+    """Run ``cmd``: wall s, CPU s (user + sys), peak RSS MiB and peak process-tree PSS MiB.
 
     Raises
     ------
     RuntimeError
         When the command exits non-zero (its stderr tail in the message).
     """
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:3])} ... exited {proc.returncode}:\n"
-                           f"{err.decode(errors='replace')[-2000:]}")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0
+    m = run_measured(cmd, env, cwd)
+    if m.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} ... exited {m.returncode}:\n{m.stderr[-2000:]}")
+    return m.wall_s, m.cpu_s, m.maxrss_mib, m.tree_pss_mib
 
 
 def commands(series: Path, out: Path, extra: list[str]) -> dict[str, list[str]]:
@@ -129,7 +123,8 @@ def bench_series(series: Path, which: list[str], rounds: int, startup: bool,
 def report(series: Path, results: dict[str, list[tuple[float, ...]]]) -> None:
     """Print medians and ratios for one series."""
     print(f"\nseries: {series.name}   rounds: {len(next(iter(results.values())))}")
-    print(f"{'pipeline':<16}{'wall s':>9}{'cpu s':>9}{'peak RSS MiB':>14}   wall per round")
+    print(f"{'pipeline':<16}{'wall s':>9}{'cpu s':>9}{'peak RSS MiB':>14}{'tree PSS MiB':>14}"
+          "   wall per round")
     wall: dict[str, float] = {}
     cpu: dict[str, float] = {}
     for name, runs in results.items():
@@ -138,8 +133,9 @@ def report(series: Path, results: dict[str, list[tuple[float, ...]]]) -> None:
         wall[name] = statistics.median(r[0] for r in runs)
         cpu[name] = statistics.median(r[1] for r in runs)
         rss = max(r[2] for r in runs)
+        pss = max(r[3] for r in runs)
         rounds = " ".join(f"{r[0]:.2f}" for r in runs)
-        print(f"{name:<16}{wall[name]:>9.2f}{cpu[name]:>9.2f}{rss:>14.0f}   {rounds}")
+        print(f"{name:<16}{wall[name]:>9.2f}{cpu[name]:>9.2f}{rss:>14.0f}{pss:>14.0f}   {rounds}")
     if "medscan" in wall and "sitk" in wall:
         print(f"medscan / SimpleITK+VTK:  wall {wall['medscan'] / wall['sitk']:.2f}x  "
               f"cpu {cpu['medscan'] / cpu['sitk']:.2f}x   (goal <= 0.5x)")
