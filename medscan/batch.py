@@ -115,9 +115,10 @@ def lock_busy(output: str | Path, case_id: str, lease_s: float = LEASE_S) -> boo
 
     For guesses only (:mod:`medscan.ct.prefetch` decides which case to decode ahead): trying
     the ``flock`` would itself make a concurrent run's non-blocking :func:`case_lock` fail.
-    True when a process of this host holds the lock file's ``flock`` (``/proc/locks``, Linux;
-    a lock held from another host is not seen there) or a lease of the case was renewed
-    within ``lease_s`` (another run is writing it, on any host).
+    True when another process of this host holds the lock file's ``flock`` (``/proc/locks``,
+    Linux; a lock held from another host is not seen there; this process's own lock means
+    this run is handling the case) or a lease of the case was renewed within ``lease_s``
+    (another run is writing it, on any host).
     """
     root = Path(output)
     now = time.time()
@@ -133,7 +134,8 @@ def lock_busy(output: str | Path, case_id: str, lease_s: float = LEASE_S) -> boo
     # /proc/locks rows: "1: FLOCK ADVISORY WRITE <pid> <major>:<minor>:<inode> 0 EOF", the
     # device numbers in hex (fs/locks.c lock_get_status)
     key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    return any(len(f := row.split()) >= 6 and f[1] == "FLOCK" and f[5] == key
+    me = str(os.getpid())
+    return any(len(f := row.split()) >= 6 and f[1] == "FLOCK" and f[5] == key and f[4] != me
                for row in table.splitlines())
 
 

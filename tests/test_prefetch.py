@@ -89,17 +89,30 @@ def test_changed_inputs_or_other_case_are_loaded_again() -> None:
     # a load ahead of a later case is kept while an earlier one is handled
     pre = Prefetcher(_cases("a", "b", "c"), _hashes(skip={"b"}), loads)
     pre.start_after("a")
-    while pre._slot is not None and not pre._slot.decided:
-        time.sleep(0.01)
+    pre._slot.decided.wait(10)
     assert pre.take(_cases("b")[0], "hash-b") is None
     pre.finished("b")
     assert pre.take(_cases("c")[0], "hash-c")[0] == "volume c"
     # finishing the case loaded ahead without taking it (it turned out current) drops it
     pre = Prefetcher(_cases("a", "b"), _hashes(), loads)
     pre.start_after("a")
-    time.sleep(0.05)
+    pre._slot.decided.wait(10)
     pre.finished("b")
     assert pre._slot is None and pre.take(_cases("b")[0], "hash-b") is None
+
+
+def test_take_waits_for_a_choice_still_being_made() -> None:
+    """The job reaches the next case while the thread still checks it (the current case
+    ended early, e.g. its load failed): it waits for the choice and gets the volume."""
+    def slow_hash(series):
+        time.sleep(0.3)
+        return f"hash-{series.case_id}"
+
+    loads = _Loads()
+    pre = Prefetcher(_cases("a", "b"), slow_hash, loads)
+    pre.start_after("a")
+    assert pre.take(_cases("b")[0], "hash-b")[0] == "volume b"
+    assert loads.calls == ["b"]
 
 
 def test_load_error_is_raised_for_its_case() -> None:
@@ -228,9 +241,10 @@ def test_prefetch_on_and_off_give_the_same_batch(batch_tree, tmp_path, monkeypat
 
 @pytest.fixture(scope="module")
 def two_ricord(shared_ct: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two series of 60 RICORD JPEG Lossless slices each (new UIDs): contained decodes."""
+    """Two series of 150 RICORD JPEG Lossless slices each (new UIDs): contained decodes of
+    about 1.5 s, long enough to be interrupted (the cancel event is polled every 0.2 s)."""
     root = tmp_path_factory.mktemp("prefetch-two")
-    cut = copy_slices(shared_ct / "ricord-1a-000082-jpegll", root / "cut", 100, 160)
+    cut = copy_slices(shared_ct / "ricord-1a-000082-jpegll", root / "cut", 50, 200)
     for k in range(2):
         series_copy(cut[0].parent, root / "in" / f"r{k}", f"prefetch-two-{k}")
     return root / "in"
@@ -294,7 +308,8 @@ def _hold_lock(out: str, case: str, ready, release) -> None:
 
 def test_lock_busy_sees_another_process_lock_and_fresh_leases(tmp_path: Path) -> None:
     """Another process's flock (read from /proc/locks, without taking the lock) or a lease
-    renewed within lease_s marks a case busy; a free lock or an old lease does not."""
+    renewed within lease_s marks a case busy; a free lock, this process's own lock (the job
+    is handling the case) or an old lease does not."""
     import multiprocessing as mp
     import os
 
@@ -302,7 +317,7 @@ def test_lock_busy_sees_another_process_lock_and_fresh_leases(tmp_path: Path) ->
 
     assert not lock_busy(tmp_path, "ct-1")  # no lock file yet
     with case_lock(tmp_path, "ct-1") as mine:
-        assert mine
+        assert mine and not lock_busy(tmp_path, "ct-1")  # this run's own lock: not busy
     assert not lock_busy(tmp_path, "ct-1")  # lock file there, nobody holds it
     ctx = mp.get_context("fork")
     ready, release = ctx.Event(), ctx.Event()

@@ -47,7 +47,7 @@ class _Slot:
     """One load ahead: the thread, what it chose and what it got."""
 
     cancel: threading.Event = field(default_factory=threading.Event)
-    decided: bool = False
+    decided: threading.Event = field(default_factory=threading.Event)
     case_id: str | None = None  # the case being loaded (None: scanning, or no case to load)
     input_hash: str = ""
     volume: Any = None
@@ -81,7 +81,6 @@ class Prefetcher:
         self._pos = {s.case_id: i for i, s in enumerate(self._order)}
         self._will_process = will_process
         self._load = load
-        self._lock = threading.Lock()
         self._slot: _Slot | None = None
 
     def start_after(self, case_id: str) -> None:
@@ -111,12 +110,11 @@ class Prefetcher:
             if input_hash:
                 chosen = series
                 break
-        with self._lock:
-            if slot.cancel.is_set():
-                chosen = None
-            slot.decided = True
-            slot.case_id = None if chosen is None else chosen.case_id
-            slot.input_hash = input_hash if chosen is not None else ""
+        if slot.cancel.is_set():
+            chosen = None
+        slot.case_id = None if chosen is None else chosen.case_id
+        slot.input_hash = input_hash if chosen is not None else ""
+        slot.decided.set()
         if chosen is None:
             return
         t0 = time.perf_counter()
@@ -129,9 +127,12 @@ class Prefetcher:
     def take(self, series: Any, input_hash: str) -> tuple[Any, float] | None:
         """The volume loaded ahead for ``series``, if it is valid for ``input_hash``.
 
-        Waits for the load when it is still running. A load ahead of an earlier case, of no
-        case, or of unchanged-looking inputs whose hash differs from ``input_hash`` (the files
-        changed, or could not be hashed) is dropped; one of a later case is kept.
+        Waits for the thread's choice when it is still checking cases (it goes through the
+        same cases as the job, so it is at or before ``series``: at most the hashing of cases
+        the job has just passed) and for the load when it is still running. A load ahead of
+        an earlier case, of no case, or of unchanged-looking inputs whose hash differs from
+        ``input_hash`` (the files changed, or could not be hashed) is dropped; one of a later
+        case is kept.
 
         Parameters
         ----------
@@ -153,10 +154,8 @@ class Prefetcher:
         slot = self._slot
         if slot is None:
             return None
-        with self._lock:
-            if not slot.decided:  # still scanning: stop it, the job loads this case itself
-                slot.cancel.set()
-        if not slot.decided or slot.case_id != series.case_id:
+        slot.decided.wait()
+        if slot.case_id != series.case_id:
             if not self._later(slot, series.case_id):
                 self._drop()
             return None
@@ -174,13 +173,13 @@ class Prefetcher:
 
     def _later(self, slot: _Slot, case_id: str) -> bool:
         """True when ``slot`` loads a case that comes after ``case_id`` (keep it)."""
-        return (slot.decided and slot.case_id is not None and case_id in self._pos
+        return (slot.decided.is_set() and slot.case_id is not None and case_id in self._pos
                 and self._pos[slot.case_id] > self._pos[case_id])
 
     def finished(self, case_id: str) -> None:
         """The job is done with ``case_id``: drop a load ahead of it or of an earlier case."""
         slot = self._slot
-        if slot is not None and slot.decided and not self._later(slot, case_id):
+        if slot is not None and slot.decided.is_set() and not self._later(slot, case_id):
             self._drop()
 
     def close(self) -> None:
