@@ -28,13 +28,12 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pydicom
+from proctree import run_measured
 from pydicom.uid import UID
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,21 +66,18 @@ def copy_series(src: Path, dst: Path, copy: int) -> None:
 def run_job(
     tree: Path, out: Path, env: dict[str, str], ok_codes: tuple[int, ...] = (0,),
     overrides: tuple[str, ...] = (),
-) -> tuple[float, float, float]:
-    """``medscan segment`` on ``tree``: wall s, CPU s (user + sys), peak RSS MiB.
+) -> tuple[float, float, float, float]:
+    """``medscan segment`` on ``tree``: wall s, CPU s (user + sys), peak RSS MiB (the largest
+    process) and peak summed PSS MiB of the job's process tree (workers included).
 
     An exit code outside ``ok_codes`` raises with the end of stderr.
     """
     exe = Path(sys.executable).parent / "medscan"
     cmd = [str(exe), "segment", f"input={tree}", f"output={out}", "progress=false", *overrides]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) not in ok_codes:
-        raise RuntimeError(err.decode(errors="replace")[-2000:])
-    return time.perf_counter() - t0, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+    m = run_measured(cmd, env)
+    if m.returncode not in ok_codes:
+        raise RuntimeError(m.stderr[-2000:])
+    return m.wall_s, m.cpu_s, m.maxrss_mib, m.tree_pss_mib
 
 
 def case_seconds(out: Path) -> list[float]:
@@ -110,13 +106,13 @@ def main() -> None:
         tree = work / "tree"
         for i in range(args.cases):
             copy_series(args.series, tree / f"copy{i:03d}", i)
-        wall1, cpu1, rss1 = run_job(tree / "copy000", work / "single", env,
-                                    overrides=overrides)
+        wall1, cpu1, rss1, pss1 = run_job(tree / "copy000", work / "single", env,
+                                          overrides=overrides)
         single = case_seconds(work / "single")[0]
         print(f"series: {args.series.name} x {args.cases} copies; load average "
               f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         print(f"single job:  wall {wall1:.1f} s  cpu {cpu1:.1f} s  case {single:.1f} s  "
-              f"peak RSS {rss1:.0f} MiB")
+              f"peak RSS {rss1:.0f} MiB, process tree PSS {pss1:.0f} MiB")
         runs = [("batch", overrides)]
         if args.compare:
             runs.append(("batch " + " ".join(args.compare), overrides + tuple(args.compare)))
@@ -126,12 +122,13 @@ def main() -> None:
             for k, (name, extra) in (enumerate(runs) if r % 2 == 0
                                      else reversed(list(enumerate(runs)))):
                 out = work / f"batch{k}-{r}"
-                wall, cpu, rss = run_job(tree, out, env, overrides=extra)
+                wall, cpu, rss, pss = run_job(tree, out, env, overrides=extra)
                 walls[name].append(wall)
                 cpus[name].append(cpu)
                 per_case = case_seconds(out)
                 assert len(per_case) == args.cases, f"{len(per_case)} cases written"
-                print(f"{name}: wall {wall:.1f} s  cpu {cpu:.1f} s  peak RSS {rss:.0f} MiB; "
+                print(f"{name}: wall {wall:.1f} s  cpu {cpu:.1f} s  peak RSS {rss:.0f} MiB "
+                      f"(process tree PSS {pss:.0f} MiB); "
                       f"{3600 * args.cases / wall:.0f} cases/hour (wall), "
                       f"{3600 * args.cases / cpu:.0f} cases per CPU-hour; load average "
                       f"{os.getloadavg()[0]:.1f}")

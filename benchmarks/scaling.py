@@ -76,7 +76,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="scaling-"))
     try:
         shapes = {n: sized_series(args.series, work / f"s{n}", n) for n in args.slices}
-        runs: dict[int, list[tuple[float, float, float]]] = {n: [] for n in args.slices}
+        runs: dict[int, list[tuple[float, float, float, float]]] = {n: [] for n in args.slices}
         for _ in range(args.rounds):
             for n in args.slices:
                 out = work / f"out{n}"
@@ -86,15 +86,17 @@ def main() -> None:
         print(f"series: {args.series.name}; load average {os.getloadavg()[0]:.1f} on "
               f"{os.cpu_count()} CPUs; rounds {args.rounds}")
         print(f"{'slices':>7}{'Mvoxel':>9}{'wall s':>9}{'cpu s':>8}{'cpu s/Mvox':>12}"
-              f"{'peak RSS MiB':>14}{'RSS/int16':>11}")
+              f"{'peak RSS MiB':>14}{'RSS/int16':>11}{'tree PSS MiB':>14}{'PSS/int16':>11}")
         for n in args.slices:
             vox = float(np.prod(shapes[n])) / 1e6
             wall = statistics.median(r[0] for r in runs[n])
             cpu = statistics.median(r[1] for r in runs[n])
             rss = max(r[2] for r in runs[n])
+            pss = max(r[3] for r in runs[n])
             ratio = rss * 2**20 / (vox * 1e6 * 2)
+            pss_ratio = pss * 2**20 / (vox * 1e6 * 2)
             print(f"{n:>7}{vox:>9.1f}{wall:>9.1f}{cpu:>8.1f}{cpu / vox:>12.3f}{rss:>14.0f}"
-                  f"{ratio:>10.1f}x")
+                  f"{ratio:>10.1f}x{pss:>14.0f}{pss_ratio:>10.1f}x")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
