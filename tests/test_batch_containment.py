@@ -15,7 +15,9 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -434,14 +436,25 @@ def _hold_lock(out: str, case: str, ready: mp.Event, release: mp.Event) -> None:
         release.wait(60)
 
 
-def test_waiting_writer_names_the_holder_once(tmp_path: Path) -> None:
-    """A blocking case_lock behind a live holder reports host/pid and the lease end once."""
+@contextmanager
+def lock_held_elsewhere(out: Path, case: str) -> Iterator[tuple[Any, Any]]:
+    """Another process holds ``case``'s lock in ``out`` within the block: ``(holder, release)``
+    (``release.set()`` lets it go; it is released and joined on exit in any case)."""
     ctx = mp.get_context("fork")
     ready, release = ctx.Event(), ctx.Event()
-    holder = ctx.Process(target=_hold_lock, args=(str(tmp_path), "ct-1", ready, release))
+    holder = ctx.Process(target=_hold_lock, args=(str(out), case, ready, release))
     holder.start()
     try:
         assert ready.wait(30)
+        yield holder, release
+    finally:
+        release.set()
+        holder.join(30)
+
+
+def test_waiting_writer_names_the_holder_once(tmp_path: Path) -> None:
+    """A blocking case_lock behind a live holder reports host/pid and the lease end once."""
+    with lock_held_elsewhere(tmp_path, "ct-1") as (holder, release):
         _lease(tmp_path, "ct-1", "t1", socket.gethostname(), holder.pid,
                _start_ticks(holder.pid))
         messages: list[str] = []
@@ -454,6 +467,3 @@ def test_waiting_writer_names_the_holder_once(tmp_path: Path) -> None:
         with case_lock(tmp_path, "ct-1", on_wait=messages.append) as mine:  # free: no message
             assert mine
         assert len(messages) == 1
-    finally:
-        release.set()
-        holder.join(30)

@@ -298,39 +298,23 @@ def test_interrupt_while_loading_ahead_leaves_nothing(two_ricord, tmp_path, monk
 
 # ------------------------------------------------- which case is loaded ahead (the job) -----
 
-def _hold_lock(out: str, case: str, ready, release) -> None:
-    from medscan.batch import case_lock
-
-    with case_lock(out, case):
-        ready.set()
-        release.wait(60)
-
-
 def test_lock_busy_sees_another_process_lock_and_fresh_leases(tmp_path: Path) -> None:
     """Another process's flock (read from /proc/locks, without taking the lock) or a lease
     renewed within lease_s marks a case busy; a free lock, this process's own lock (the job
     is handling the case) or an old lease does not."""
-    import multiprocessing as mp
     import os
 
     from medscan.batch import LEASE_PREFIX, case_lock, lock_busy
+    from tests.test_batch_containment import lock_held_elsewhere
 
     assert not lock_busy(tmp_path, "ct-1")  # no lock file yet
     with case_lock(tmp_path, "ct-1") as mine:
         assert mine and not lock_busy(tmp_path, "ct-1")  # this run's own lock: not busy
     assert not lock_busy(tmp_path, "ct-1")  # lock file there, nobody holds it
-    ctx = mp.get_context("fork")
-    ready, release = ctx.Event(), ctx.Event()
-    holder = ctx.Process(target=_hold_lock, args=(str(tmp_path), "ct-1", ready, release))
-    holder.start()
-    try:
-        assert ready.wait(30)
+    with lock_held_elsewhere(tmp_path, "ct-1"):
         assert lock_busy(tmp_path, "ct-1") and not lock_busy(tmp_path, "ct-2")
         with case_lock(tmp_path, "ct-1", blocking=False) as mine:
             assert not mine  # the check did not take or break the holder's lock
-    finally:
-        release.set()
-        holder.join(30)
     assert not lock_busy(tmp_path, "ct-1")
     lease = tmp_path / f"{LEASE_PREFIX}ct-1-token.json"
     lease.write_text("{}")
