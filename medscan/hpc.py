@@ -118,3 +118,16 @@ def distributed_env(*, set_cuda_visible_devices: bool = True) -> DistEnv:
         master_port=dist.master_port,
         launcher=launcher,
     )
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, else every CPU).
+
+    The affinity mask holds e.g. the cores of a Slurm allocation (``cpus_per_task``) or of
+    ``taskset``. The parallel paths of a segment job (two decoder processes, the mesh
+    worker) follow it.
+    """
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1

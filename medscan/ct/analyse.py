@@ -15,7 +15,6 @@ it and hand the :class:`~medscan.case.CaseResult` to :func:`medscan.io.case.writ
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -40,6 +39,7 @@ from medscan.ct.mesh import (
 from medscan.ct.segment import SegmentParams, segment
 from medscan.ct.tissues import TissueTable
 from medscan.defaults import segment_defaults, tissue_defaults
+from medscan.hpc import usable_cpus
 from medscan.io.case import check_outputs
 from medscan.io.mesh import FORMATS
 from medscan.volume import Finding, LabelMap, Volume
@@ -296,14 +296,6 @@ def _in_background(func: Any, *args: Any, **kwargs: Any) -> Future[Any]:
         return pool.submit(run_contained, func, *args, **kwargs)
     finally:
         pool.shutdown(wait=False)
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, e.g. a Slurm allocation's cores)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def parallel_meshes(options: CaseOptions, be: Backend) -> bool:

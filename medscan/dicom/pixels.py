@@ -49,6 +49,7 @@ from medscan.dicom.headers import SliceHeader
 from medscan.dicom.resample import regularize_stack
 from medscan.dicom.series import SeriesInfo, blocking_findings, loadable
 from medscan.dicom.validate import affine_problem
+from medscan.hpc import usable_cpus
 from medscan.volume import AIR_HU, Finding, Volume
 
 try:  # optional fast JPEG Lossless decoder (libjpeg-turbo 3; releases the GIL)
@@ -440,14 +441,6 @@ def _default_workers(series: SeriesInfo) -> int:
         return max(1, min(4, os.cpu_count() or 1))
     # pydicom + pylibjpeg decoding holds the GIL: threads do not pay (measured).
     return 1
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
 
 
 def decode_processes(series: SeriesInfo, n_workers: int) -> int:
