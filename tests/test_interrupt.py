@@ -110,14 +110,12 @@ def test_signal_stops_segment_job_and_its_workers(sample_ct, tmp_path, signum, c
         assert workers, "no worker process started"
         time.sleep(0.3)
         proc.send_signal(signum)
-        t0 = time.monotonic()
-        _, err = proc.communicate(timeout=60)
-        stopped_s = time.monotonic() - t0
+        _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == code, err[-2000:]
-    assert stopped_s < 15, stopped_s  # not the rest of the case (generous: a loaded machine)
+    assert not list(out.glob("*/manifest.json"))  # stopped inside the case, not after it
     assert "Traceback" not in err and "stopped by SIG" in err, err[-2000:]
     assert _wait_gone(workers, 10) == []
     assert not [p.name for p in out.rglob("*") if p.name.startswith((".tmp-", ".old-"))]
