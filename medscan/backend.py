@@ -107,8 +107,11 @@ class Backend:
             return _gpu.label(mask, connectivity)
         import cc3d
 
+        # uint32 straight from cc3d: its own choice (uint16 for few provisional labels) would
+        # need a whole-array up-conversion here
         labels, n = cc3d.connected_components(
-            np.asarray(mask, dtype=bool), connectivity=connectivity, return_N=True
+            np.asarray(mask, dtype=bool), connectivity=connectivity, return_N=True,
+            out_dtype=np.uint32,
         )
         return labels.astype(np.uint32, copy=False), int(n)
 

@@ -73,10 +73,28 @@ def component_sizes(be: Backend, labels: Any, n: int, slab: int = 16) -> np.ndar
 
 
 def largest_component(be: Backend, mask: Any, connectivity: int = 6) -> Any:
-    """The largest connected component of ``mask`` (empty if ``mask`` is empty)."""
+    """The largest connected component of ``mask`` (empty if ``mask`` is empty).
+
+    Ties go to the component met first in raster-scan order (``np.argmax`` over the ids).
+
+    Counting every component's voxels (:func:`component_sizes`) costs as much as the
+    labelling itself on a full-resolution body (0.2 s of 0.8 s on a 255 x 450 x 512 box).
+    The body is nearly always one component holding more than half of the mask, so a
+    candidate is taken from a strided 1-in-64 sample of the labels and counted exactly: when
+    it holds more than half of the mask's voxels no other component can be as large, and it
+    is the answer of the full count. Otherwise (no clear majority) every component is
+    counted. Both paths give the same voxels (``tests/test_ct_ops.py``).
+    """
     labels, n = be.label(mask, connectivity)
     if n == 0:
         return be.xp.zeros(mask.shape, dtype=bool)
+    xp = be.xp
+    sample = xp.ascontiguousarray(labels[::4, ::4, ::4]).ravel()
+    guess = int(xp.argmax(xp.bincount(sample, minlength=n + 1)[1:])) + 1
+    comp = labels == guess
+    if 2 * int(xp.count_nonzero(comp)) > int(xp.count_nonzero(mask)):
+        return comp
+    del comp
     sizes = component_sizes(be, labels, n)
     sizes[0] = 0
     return labels == int(np.argmax(sizes))

@@ -1,0 +1,31 @@
+"""The mask operations of :mod:`medscan.ct.ops` / :mod:`medscan.ct.segment` as they were
+before the issue-15 speed-ups (main at cdb6d7c), kept as the reference the faster versions
+must equal voxel for voxel.
+
+:func:`old_ops` maps the names :mod:`medscan.ct.segment` imports to these formulations, so a
+test can run the whole ``segment()`` the old way (``monkeypatch.setattr``) and compare labels.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from medscan.backend import Backend
+from medscan.ct.ops import component_sizes
+
+
+def largest_component(be: Backend, mask: Any, connectivity: int = 6) -> Any:
+    """Every component counted, the largest kept (ties: lowest id)."""
+    labels, n = be.label(mask, connectivity)
+    if n == 0:
+        return be.xp.zeros(mask.shape, dtype=bool)
+    sizes = component_sizes(be, labels, n)
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
+def old_ops() -> dict[str, Any]:
+    """``{name in medscan.ct.segment: reference function}``."""
+    return {"largest_component": largest_component}

@@ -1,0 +1,131 @@
+"""The faster mask operations of issue 15 against their old formulations
+(``tests/segment_reference_ops.py``): same voxels on real CT masks, random and adversarial
+masks; and ``segment()`` run with the old operations gives byte-identical labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import segment_reference_ops as ref
+
+import medscan.ct.segment as segment_module
+from medscan.backend import get_backend
+from medscan.ct import ops
+from medscan.ct.analyse import CaseOptions
+from medscan.dicom import load_path
+from medscan.volume import Volume
+
+BE = get_backend("cpu")
+
+
+def _real_masks(hu: np.ndarray) -> list[np.ndarray]:
+    """Body, air and dense masks of a real series, whole and cropped (hole at the box edge)."""
+    masks = [hu > -500, hu < -320, hu > 200, (hu > -500)[:, 100:300, 50:260], hu[:1] > -500]
+    return [np.ascontiguousarray(m) for m in masks]
+
+
+def _random_masks(seed: int = 3) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    masks = []
+    for _ in range(60):
+        shape = tuple(int(n) for n in rng.integers(1, 24, 3))
+        masks.append(rng.random(shape) < rng.choice([0.05, 0.3, 0.5, 0.7, 0.95]))
+    masks += [np.zeros((4, 5, 6), bool), np.ones((1, 1, 1), bool), np.ones((3, 4, 5), bool)]
+    return masks
+
+
+def _adversarial_largest() -> list[np.ndarray]:
+    """Cases for the sampled candidate of ``largest_component``."""
+    out = []
+    # the majority component lies where the 1-in-64 sample never looks (odd rows/slices)
+    m = np.zeros((9, 20, 20), bool)
+    m[1, 1:19, 1:19] = True
+    m[4, 0, 0] = True  # a sampled one-voxel component
+    out.append(m)
+    # two equal components: the tie goes to the first in raster order
+    m = np.zeros((4, 8, 8), bool)
+    m[0, :2, :] = True
+    m[3, 6:, :] = True
+    out.append(m)
+    # no majority: three components of 40 / 35 / 25 %
+    m = np.zeros((1, 10, 100), bool)
+    m[0, 0, :40] = True
+    m[0, 2, :35] = True
+    m[0, 4, :25] = True
+    out.append(m)
+    # a tie of exactly half each, the sample seeing only the second: the first must win
+    m = np.zeros((5, 8, 8), bool)
+    m[1, :2, :] = True
+    m[4, :2, :] = True
+    out.append(m)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sample_hu(sample_ct) -> np.ndarray:
+    return load_path(sample_ct).hu
+
+
+def test_largest_component_equals_counting_every_component(sample_hu):
+    masks = _real_masks(sample_hu) + _random_masks() + _adversarial_largest()
+    for m in masks:
+        for conn in (6, 26):
+            np.testing.assert_array_equal(
+                ops.largest_component(BE, m, conn), ref.largest_component(BE, m, conn)
+            )
+
+
+def _segment_both(volume: Volume, monkeypatch: pytest.MonkeyPatch):
+    opts = CaseOptions.defaults()
+    new = segment_module.segment(volume, opts.tissues, opts.segment)
+    with monkeypatch.context() as mp:
+        for name, fn in ref.old_ops().items():
+            mp.setattr(segment_module, name, fn)
+        old = segment_module.segment(volume, opts.tissues, opts.segment)
+    return new, old
+
+
+def _odd_volumes(volume: Volume) -> dict[str, Volume]:
+    """One-slice, three-slice, a cropped field of view (lungs cut at the image edge), odd
+    sizes that leave partial blocks, float HU, and a slice axis running the other way."""
+    hu, aff = volume.hu, volume.affine
+    mid = hu.shape[0] // 2
+    flipped = aff.copy()
+    flipped[:3, 2] *= -1
+    out = {
+        "one_slice": hu[mid : mid + 1],
+        "three_slices": hu[mid : mid + 3],
+        "cropped_fov": hu[:, 100:400, 60:300],
+        "odd_sizes": hu[1:, 3:-2, 1:-4],
+        "float": hu.astype(np.float32) + 0.25,
+    }
+    vols = {k: Volume(hu=np.ascontiguousarray(v), affine=aff, case_id="t") for k, v in out.items()}
+    vols["z_flipped"] = Volume(hu=np.ascontiguousarray(hu[::-1]), affine=flipped, case_id="t")
+    return vols
+
+
+def _assert_same(new, old) -> None:
+    assert new.labels.dtype == old.labels.dtype == np.uint8
+    np.testing.assert_array_equal(new.labels, old.labels)
+    assert [(f.code, f.message) for f in new.findings] == [
+        (f.code, f.message) for f in old.findings
+    ]
+
+
+def test_segment_labels_identical_to_old_ops_on_sample(sample_ct, monkeypatch):
+    volume = load_path(sample_ct)
+    for name, vol in {"sample": volume, **_odd_volumes(volume)}.items():
+        new, old = _segment_both(vol, monkeypatch)
+        assert new.lungs_found == old.lungs_found, name
+        _assert_same(new, old)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("folder", ["ricord-1a-000082-jpegll", "lungdx-a0001-chest-5mm"])
+def test_segment_labels_identical_to_old_ops_on_shared_series(shared_ct, folder, monkeypatch):
+    from ct_reference import load_series
+
+    volume = load_series(str(shared_ct / folder))
+    new, old = _segment_both(volume, monkeypatch)
+    assert new.lungs_found and old.lungs_found
+    _assert_same(new, old)
