@@ -26,6 +26,17 @@ def largest_component(be: Backend, mask: Any, connectivity: int = 6) -> Any:
     return labels == int(np.argmax(sizes))
 
 
+def dilate(be: Backend, mask: Any, size: tuple[int, int, int]) -> Any:
+    """SciPy's separable maximum filter on the uint8 view."""
+    return be.ndi.maximum_filter(mask.view(be.xp.uint8), size=size).view(bool)
+
+
+def erode(be: Backend, mask: Any, size: tuple[int, int, int]) -> Any:
+    """SciPy's separable minimum filter on the uint8 view (outside counts as set)."""
+    return be.ndi.minimum_filter(mask.view(be.xp.uint8), size=size, mode="nearest").view(bool)
+
+
 def old_ops() -> dict[str, Any]:
-    """``{name in medscan.ct.segment: reference function}``."""
-    return {"largest_component": largest_component}
+    """``{name in medscan.ct.segment: reference function}`` (``ops_module`` names: patched in
+    :mod:`medscan.ct.ops` too, where other operations call them)."""
+    return {"largest_component": largest_component, "dilate": dilate, "erode": erode}

@@ -251,14 +251,73 @@ def upsample(be: Backend, low: Any, factors: tuple[int, int, int], shape: tuple[
     return out
 
 
+def _window_1d(be: Backend, a: Any, axis: int, r: int, op: Any) -> Any:
+    """``op`` (logical or / and) over the window ``[i - r, i + r]`` along ``axis``.
+
+    The window is clipped to the array (voxels outside the array take no part).
+
+    Written here rather than calling ``ndimage.maximum_filter`` / ``minimum_filter``: SciPy
+    copies every line into a float64 buffer, and those filters were the largest single cost
+    of ``segment`` (0.5 s of 2.6 s on a 255-slice chest CT, issue 15); whole-array boolean
+    operations on shifted views do the same in a third of the time. The window is built by
+    doubling (``ceil(log2(r + 1))`` operations per direction). Inputs and outputs of each
+    operation never overlap except at the same index, which is safe on CuPy too.
+    """
+    n = a.shape[axis]
+    r = min(r, n - 1)
+    if r <= 0:
+        return a
+
+    def part(lo: int, hi: int) -> tuple[slice, ...]:
+        index = [slice(None)] * a.ndim
+        index[axis] = slice(lo, hi)
+        return tuple(index)
+
+    if r == 1:  # the common case: one operation per direction
+        out = a.copy()
+        op(out[part(0, n - 1)], a[part(1, n)], out=out[part(0, n - 1)])
+        op(out[part(1, n)], a[part(0, n - 1)], out=out[part(1, n)])
+        return out
+    windows = []
+    for forward in (True, False):  # windows [i, i + r] and [i - r, i]
+        w, length = a, 1
+        while length < r + 1:
+            step = min(length, r + 1 - length)
+            grown = w.copy()
+            if forward:
+                op(w[part(0, n - step)], w[part(step, n)], out=grown[part(0, n - step)])
+            else:
+                op(w[part(step, n)], w[part(0, n - step)], out=grown[part(step, n)])
+            w, length = grown, length + step
+        windows.append(w)
+    return op(windows[0], windows[1], out=windows[0])
+
+
+def _box(be: Backend, mask: Any, size: tuple[int, int, int], op: Any) -> Any:
+    if any(s % 2 == 0 for s in size):
+        raise ValueError(f"box size {size}: every side must be odd (2 r + 1)")
+    out = be.xp.asarray(mask, dtype=bool)
+    for axis, s in enumerate(size):
+        out = _window_1d(be, out, axis, s // 2, op)
+    return out.copy() if out is mask else out
+
+
 def dilate(be: Backend, mask: Any, size: tuple[int, int, int]) -> Any:
-    """Binary dilation with a box ``size`` (separable maximum filter: cost independent of size)."""
-    return be.ndi.maximum_filter(mask.view(be.xp.uint8), size=size).view(bool)
+    """Binary dilation with a box ``size`` (odd sizes; separable, outside counts as unset).
+
+    The voxels of ``ndimage.maximum_filter(mask.view(uint8), size)`` (default ``reflect``
+    border: equivalent to a window clipped to the array); ``tests/test_ct_ops.py``.
+    """
+    return _box(be, mask, size, be.xp.logical_or)
 
 
 def erode(be: Backend, mask: Any, size: tuple[int, int, int]) -> Any:
-    """Binary erosion with a box ``size`` (separable minimum filter; outside counts as set)."""
-    return be.ndi.minimum_filter(mask.view(be.xp.uint8), size=size, mode="nearest").view(bool)
+    """Binary erosion with a box ``size`` (odd sizes; separable, outside counts as set).
+
+    The voxels of ``ndimage.minimum_filter(mask.view(uint8), size, mode="nearest")`` (a
+    window clipped to the array); ``tests/test_ct_ops.py``.
+    """
+    return _box(be, mask, size, be.xp.logical_and)
 
 
 def refine_mask(
