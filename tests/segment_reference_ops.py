@@ -26,6 +26,21 @@ def largest_component(be: Backend, mask: Any, connectivity: int = 6) -> Any:
     return labels == int(np.argmax(sizes))
 
 
+def fill_holes_2d(be: Backend, mask: Any) -> Any:
+    """One labelling call per slice."""
+    xp = be.xp
+    out = xp.empty_like(mask)
+    for k in range(mask.shape[0]):
+        labels, n = be.label(~mask[k : k + 1], 6)
+        plane = labels[0]
+        lut = xp.zeros(n + 1, dtype=bool)
+        for face in (plane[0], plane[-1], plane[:, 0], plane[:, -1]):
+            lut[face.ravel()] = True
+        lut[0] = False
+        out[k] = ~lut[plane]
+    return out
+
+
 def dilate(be: Backend, mask: Any, size: tuple[int, int, int]) -> Any:
     """SciPy's separable maximum filter on the uint8 view."""
     return be.ndi.maximum_filter(mask.view(be.xp.uint8), size=size).view(bool)
@@ -39,4 +54,5 @@ def erode(be: Backend, mask: Any, size: tuple[int, int, int]) -> Any:
 def old_ops() -> dict[str, Any]:
     """``{name in medscan.ct.segment: reference function}`` (``ops_module`` names: patched in
     :mod:`medscan.ct.ops` too, where other operations call them)."""
-    return {"largest_component": largest_component, "dilate": dilate, "erode": erode}
+    return {"largest_component": largest_component, "dilate": dilate, "erode": erode,
+            "fill_holes_2d": fill_holes_2d}

@@ -92,6 +92,25 @@ def test_dilate_erode_equal_scipy_filters(sample_hu):
         ops.dilate(BE, np.ones((2, 2, 2), bool), (1, 2, 1))
 
 
+def test_fill_holes_2d_stacked_equals_slice_by_slice(sample_hu):
+    """Slabs of slices labelled as one stacked image against one labelling per slice: real
+    masks (lungs and body, a crop whose holes reach the box edge), random masks of one row,
+    one column or one slice, slab sizes that leave a partial last slab, and a hole on the
+    last row of one slice right above a hole on the first row of the next."""
+    cases = _real_masks(sample_hu) + _random_masks(11)
+    m = np.ones((3, 6, 6), bool)
+    m[0, 4, 2] = False  # hole just above the stacking seam
+    m[1, 1, 2] = False  # hole just below it
+    m[2, 5, 3] = False  # background on the last row: outside
+    cases.append(m)
+    for m in cases:
+        expected = ref.fill_holes_2d(BE, m)
+        for slab in (1, 2, 32):
+            np.testing.assert_array_equal(ops.fill_holes_2d(BE, m, slab=slab), expected)
+    filled = ops.fill_holes_2d(BE, cases[-1])
+    assert filled[:2].all() and not filled[2, 5, 3]
+
+
 def _segment_both(volume: Volume, monkeypatch: pytest.MonkeyPatch):
     opts = CaseOptions.defaults()
     new = segment_module.segment(volume, opts.tissues, opts.segment)

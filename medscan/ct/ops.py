@@ -118,15 +118,27 @@ def fill_holes_3d(be: Backend, mask: Any) -> Any:
     return ~outside[labels]
 
 
-def fill_holes_2d(be: Backend, mask: Any) -> Any:
-    """Fill holes slice by slice (axis 0), in-plane 4-connectivity of the background."""
+def fill_holes_2d(be: Backend, mask: Any, slab: int = 32) -> Any:
+    """Fill holes slice by slice (axis 0), in-plane 4-connectivity of the background.
+
+    ``slab`` slices are labelled in one call, stacked one below the other as one image of
+    ``slab * rows`` rows (a reshape, no copy): the only contacts between stacked slices are
+    their first and last rows, which are border rows of both slices, so a background region
+    that crosses from one slice into the next touches a border and is outside anyway, and a
+    hole (touching no border) is exactly a hole of its own slice. One labelling call instead
+    of one per slice (255 calls of a chest CT cost 0.08 s in call overhead).
+    """
     xp = be.xp
-    out = xp.empty_like(mask)
-    for k in range(mask.shape[0]):
-        labels, n = be.label(~mask[k : k + 1], 6)
-        plane = labels[0]
-        outside = _outside_lut(be, labels, n, [plane[0], plane[-1], plane[:, 0], plane[:, -1]])
-        out[k] = ~outside[plane]
+    nz, ny, nx = mask.shape
+    out = xp.empty(mask.shape, dtype=bool)
+    for k in range(0, nz, slab):
+        part = ~mask[k : k + slab]
+        s = part.shape[0]
+        labels, n = be.label(part.reshape(1, s * ny, nx), 6)
+        planes = labels.reshape(s, ny, nx)
+        outside = _outside_lut(be, labels, n, [planes[:, 0], planes[:, -1], planes[:, :, 0],
+                                               planes[:, :, -1]])
+        out[k : k + s] = ~outside[planes]
     return out
 
 
