@@ -51,8 +51,20 @@ def erode(be: Backend, mask: Any, size: tuple[int, int, int]) -> Any:
     return be.ndi.minimum_filter(mask.view(be.xp.uint8), size=size, mode="nearest").view(bool)
 
 
+def centroid(be: Backend, mask: Any) -> np.ndarray:
+    """``count_nonzero`` over the other two axes, per axis."""
+    xp = be.xp
+    out = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        counts = be.asnumpy(xp.count_nonzero(mask, axis=other)).astype(np.float64)
+        total = counts.sum()
+        out.append(float((counts * np.arange(counts.size)).sum() / total) if total else np.nan)
+    return np.array(out)
+
+
 def old_ops() -> dict[str, Any]:
     """``{name in medscan.ct.segment: reference function}`` (``ops_module`` names: patched in
     :mod:`medscan.ct.ops` too, where other operations call them)."""
     return {"largest_component": largest_component, "dilate": dilate, "erode": erode,
-            "fill_holes_2d": fill_holes_2d}
+            "fill_holes_2d": fill_holes_2d, "_centroid": centroid}

@@ -111,6 +111,14 @@ def test_fill_holes_2d_stacked_equals_slice_by_slice(sample_hu):
     assert filled[:2].all() and not filled[2, 5, 3]
 
 
+def test_centroid_equals_count_nonzero_per_axis(sample_hu):
+    """The (z, y, x) mean index from one z pass and one plane sum, against three
+    ``count_nonzero`` projections: bit-identical floats (the counts are the same integers)."""
+    masks = _real_masks(sample_hu) + _random_masks(13) + [sample_hu[:, ::3, ::-2] > -500]
+    for m in masks:
+        np.testing.assert_array_equal(segment_module._centroid(BE, m), ref.centroid(BE, m))
+
+
 def _segment_both(volume: Volume, monkeypatch: pytest.MonkeyPatch):
     opts = CaseOptions.defaults()
     new = segment_module.segment(volume, opts.tissues, opts.segment)

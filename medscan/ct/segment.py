@@ -435,10 +435,15 @@ def _world_x(affine: np.ndarray, box: tuple[slice, ...], centroid_zyx: np.ndarra
 def _centroid(be: Backend, mask: Any) -> np.ndarray:
     """(z, y, x) mean index of a mask (cheap: from the three projections)."""
     xp = be.xp
+    # the voxel counts per index of each axis, from one pass for z and one for (y, x): the
+    # same integers as ``count_nonzero(mask, axis=<other two>)`` per axis (three passes)
+    nz = mask.shape[0]
+    per_slice = xp.count_nonzero(mask.reshape(nz, -1), axis=1)
+    plane = xp.sum(mask.view(xp.uint8), axis=0, dtype=xp.uint16 if nz < 65536 else xp.int64)
     out = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        counts = be.asnumpy(xp.count_nonzero(mask, axis=other)).astype(np.float64)
+    for counts in (per_slice, xp.sum(plane, axis=1, dtype=xp.int64),
+                   xp.sum(plane, axis=0, dtype=xp.int64)):
+        counts = be.asnumpy(counts).astype(np.float64)
         total = counts.sum()
         out.append(float((counts * np.arange(counts.size)).sum() / total) if total else np.nan)
     return np.array(out)
