@@ -119,6 +119,36 @@ def test_centroid_equals_count_nonzero_per_axis(sample_hu):
         np.testing.assert_array_equal(segment_module._centroid(BE, m), ref.centroid(BE, m))
 
 
+def test_convex_hull_2d_degenerate_and_sparse_equal_scikit_image():
+    """Hull vertices from the row extremes only (issue 15) on the shapes where that could
+    matter: one to three pixels, single rows, columns and diagonals, collinear sparse points
+    (``test_ct_segment.py`` covers real CT slices and dense random masks)."""
+    import warnings
+
+    from skimage.morphology import convex_hull_image
+
+    rng = np.random.default_rng(17)
+    masks = [np.eye(9, dtype=bool), np.eye(9, dtype=bool)[::-1], np.ones((1, 7), bool),
+             np.ones((6, 1), bool), np.zeros((3, 3), bool)]
+    for _ in range(300):
+        m = np.zeros(tuple(int(n) for n in rng.integers(1, 25, 2)), bool)
+        for _ in range(int(rng.integers(1, 5))):
+            m[rng.integers(0, m.shape[0]), rng.integers(0, m.shape[1])] = True
+        masks.append(m)
+    for _ in range(100):  # points on one random line
+        m = np.zeros((30, 30), bool)
+        step = rng.integers(0, 4, 2)
+        start = rng.integers(0, 5, 2)
+        for k in range(int(rng.integers(2, 6))):
+            m[tuple(np.minimum(start + k * step, 29))] = True
+        masks.append(m)
+    for m in masks:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scikit-image warns on an empty mask
+            expected = convex_hull_image(m)
+        np.testing.assert_array_equal(ops.convex_hull_2d(m), expected)
+
+
 def _segment_both(volume: Volume, monkeypatch: pytest.MonkeyPatch):
     opts = CaseOptions.defaults()
     new = segment_module.segment(volume, opts.tissues, opts.segment)
