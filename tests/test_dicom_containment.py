@@ -12,6 +12,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -161,3 +162,29 @@ def test_worker_time_limit_and_replacement() -> None:
     assert info.value.files == []  # it hung before starting a slice
     out, pid = run_contained(probe, (3, 4, 4), np.int16, files, 0.0, 7)
     assert pid != os.getpid() and out.shape == (3, 4, 4) and np.all(out == 7)
+
+
+def test_worker_holding_too_much_memory_is_retired(monkeypatch) -> None:
+    """An idle worker above IDLE_WORKER_MAX_RSS_MIB is ended (and reaped), not kept: the next
+    request runs in a fresh process; below the limit the same worker serves again."""
+    from medscan.dicom import contain
+
+    files = [Path("slice-0.dcm")]
+    _, first = contain.run_contained(contain.probe, (1, 2, 2), np.int16, files, 0.0, 1)
+    _, again = contain.run_contained(contain.probe, (1, 2, 2), np.int16, files, 0.0, 1)
+    assert again == first  # kept: a fresh worker holds far less than the limit
+    monkeypatch.setattr(contain, "IDLE_WORKER_MAX_RSS_MIB", 1.0)  # every worker is "too big"
+    _, third = contain.run_contained(contain.probe, (1, 2, 2), np.int16, files, 0.0, 1)
+    assert third == first  # this request was served by the kept worker, which is then retired
+    assert not any(w.proc.pid == first for w in contain._idle)
+    _, fourth = contain.run_contained(contain.probe, (1, 2, 2), np.int16, files, 0.0, 1)
+    assert fourth != first
+    deadline = time.monotonic() + 30
+    while _alive(first) and time.monotonic() < deadline:  # reaped by its thread: no zombie
+        time.sleep(0.05)
+    assert not _alive(first)
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` exists, zombie included (/proc/<pid> stays until it is reaped)."""
+    return Path(f"/proc/{pid}").exists()

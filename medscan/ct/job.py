@@ -47,6 +47,7 @@ from medscan.io.redact import (
     series_block,
     series_metadata,
 )
+from medscan.memory import release_free_heap
 from medscan.volume import Finding, Volume
 
 log = logging.getLogger("medscan.segment")
@@ -558,11 +559,13 @@ def _run_segment(cfg: dict[str, Any]) -> int:
             else:
                 busy.append(case_id)
             job.prefetch.finished(case_id)
+            release_free_heap()  # the case's arrays are freed: give their pages back
         job.prefetch.close()
         for case_id in busy:  # wait for the other run; usually it has finished the case
             progress.update(task, description=f"segment {case_id} (after another run)")
             _case(job, by_id[case_id], blocking=True)
             progress.advance(task)
+            release_free_heap()
 
     try:
         rebuild_index(output)

@@ -43,12 +43,21 @@ from typing import Any
 
 import numpy as np
 
+from medscan.memory import release_free_heap, rss_mib
+
 #: Seconds a worker may take per series before it is killed: a base plus a per-slice allowance
 #: (decoding one 512 x 512 slice takes 5-40 ms; a hang is a decoder bug, not a slow disk).
 TIMEOUT_BASE_S = 30.0
 TIMEOUT_PER_SLICE_S = 1.0
 #: States of a slice in the shared state array.
 PENDING, STARTED, DONE = 0, 1, 2
+#: An idle worker holding more than this (MiB resident) is ended instead of kept for the next
+#: request; the next request starts a fresh one. A fresh worker holds about 120 MiB (decoders)
+#: to 300 MiB (after the mesh warm-up); after meshing a case's bone it keeps about 450 MiB
+#: more (255 slices; 1.3 GiB after 1024 slices), mostly the capacity fast_simplification's
+#: global vectors keep (measured; docs/performance.md). The rule of Celery's
+#: ``worker_max_memory_per_child``.
+IDLE_WORKER_MAX_RSS_MIB = 512.0
 
 
 class ContainedError(RuntimeError):
@@ -135,8 +144,19 @@ def _take_worker() -> _Worker:
 
 
 def _give_back(worker: _Worker) -> None:
+    """Keep ``worker`` for the next request, or end it when it holds too much memory."""
+    held = rss_mib(worker.proc.pid)
+    if held is not None and held > IDLE_WORKER_MAX_RSS_MIB:
+        worker.close()  # it exits when it sees its request pipe closed
+        _reap(worker)
+        return
     with _idle_lock:
         _idle.append(worker)
+
+
+def _reap(worker: _Worker) -> None:
+    """Wait for a retired worker in the background (no zombie; the caller goes on)."""
+    threading.Thread(target=worker.proc.wait, daemon=True, name="medscan-reap").start()
 
 
 @atexit.register
@@ -180,6 +200,7 @@ def serve(request_fd: int, reply_fd: int) -> None:
             del out, state
         except Exception as exc:  # sent back and re-raised in the parent
             reply = ("error", exc)
+        release_free_heap()  # before the reply: the parent reads this worker's RSS then
         try:
             replies.send(reply)
         except (BrokenPipeError, OSError):

@@ -1,0 +1,64 @@
+"""Process memory: what a process holds (RSS) and giving freed heap back to the system.
+
+A batch job runs case after case in one process and in long-lived worker processes
+(:mod:`medscan.dicom.contain`). Memory freed by one case is not always returned to the
+operating system: glibc keeps freed heap in its arenas, and some native libraries keep the
+capacity of their largest input (fast_simplification's global C++ vectors). A Slurm job is
+charged for what its processes *hold*, so the job and its workers give freed heap back after
+each case (:func:`release_free_heap`), and a worker that still holds much more than a fresh
+one is ended instead of kept (``contain.IDLE_WORKER_MAX_RSS_MIB``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import os
+
+
+@functools.cache
+def _malloc_trim() -> object | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None)  # glibc only (not musl, macOS)
+    except OSError:
+        return None
+
+
+def release_free_heap() -> bool:
+    """Return the heap pages ``free`` kept to the operating system (glibc ``malloc_trim(0)``).
+
+    Written here because no library wraps it: glibc keeps freed memory in its arenas for reuse,
+    so a process's RSS stays near its peak after large temporaries are freed (after a 255-slice
+    case about 200 MiB of the job's process, measured; docs/performance.md). ``malloc_trim(0)``
+    (glibc manual, malloc_trim(3); the remedy Dask's documentation gives for "unmanaged
+    memory") releases the free pages at the top and inside every arena. It takes milliseconds
+    and changes no result.
+
+    Returns
+    -------
+    bool
+        True when glibc's ``malloc_trim`` was called (False on other C libraries: nothing to do).
+    """
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)  # type: ignore[operator]
+    return True
+
+
+def rss_mib(pid: int | None = None) -> float | None:
+    """Resident set size of process ``pid`` (default: this process), in MiB.
+
+    Read from ``/proc/<pid>/statm`` (Linux, proc(5)); None where that file cannot be read
+    (another system, or the process has gone).
+    """
+    try:
+        with open(f"/proc/{pid or 'self'}/statm", encoding="ascii") as fh:
+            pages = int(fh.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
