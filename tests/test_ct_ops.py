@@ -149,6 +149,32 @@ def test_convex_hull_2d_degenerate_and_sparse_equal_scikit_image():
         np.testing.assert_array_equal(ops.convex_hull_2d(m), expected)
 
 
+def test_refine_mask_in_place_equals_fresh_output(sample_hu):
+    """``refine_mask(..., overwrite=True)`` (result written into the condition) against the
+    original formulation (a fresh output): real body and lung masks, random masks, factors
+    with z blocks and odd in-plane blocks, conditions larger than ``low * factors`` (the
+    remainder must come out empty) and smaller (partial last blocks)."""
+    rng = np.random.default_rng(19)
+    cases = []
+    hu = sample_hu[:12]
+    for thr in (-500, -320):
+        for factors in ((1, 2, 2), (2, 2, 2), (3, 1, 2)):
+            low = ops.block_mean(BE, hu, factors) > thr
+            cases.append((low, factors, hu > thr))
+    for _ in range(40):
+        factors = tuple(int(f) for f in rng.integers(1, 4, 3))
+        low = rng.random(tuple(int(n) for n in rng.integers(1, 9, 3))) < 0.6
+        full = tuple(n * f + int(rng.integers(-f + 1, 3))
+                     for n, f in zip(low.shape, factors, strict=True))
+        cases.append((low, factors, rng.random(full) < 0.5))
+    for low, factors, cond in cases:
+        expected = ops.refine_mask(BE, low, factors, cond)
+        work = cond.copy()
+        got = ops.refine_mask(BE, low, factors, work, overwrite=True)
+        np.testing.assert_array_equal(got, expected)
+        assert got is work or factors == (1, 1, 1)
+
+
 def _segment_both(volume: Volume, monkeypatch: pytest.MonkeyPatch):
     opts = CaseOptions.defaults()
     new = segment_module.segment(volume, opts.tissues, opts.segment)

@@ -309,7 +309,7 @@ def _segment_canonical(
     del hu_low
 
     # full resolution, inside the body's box: body border refined by the threshold
-    body = refine_mask(be, body_low, factors, hu_c > params.body_threshold_hu)
+    body = refine_mask(be, body_low, factors, hu_c > params.body_threshold_hu, overwrite=True)
     # the threshold in the border band can pick up bits of a sheet or pad lying within a
     # working voxel of the skin: keep only what is connected to the body
     body = largest_component(be, body, 6)
@@ -341,8 +341,7 @@ def _segment_canonical(
                          zip(lbox, factors, strict=True))
             cond = hu_c[fbox] < params.lung_threshold_hu
             cond &= body[fbox]
-            full = refine_mask(be, low[lbox], factors, cond)
-            del cond
+            full = refine_mask(be, low[lbox], factors, cond, overwrite=True)
             full = fill_holes_2d(be, full)
             sub = labels[fbox]
             full &= sub != right_id  # the slice-wise fill never takes the other lung's voxels
