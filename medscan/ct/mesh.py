@@ -229,6 +229,7 @@ def crop_surface(
     if thin and any(k > 1 for k in f) and params.thin_weight > 0:
         w = float(params.thin_weight)
         field = w * _block_any(be, sub, f) + (1.0 - w) * field
+    del sub  # the full-resolution padded mask is not held through meshing and decimation
     if params.presmooth_sigma > 0:
         field = be.ndi.gaussian_filter(field, params.presmooth_sigma)
     field = xp.pad(field, 1)
