@@ -66,13 +66,59 @@ def sample_hu(sample_ct) -> np.ndarray:
     return load_path(sample_ct).hu
 
 
+def _adversarial_slabs() -> list[np.ndarray]:
+    """Cases for the slab-wise labelling: components joined only across seams."""
+    out = []
+    # a U: two columns in separate slabs' worth of slices, joined only at the bottom slice
+    m = np.zeros((9, 6, 6), bool)
+    m[:, 1, 1] = True
+    m[:, 1, 4] = True
+    m[8, 1, 1:5] = True
+    m[0:3, 4, 0:6] = True  # a bigger plate that loses to the U only when the U is joined
+    out.append(m)
+    # a zig-zag through every seam, next to a straight column that is one voxel longer
+    m = np.zeros((8, 5, 8), bool)
+    for k in range(8):
+        m[k, 0, k // 2 : k // 2 + 2] = True
+    m[:, 4, 0] = True
+    m[0, 3, 0] = True
+    out.append(m)
+    # neighbours across a seam only diagonally (joined at 18/26, separate at 6), and a tie
+    m = np.zeros((4, 4, 4), bool)
+    m[1, 1, 1] = m[2, 2, 1] = m[1, 3, 3] = m[2, 2, 2] = True
+    out.append(m)
+    m = np.zeros((4, 4, 4), bool)
+    m[1, 0, 0] = m[2, 1, 1] = True  # corner neighbours (26 only)
+    m[0, 3, 3] = m[3, 3, 3] = True
+    out.append(m)
+    return out
+
+
 def test_largest_component_equals_counting_every_component(sample_hu):
+    """The sampled-candidate and slab-wise paths against counting every component of the
+    whole mask: real masks, random masks, majority/tie cases, and components joined only
+    across slab seams (slabs of 1, 2, 3 and 16 slices; 6-, 18- and 26-connectivity)."""
     masks = _real_masks(sample_hu) + _random_masks() + _adversarial_largest()
+    masks += _adversarial_slabs()
     for m in masks:
-        for conn in (6, 26):
-            np.testing.assert_array_equal(
-                ops.largest_component(BE, m, conn), ref.largest_component(BE, m, conn)
-            )
+        for conn in (6, 18, 26):
+            expected = ref.largest_component(BE, m, conn)
+            for slab in (1, 2, 3, 16):
+                np.testing.assert_array_equal(
+                    ops.largest_component(BE, m, conn, slab=slab), expected
+                )
+
+
+def test_select_ids_every_branch_equals_lookup_table():
+    """Kept ids written by comparisons (few kept / few dropped) or a table: all the same."""
+    rng = np.random.default_rng(23)
+    for n in (1, 2, 3, 4, 7, 40, 300):
+        ids = rng.integers(0, n + 1, (3, 5, 7)).astype(np.uint8 if n < 256 else np.uint16)
+        for _ in range(12):
+            keep = rng.random(n) < rng.choice([0.0, 0.05, 0.5, 0.95, 1.0])
+            out = np.empty(ids.shape, bool)
+            ops._select_ids(BE, ids, keep, out)
+            np.testing.assert_array_equal(out, np.concatenate([[False], keep])[ids])
 
 
 def test_dilate_erode_equal_scipy_filters(sample_hu):
