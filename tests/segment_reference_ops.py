@@ -16,8 +16,12 @@ from medscan.backend import Backend
 from medscan.ct.ops import component_sizes
 
 
-def largest_component(be: Backend, mask: Any, connectivity: int = 6) -> Any:
-    """Every component counted, the largest kept (ties: lowest id)."""
+def largest_component(be: Backend, mask: Any, connectivity: int = 6, slab: int = 16,
+                      overwrite: bool = False) -> Any:
+    """Every component of the whole mask counted, the largest kept (ties: lowest id).
+
+    ``slab`` and ``overwrite`` (options of the new version) are ignored.
+    """
     labels, n = be.label(mask, connectivity)
     if n == 0:
         return be.xp.zeros(mask.shape, dtype=bool)
@@ -63,8 +67,31 @@ def centroid(be: Backend, mask: Any) -> np.ndarray:
     return np.array(out)
 
 
+def metal_finding(be, labels, hu, tissues, voxel_ml, p, findings) -> None:
+    """The whole-box mask version of ``segment._metal_finding``."""
+    from medscan.volume import Finding
+
+    if "metal" not in [t.name for t in tissues.all]:
+        return
+    metal = tissues["metal"]
+    mask = labels == metal.label
+    n = int(be.xp.count_nonzero(mask))
+    ml = n * voxel_ml
+    if n == 0 or ml < p.metal_min_ml:
+        return
+    peak = float(be.xp.max(hu[mask]))
+    findings.append(Finding(
+        "metal", "warning",
+        f"{ml:.2f} mL of metal inside the body (>= {metal.hu_min:g} HU, up to {peak:.0f} HU: "
+        "implant, wire, rod or dense foreign body), labelled metal, not bone; metal streaks "
+        "can bias HU values and tissue volumes nearby",
+        details={"ml": round(ml, 3), "max_hu": round(peak, 1), "hu_min": metal.hu_min},
+    ))
+
+
 def old_ops() -> dict[str, Any]:
     """``{name in medscan.ct.segment: reference function}`` (``ops_module`` names: patched in
     :mod:`medscan.ct.ops` too, where other operations call them)."""
     return {"largest_component": largest_component, "dilate": dilate, "erode": erode,
-            "fill_holes_2d": fill_holes_2d, "_centroid": centroid}
+            "fill_holes_2d": fill_holes_2d, "_centroid": centroid,
+            "_metal_finding": metal_finding}

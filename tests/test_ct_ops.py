@@ -107,6 +107,10 @@ def test_largest_component_equals_counting_every_component(sample_hu):
                 np.testing.assert_array_equal(
                     ops.largest_component(BE, m, conn, slab=slab), expected
                 )
+            work = m.copy()
+            got = ops.largest_component(BE, work, conn, slab=2, overwrite=True)
+            np.testing.assert_array_equal(got, expected)
+            assert got is work or m.shape[0] <= 2
 
 
 def test_select_ids_every_branch_equals_lookup_table():
@@ -246,6 +250,11 @@ def _odd_volumes(volume: Volume) -> dict[str, Volume]:
         "odd_sizes": hu[1:, 3:-2, 1:-4],
         "float": hu.astype(np.float32) + 0.25,
     }
+    rods = hu.copy()  # spinal-rod-like metal (8000 HU) inside the body: the metal finding
+    y0, x0 = hu.shape[1] // 2, hu.shape[2] // 2
+    rods[:, y0 + 40 : y0 + 44, x0 - 30 : x0 - 26] = 8000
+    rods[:, y0 + 40 : y0 + 44, x0 + 26 : x0 + 30] = 8000
+    out["metal_rods"] = rods
     vols = {k: Volume(hu=np.ascontiguousarray(v), affine=aff, case_id="t") for k, v in out.items()}
     vols["z_flipped"] = Volume(hu=np.ascontiguousarray(hu[::-1]), affine=flipped, case_id="t")
     return vols
@@ -261,10 +270,14 @@ def _assert_same(new, old) -> None:
 
 def test_segment_labels_identical_to_old_ops_on_sample(sample_ct, monkeypatch):
     volume = load_path(sample_ct)
+    codes = set()
     for name, vol in {"sample": volume, **_odd_volumes(volume)}.items():
         new, old = _segment_both(vol, monkeypatch)
         assert new.lungs_found == old.lungs_found, name
         _assert_same(new, old)
+        codes |= {f.code for f in new.findings}
+    # the variants reach the paths they are there for
+    assert {"metal", "reoriented", "no_lungs", "airways"} <= codes
 
 
 @pytest.mark.slow

@@ -73,7 +73,7 @@ def component_sizes(be: Backend, labels: Any, n: int, slab: int = 16) -> np.ndar
 
 
 def largest_component(
-    be: Backend, mask: Any, connectivity: int = 6, slab: int = 16
+    be: Backend, mask: Any, connectivity: int = 6, slab: int = 16, overwrite: bool = False
 ) -> Any:
     """The largest connected component of ``mask`` (empty if ``mask`` is empty).
 
@@ -90,9 +90,12 @@ def largest_component(
     than half of the mask's voxels no other component can be as large, and it is the answer of
     the full count. Otherwise (no clear majority) every component is counted. Both paths give
     the voxels of counting every component of the whole mask (``tests/test_ct_ops.py``).
+
+    With ``overwrite=True`` a mask of more than ``slab`` slices (a writable bool array the
+    caller no longer needs) receives the result, which is returned: no fresh whole-volume mask.
     """
     if mask.shape[0] > slab:
-        return _largest_by_slabs(be, mask, connectivity, slab)
+        return _largest_by_slabs(be, mask, connectivity, slab, overwrite)
     labels, n = be.label(mask, connectivity)
     if n == 0:
         return be.xp.zeros(mask.shape, dtype=bool)
@@ -166,7 +169,9 @@ def _merge_roots(n_nodes: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return parent
 
 
-def _largest_by_slabs(be: Backend, mask: Any, connectivity: int, slab: int) -> Any:
+def _largest_by_slabs(
+    be: Backend, mask: Any, connectivity: int, slab: int, overwrite: bool = False
+) -> Any:
     """:func:`largest_component` from ``slab``-slice labellings joined across their seams.
 
     Each slab is labelled on its own; its component ids become global node ids (slab offset
@@ -201,12 +206,13 @@ def _largest_by_slabs(be: Backend, mask: Any, connectivity: int, slab: int) -> A
         local.append((offset, n, labels.astype(dtype)))
         del labels
         offset += n
-    if offset == 0:
-        return xp.zeros(mask.shape, dtype=bool)
+    if offset == 0:  # nothing set: the mask is its own (empty) answer
+        return mask if overwrite else xp.zeros(mask.shape, dtype=bool)
     empty = np.zeros(0, dtype=np.int64)
     root = _merge_roots(offset, np.concatenate(pairs_u or [empty]),
                         np.concatenate(pairs_v or [empty]))
-    out = xp.empty(mask.shape, dtype=bool)
+    total = int(xp.count_nonzero(mask))  # before ``out`` may overwrite the mask
+    out = mask if overwrite else xp.empty(mask.shape, dtype=bool)
 
     def write(weights: np.ndarray) -> int:
         """Write the group with the most ``weights`` into ``out``; return its voxel count."""
@@ -221,7 +227,7 @@ def _largest_by_slabs(be: Backend, mask: Any, connectivity: int, slab: int) -> A
         return count
 
     sampled_sizes = np.concatenate(sampled)
-    if sampled_sizes.any() and 2 * write(sampled_sizes) > int(xp.count_nonzero(mask)):
+    if sampled_sizes.any() and 2 * write(sampled_sizes) > total:
         return out
     sizes = [np.zeros(1, dtype=np.int64)]
     sizes += [component_sizes(be, ids, n)[1:] for _, n, ids in local]
