@@ -410,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with terminate_as_exception():  # SIGTERM/SIGHUP unwind like Ctrl-C: workers killed
             _preflight(command, rest)
-            return _run(command, rest)
+            return _run_or_answer(command, rest)
     except KeyboardInterrupt:
         print(_stopped(command, "SIGINT (Ctrl-C)"), file=sys.stderr)
         return 130  # as a process killed by SIGINT (128 + 2)
@@ -471,6 +471,20 @@ def _silence_stdout() -> None:
         pass
     finally:
         os.close(devnull)
+
+
+def _run_or_answer(command: str, rest: list[str]) -> int:
+    """Answer a no-op rerun from its record (:mod:`medscan.rerun`), else run the command."""
+    from medscan import rerun
+
+    code = rerun.answer(command, rest)
+    if code is not None:
+        return code
+    rerun.arm(command, rest)
+    try:
+        return _run(command, rest)
+    finally:
+        rerun.disarm()
 
 
 def _run(command: str, rest: list[str]) -> int:

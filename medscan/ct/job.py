@@ -524,15 +524,21 @@ def _run_segment(cfg: dict[str, Any]) -> int:
     output = Path(cfg["output"])
     job = _Job(cfg, source, output, options, be, fingerprint)
 
+    from medscan import rerun
+
+    before = rerun.begin(source, cfg.get("salt"))  # the inputs' state before any is read
     found = discover(source, salt=cfg.get("salt"), progress=bool(cfg.get("progress")))
+    warnings = []
     if found.skipped:  # named on the terminal (relative paths); the log in DIR holds no paths
-        log.warning("%d file(s) skipped by the loader", len(found.skipped))
+        warnings.append(f"{len(found.skipped)} file(s) skipped by the loader")
     for other in found.other_series:  # localizers, other modalities, stray files: not cases,
         why = next((f.message for f in other.findings  # but never dropped without a word
                     if f.code in ("non_volume", "stray_files", "no_pixel_data")),
                    f"modality {other.modality} is not loaded by segment")
-        log.warning("series %s (%s, %d file(s)) not loaded: %s", other.case_id, other.modality,
-                    other.n_slices, why)
+        warnings.append(f"series {other.case_id} ({other.modality}, {other.n_slices} file(s)) "
+                        f"not loaded: {why}")
+    for line in warnings:
+        log.warning("%s", line)
     by_id: dict[str, Any] = {s.case_id: s for s in found.series}
     for lost in found.lost_series:  # all files refused: a failed case, never silently dropped
         by_id.setdefault(lost.case_id, lost)
@@ -573,7 +579,11 @@ def _run_segment(cfg: dict[str, Any]) -> int:
         raise JobError(f"output folder {output}: cannot write index.csv: "
                        f"{exc.strerror or exc}") from exc
     _summary(job.rows, found.skipped, output, source)
-    return 1 if any(r[1] in ("failed", "stale") for r in job.rows) else 0
+    code = 1 if any(r[1] in ("failed", "stale") for r in job.rows) else 0
+    # a rerun with nothing changed is answered from this record (medscan.rerun)
+    rerun.finish(before, source, output, cfg.get("salt"), job.rows, found.skipped, warnings,
+                 code)
+    return code
 
 
 def _prefetch_enabled(cfg: dict[str, Any]) -> bool:
@@ -598,37 +608,8 @@ def _progress(enabled: bool) -> Any:
 
 def _summary(rows: list[tuple[str, str, str, float]], skipped: list[Any], output: Path,
              source: Path) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
+    """The job's summary on stderr (:func:`medscan.summary.print_summary`), paths relative."""
+    from medscan.summary import print_summary
 
-    table = Table(title=f"medscan segment -> {output}")
-    for col in ("case", "status", "reason", "seconds"):
-        table.add_column(col)
-    style = {"ok": "green", "failed": "red", "skipped": "cyan", "stale": "yellow"}
-    for case_id, status, reason, seconds in rows:
-        shown = reason if reason.startswith("kept:") else reason[:100]  # kept: says what to do
-        table.add_row(case_id, f"[{style.get(status, '')}]{status}[/]",
-                      escape(safe_text(shown)), f"{seconds:.1f}")
-    # logs and CI capture stderr: do not fold long paths at 80 columns there
-    console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
-    console.print(table)
-    if skipped:
-        files = Table(title="files skipped by the loader")
-        files.add_column("file")
-        files.add_column("reason")
-        for item in skipped[:50]:
-            files.add_row(escape(relative_to_root(item.path, source)),
-                          escape(safe_text(str(item.reason))))
-        if len(skipped) > 50:
-            files.add_row(f"... and {len(skipped) - 50} more", "")
-        console.print(files)
-    counts = {s: sum(r[1] == s for r in rows) for s in ("ok", "failed", "skipped", "stale")}
-    kept = sum(r[2].startswith("kept:") for r in rows)
-    stale = f", {counts['stale']} stale" if counts["stale"] else ""
-    kept_text = f" ({kept} hand-edited case(s) kept)" if kept else ""
-    console.print(
-        f"{counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped{stale}"
-        f"{kept_text}; "
-        f"{len(skipped)} file(s) skipped by the loader"
-    )
+    print_summary(rows, [(relative_to_root(item.path, source), safe_text(str(item.reason)))
+                         for item in skipped], output)

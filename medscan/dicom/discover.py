@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from medscan.dicom.headers import SkippedFile, SliceHeader, printable_path, read_header
+from medscan.dicom.headers import SliceHeader, read_header
 from medscan.dicom.identity import case_pseudonym, mute_permission_warning, resolve_secret
 from medscan.dicom.series import SeriesInfo, group_series
+from medscan.filetree import SkippedFile, iter_files, printable_path
 from medscan.volume import Finding
 
 #: From this many files on, headers are read by a process pool unless ``workers`` says otherwise.
@@ -91,53 +92,6 @@ def skipped_summary(files: list[SkippedFile]) -> str:
         kinds[f.reason] = kinds.get(f.reason, 0) + 1
     parts = [f"{n} x {why}" if n > 1 else why for why, n in sorted(kinds.items())]
     return f"{len(files)} file(s) skipped at discovery: " + "; ".join(parts)
-
-
-def iter_files(
-    root: str | os.PathLike[str], errors: list[SkippedFile] | None = None
-) -> Iterator[Path]:
-    """Yield every regular file under ``root`` (or ``root`` itself), in sorted order.
-
-    Hidden files and folders (name starting with ``.``) are walked like any other: DICOM archives
-    give dot-names no meaning, and skipping them silently dropped whole series (a file that is
-    not DICOM is listed as skipped with its reason anyway). Symlinked folders are followed
-    (archives are often trees of links; not following them dropped whole series with "0 CT
-    series found", exit 0), each real folder once (a link to an ancestor cannot loop), and a
-    file reached through several links is yielded once (same real path: the same bytes).
-
-    Parameters
-    ----------
-    root : str or PathLike
-        Folder or file.
-    errors : list of SkippedFile, optional
-        Receives every folder that could not be listed (no permission, vanished, I/O error)
-        with the reason, so that an unreadable folder is reported, never silently skipped.
-    """
-    root = Path(root)
-    if root.is_file():
-        yield root
-        return
-
-    def on_error(exc: OSError) -> None:
-        if errors is not None:
-            where = Path(exc.filename) if exc.filename else root
-            errors.append(SkippedFile(where, f"unreadable folder: {exc.strerror or exc}"))
-
-    seen_dirs: set[str] = set()
-    seen_files: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen_dirs:  # a second link to a folder already walked (or a loop)
-            dirnames[:] = []
-            continue
-        seen_dirs.add(real)
-        dirnames.sort()
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            key = os.path.realpath(path)
-            if key not in seen_files:
-                seen_files.add(key)
-                yield path
 
 
 def _read_all(

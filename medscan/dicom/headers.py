@@ -27,6 +27,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medscan.dicom.identity import SecretError, patient_pseudonym
+from medscan.filetree import SkippedFile, printable_path  # noqa: F401  (re-exported)
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 #: (7FE0,0010) Pixel Data, (7FE0,0008) Float Pixel Data, (7FE0,0009) Double Float Pixel Data.
@@ -38,45 +39,6 @@ LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN"
 #: Sequence Delimitation Item (FFFE,E0DD) with length 0, in either byte order.
 SEQ_DELIMITERS = (b"\xfe\xff\xdd\xe0\x00\x00\x00\x00", b"\xff\xfe\xe0\xdd\x00\x00\x00\x00")
 DEFLATED = "1.2.840.10008.1.2.1.99"
-
-
-def printable_path(path: str | os.PathLike[str]) -> str:
-    r"""``path`` as text that is valid Unicode for any POSIX file name.
-
-    File names are bytes; Python maps undecodable bytes to lone surrogates (PEP 383), which
-    cannot be written as UTF-8. Here the bytes (``os.fsencode``) are decoded as UTF-8 and any
-    invalid byte is shown as ``\xNN`` (e.g. ``scan\xe9-19``), so JSON, CSV and terminal
-    output never hold a lone surrogate.
-    """
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-@dataclass
-class SkippedFile:
-    """A file that is not part of any image series.
-
-    Parameters
-    ----------
-    path : Path
-        The file.
-    reason : str
-        Why it was skipped (human readable).
-    series_uid : str
-        SeriesInstanceUID when the header was read but the file was refused (truncated pixel
-        data, header sizes that lie), else empty: such a file is a lost slice of that series,
-        not just a stray file (:func:`medscan.dicom.discover` reports the series).
-    modality : str
-        Its Modality, when ``series_uid`` is set.
-    """
-
-    path: Path
-    reason: str
-    series_uid: str = ""
-    modality: str = ""
-
-    def to_dict(self) -> dict[str, str]:
-        """Return a JSON-serialisable dict."""
-        return {"path": printable_path(self.path), "reason": self.reason}
 
 
 @dataclass

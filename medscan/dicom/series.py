@@ -31,8 +31,9 @@ import numpy as np
 from pydicom.uid import UID
 
 from medscan.dicom import validate
-from medscan.dicom.headers import SliceHeader, printable_path
+from medscan.dicom.headers import SliceHeader
 from medscan.dicom.identity import case_pseudonym
+from medscan.filetree import printable_path
 from medscan.volume import Finding
 
 #: A step larger than this times the median step is a gap (missing slices).

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from medscan.filetree import relative_to_root, safe_text  # noqa: F401  (re-exported)
 from medscan.volume import Finding
 
 #: Series metadata keys kept in outputs by default: coded values and device facts, no free text.
@@ -201,23 +202,6 @@ def series_block(case_id: str, patient_id: str, metadata: dict[str, Any],
 def _printable(path: str) -> str:
     r"""File name bytes as text, undecodable bytes as ``\xNN`` (as the loader prints them)."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def safe_text(text: str) -> str:
-    """``text`` as valid UTF-8 (lone surrogates from undecodable bytes become U+FFFD)."""
-    return text.encode("utf-8", "replace").decode("utf-8")
-
-
-def relative_to_root(path: str | Path, root: str | Path) -> str:
-    """``path`` relative to the input ``root`` for terminal messages (else its name only)."""
-    p, r = Path(path), Path(root)
-    base = r if r.is_dir() else r.parent
-    for a, b in ((p, base), (p.resolve(), base.resolve())):
-        try:
-            return safe_text(str(a.relative_to(b)))
-        except ValueError:
-            continue
-    return safe_text(p.name)
 
 
 def relative_paths(value: Any, root: str | Path | None) -> Any:
