@@ -8,8 +8,9 @@ same answer again. So a run that ends with exit 0 leaves a *rerun record* in the
 neither the input tree nor the case folders changed since:
 
 - the key covers the command line (overrides in order), the working folder, the stat of
-  medscan's code and config files, the Python executable and the pseudonym secret's
-  fingerprint (a changed secret changes every case id);
+  medscan's code and config files and of the main libraries' ``__init__`` (an upgrade), the
+  Python executable and the pseudonym secret's fingerprint (a changed secret changes every
+  case id);
 - the input tree is compared by a keyed digest (HMAC-SHA256 under the pseudonym secret) of its
   file list (the walk of :func:`medscan.filetree.iter_files`, as discovery walks it) with each
   file's size, mtime, ctime, inode and device. Like git's index and make, this trusts file
@@ -108,9 +109,24 @@ def _plain_path(value: str | None) -> Path | None:
     return Path(value)
 
 
+#: Libraries whose upgrade may change what a run finds or writes: the stat of their
+#: ``__init__`` is part of the key (an install rewrites it).
+STAMPED_LIBRARIES = ("pydicom", "numpy", "scipy", "skimage", "cc3d", "trimesh",
+                     "fast_simplification", "nibabel", "hydra", "omegaconf", "pylibjpeg",
+                     "libjpeg", "openjpeg", "imagecodecs", "matplotlib", "isal")
+
+
 def _code_stamp() -> list[tuple[str, int, int]]:
-    """(file, size, mtime) of medscan's code, jobs and config files (an upgrade changes it)."""
+    """(file, size, mtime) of medscan's code, jobs and config, and of the libraries' ``__init__``.
+
+    An edit, upgrade or reinstall changes it (:data:`STAMPED_LIBRARIES`).
+    """
     stamp = []
+    for library in STAMPED_LIBRARIES:
+        spec = importlib.util.find_spec(library)
+        if spec is not None and spec.origin and os.path.isfile(spec.origin):
+            st = os.stat(spec.origin)
+            stamp.append((f"{library}:{spec.origin}", st.st_size, st.st_mtime_ns))
     for package in ("medscan", "medscan_jobs", "medscan_conf"):
         spec = importlib.util.find_spec(package)
         for base in (spec.submodule_search_locations or []) if spec else []:
