@@ -45,6 +45,17 @@ def fill_holes_2d(be: Backend, mask: Any) -> Any:
     return out
 
 
+def fill_holes_3d(be: Backend, mask: Any) -> Any:
+    """Background components not on the array border, by a look-up table."""
+    labels, n = be.label(~mask, 6)
+    lut = be.xp.zeros(n + 1, dtype=bool)
+    for face in (labels[0], labels[-1], labels[:, 0], labels[:, -1], labels[:, :, 0],
+                 labels[:, :, -1]):
+        lut[face.ravel()] = True
+    lut[0] = False
+    return ~lut[labels]
+
+
 def dilate(be: Backend, mask: Any, size: tuple[int, int, int]) -> Any:
     """SciPy's separable maximum filter on the uint8 view."""
     return be.ndi.maximum_filter(mask.view(be.xp.uint8), size=size).view(bool)
@@ -94,4 +105,4 @@ def old_ops() -> dict[str, Any]:
     :mod:`medscan.ct.ops` too, where other operations call them)."""
     return {"largest_component": largest_component, "dilate": dilate, "erode": erode,
             "fill_holes_2d": fill_holes_2d, "_centroid": centroid,
-            "_metal_finding": metal_finding}
+            "_metal_finding": metal_finding, "fill_holes_3d": fill_holes_3d}

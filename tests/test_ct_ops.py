@@ -113,16 +113,19 @@ def test_largest_component_equals_counting_every_component(sample_hu):
             assert got is work or m.shape[0] <= 2
 
 
-def test_select_ids_every_branch_equals_lookup_table():
+def test_select_labels_every_branch_equals_lookup_table():
     """Kept ids written by comparisons (few kept / few dropped) or a table: all the same."""
     rng = np.random.default_rng(23)
     for n in (1, 2, 3, 4, 7, 40, 300):
         ids = rng.integers(0, n + 1, (3, 5, 7)).astype(np.uint8 if n < 256 else np.uint16)
         for _ in range(12):
             keep = rng.random(n) < rng.choice([0.0, 0.05, 0.5, 0.95, 1.0])
+            expected = np.concatenate([[False], keep])[ids]
             out = np.empty(ids.shape, bool)
-            ops._select_ids(BE, ids, keep, out)
-            np.testing.assert_array_equal(out, np.concatenate([[False], keep])[ids])
+            assert ops.select_labels(BE, ids, keep, out) is out
+            np.testing.assert_array_equal(out, expected)
+            np.testing.assert_array_equal(ops.select_labels(BE, ids.astype(np.uint32), keep),
+                                          expected)
 
 
 def test_dilate_erode_equal_scipy_filters(sample_hu):
@@ -159,6 +162,25 @@ def test_fill_holes_2d_stacked_equals_slice_by_slice(sample_hu):
             np.testing.assert_array_equal(ops.fill_holes_2d(BE, m, slab=slab), expected)
     filled = ops.fill_holes_2d(BE, cases[-1])
     assert filled[:2].all() and not filled[2, 5, 3]
+
+
+def test_fill_holes_3d_equals_lookup_table(sample_hu):
+    """3-D fill with the outside ids selected by comparisons against the look-up table:
+    real masks (holes reaching the box edge in the crop), random masks, a closed cavity, a
+    tube open at both ends, and masks with many separate outside regions (table branch)."""
+    cases = _real_masks(sample_hu) + _random_masks(29)
+    closed = np.zeros((5, 7, 7), bool)
+    closed[1:4, 1:6, 1:6] = True
+    closed[2, 3, 3] = False
+    tube = np.zeros((5, 7, 7), bool)
+    tube[:, 1:6, 1:6] = True
+    tube[:, 3, 3] = False
+    walls = np.zeros((4, 9, 9), bool)
+    walls[:, :, 1::2] = True  # five separate outside slabs
+    cases += [closed, tube, walls]
+    for m in cases:
+        np.testing.assert_array_equal(ops.fill_holes_3d(BE, m), ref.fill_holes_3d(BE, m))
+    assert ops.fill_holes_3d(BE, closed)[2, 3, 3] and not ops.fill_holes_3d(BE, tube)[2, 3, 3]
 
 
 def test_centroid_equals_count_nonzero_per_axis(sample_hu):
@@ -258,6 +280,60 @@ def _odd_volumes(volume: Volume) -> dict[str, Volume]:
     vols = {k: Volume(hu=np.ascontiguousarray(v), affine=aff, case_id="t") for k, v in out.items()}
     vols["z_flipped"] = Volume(hu=np.ascontiguousarray(hu[::-1]), affine=flipped, case_id="t")
     return vols
+
+
+#: sha256 of ``segment().labels`` at main cdb6d7c, before the issue-15 speed-ups (a change
+#: that is *meant* to change the segmentation updates these; a speed-up never does).
+MAIN_LABEL_SHA256 = {
+    "sample": "76dbe81e46eb013f05ba7ecd694c8c4149c341e738642ef17f0627bc28b3cd65",
+    "sample/one_slice": "35845ecbc4f0c266ae6a2572ff5705954eed57fc1a021e850852383620408914",
+    "sample/three_slices": "e0376cf8038e9ce0eb585a8161e929bbe36c32ef8a475d938425b9a556f1a4e5",
+    "sample/cropped_fov": "f8f1f04f8e60f84e6c44c5a5b05c146c4a1d58b435e2a98e26faa1953f2f238f",
+    "sample/odd_sizes": "41d3ea3e3cdeb73539582b25d52d9c0aec54aa3cca8fa59cdc7d33cd609d6fb8",
+    "sample/float": "8b650ed435c14c77230a95b8323b08a7b2c635b4204fa17751f6709fe5579664",
+    "sample/z_flipped": "2796de51d30064373162a4f7c3c4e9710819e599daf6e24ea74a4c30f4b4647f",
+    "ct/ricord-1a-000082-jpegll":
+        "b355eda8b64b11eba9a001f25b57b5401bff169a1fe37bb284df98501226a5e4",
+    "ct/lungdx-a0001-chest-5mm":
+        "b3e2cbe5ec43684fc5dcc480b6a15779161b4befed526a2e014493e95e76705b",
+    "ct/lungdx-a0002-b40f": "76dbe81e46eb013f05ba7ecd694c8c4149c341e738642ef17f0627bc28b3cd65",
+    "ct/lungdx-a0002-b70f": "0e3f09f1bfce46a367cfce7755b814654aa26d9737426b573817e21631971f44",
+    "ct-qa/ge-head-tilt-uneven":
+        "88587dc8e003d6caae856721c441f845a061dbccd1a1f9cc93275eb37a50b0c1",
+}
+
+
+def _sha256(labels: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(labels).tobytes()).hexdigest()
+
+
+def test_segment_labels_equal_main_on_sample_and_variants(sample_ct):
+    """Labels of the sample and its odd variants equal main's before the speed-ups (saved
+    hashes; this also covers the steps changed inline in ``segment``, e.g. the tissue
+    look-up by ``take``, which the old-operations comparison below does not revert)."""
+    volume = load_path(sample_ct)
+    opts = CaseOptions.defaults()
+    for name, vol in {"sample": volume, **_odd_volumes(volume)}.items():
+        key = name if name == "sample" else f"sample/{name}"
+        if key not in MAIN_LABEL_SHA256:
+            continue  # built after main's hashes were taken (metal rods)
+        labels = segment_module.segment(vol, opts.tissues, opts.segment).labels
+        assert _sha256(labels) == MAIN_LABEL_SHA256[key], key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", [k for k in MAIN_LABEL_SHA256 if not k.startswith("sample")])
+def test_segment_labels_equal_main_on_shared_series(shared_ct, key):
+    from ct_reference import load_series
+
+    folder = shared_ct.parent / key
+    if not folder.exists():
+        pytest.skip(f"needs {folder}")
+    opts = CaseOptions.defaults()
+    labels = segment_module.segment(load_series(str(folder)), opts.tissues, opts.segment).labels
+    assert _sha256(labels) == MAIN_LABEL_SHA256[key], key
 
 
 def _assert_same(new, old) -> None:

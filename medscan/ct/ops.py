@@ -222,7 +222,7 @@ def _largest_by_slabs(
         count = 0
         for k, (off, n, ids) in zip(range(0, nz, slab), local, strict=True):
             dst = out[k : k + slab]
-            _select_ids(be, ids, keep[off + 1 : off + n + 1], dst)
+            select_labels(be, ids, keep[off + 1 : off + n + 1], dst)
             count += int(xp.count_nonzero(dst))
         return count
 
@@ -235,13 +235,34 @@ def _largest_by_slabs(
     return out
 
 
-def _select_ids(be: Backend, ids: Any, keep: np.ndarray, out: Any) -> None:
-    """``out[...] = ids in {j : keep[j - 1]}`` (ids ``1..len(keep)``, 0 = background).
+def select_labels(be: Backend, ids: Any, keep: Any, out: Any = None) -> Any:
+    """Voxels whose component id ``j`` (``1..len(keep)``) has ``keep[j - 1]``; 0 never.
 
-    A few ids kept, or a few dropped: comparisons on the small-typed ids; otherwise a
-    look-up table (a fancy index: every id widened to 64 bits first, several times slower).
+    The same as ``concatenate([[False], keep])[ids]``. A few ids kept, or a few dropped (the
+    usual case: one body, one outside-air region): comparisons on the ids; otherwise that
+    look-up table (a fancy index, which first widens every id to 64 bits: several times
+    slower, and a temporary of eight bytes per voxel).
+
+    Parameters
+    ----------
+    be : Backend
+        Array backend.
+    ids : array
+        Unsigned integer component ids, any shape.
+    keep : array
+        bool, one entry per id ``1..len(keep)`` (host or device).
+    out : array, optional
+        bool array of ``ids``' shape to write into.
+
+    Returns
+    -------
+    array
+        bool, ``ids``' shape (``out`` when given).
     """
     xp = be.xp
+    keep = be.asnumpy(keep).astype(bool, copy=False)
+    if out is None:
+        out = xp.empty(ids.shape, dtype=bool)
     kept = np.flatnonzero(keep) + 1
     dropped = np.flatnonzero(~keep) + 1
     if kept.size == 0:
@@ -257,6 +278,7 @@ def _select_ids(be: Backend, ids: Any, keep: np.ndarray, out: Any) -> None:
     else:
         lut = np.concatenate([[False], keep])
         out[...] = be.asarray(lut)[ids]
+    return out
 
 
 def _outside_lut(be: Backend, labels: Any, n: int, faces: list[Any]) -> Any:
@@ -271,10 +293,12 @@ def _outside_lut(be: Backend, labels: Any, n: int, faces: list[Any]) -> Any:
 
 def fill_holes_3d(be: Backend, mask: Any) -> Any:
     """Fill background cavities of ``mask`` not connected (6-conn.) to the array border."""
+    xp = be.xp
     labels, n = be.label(~mask, 6)
     faces = [labels[0], labels[-1], labels[:, 0], labels[:, -1], labels[:, :, 0], labels[:, :, -1]]
     outside = _outside_lut(be, labels, n, faces)
-    return ~outside[labels]
+    filled = select_labels(be, labels, outside[1:])
+    return xp.logical_not(filled, out=filled)
 
 
 def fill_holes_2d(be: Backend, mask: Any, slab: int = 32) -> Any:
@@ -297,7 +321,9 @@ def fill_holes_2d(be: Backend, mask: Any, slab: int = 32) -> Any:
         planes = labels.reshape(s, ny, nx)
         outside = _outside_lut(be, labels, n, [planes[:, 0], planes[:, -1], planes[:, :, 0],
                                                planes[:, :, -1]])
-        out[k : k + s] = ~outside[planes]
+        dst = out[k : k + s]
+        select_labels(be, planes, outside[1:], dst)
+        xp.logical_not(dst, out=dst)
     return out
 
 

@@ -52,6 +52,7 @@ from medscan.ct.ops import (
     fill_holes_3d,
     largest_component,
     refine_mask,
+    select_labels,
 )
 from medscan.ct.orient import canonical_reorientation
 from medscan.ct.tissues import LUNG_LEFT, LUNG_RIGHT, TissueTable
@@ -323,7 +324,7 @@ def _segment_canonical(
         part = hu_c[k : k + 16]
         if part.dtype != xp.int16:
             part = xp.clip(xp.floor(part), -32768, 32767).astype(xp.int16)
-        labels[k : k + 16] = lut[part.view(xp.uint16)]
+        labels[k : k + 16] = xp.take(lut, part.view(xp.uint16))  # take: faster than lut[...]
     labels *= body
     clock.lap("tissue_bands")
     _metal_finding(be, labels, hu_c, tissues, voxel_ml, params, findings)
@@ -507,7 +508,7 @@ def _segment_lungs(
             )
         )
         return None
-    cand = be.asarray(keep)[labels]
+    cand = select_labels(be, labels, keep[1:])
     del labels
 
     airway = _airways(be, hu, cand, body, affine, box, spacing, voxel_ml, p, findings)
