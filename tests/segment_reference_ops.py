@@ -100,9 +100,39 @@ def metal_finding(be, labels, hu, tissues, voxel_ml, p, findings) -> None:
     ))
 
 
+def with_edge_air(be, body, hu, box, full_shape, p) -> Any:
+    """``segment._with_edge_air`` with the hull computed on every slice holding body."""
+    from scipy import ndimage
+
+    from medscan.ct.ops import convex_hull_2d
+
+    at_edge = [box[1].start == 0, box[1].stop >= full_shape[1],
+               box[2].start == 0, box[2].stop >= full_shape[2]]
+    if not any(at_edge):
+        return body
+    body_h = be.asnumpy(body)
+    air = be.asnumpy(hu < p.lung_threshold_hu) & ~body_h
+    out = body_h.copy()
+    for k in range(body_h.shape[0]):
+        if not body_h[k].any():
+            continue
+        extra = convex_hull_2d(body_h[k]) & air[k]
+        lab, n = ndimage.label(extra)
+        if n == 0:
+            continue
+        edge_ids = set()
+        for cut, line in zip(at_edge, (lab[0], lab[-1], lab[:, 0], lab[:, -1]), strict=True):
+            if cut:
+                edge_ids.update(int(i) for i in np.unique(line) if i)
+        if edge_ids:
+            out[k] |= np.isin(lab, sorted(edge_ids))
+    return be.asarray(out)
+
+
 def old_ops() -> dict[str, Any]:
     """``{name in medscan.ct.segment: reference function}`` (``ops_module`` names: patched in
     :mod:`medscan.ct.ops` too, where other operations call them)."""
     return {"largest_component": largest_component, "dilate": dilate, "erode": erode,
             "fill_holes_2d": fill_holes_2d, "_centroid": centroid,
-            "_metal_finding": metal_finding, "fill_holes_3d": fill_holes_3d}
+            "_metal_finding": metal_finding, "fill_holes_3d": fill_holes_3d,
+            "_with_edge_air": with_edge_air}

@@ -128,6 +128,41 @@ def test_select_labels_every_branch_equals_lookup_table():
                                           expected)
 
 
+def test_edge_air_skip_equals_hull_on_every_slice(sample_hu):
+    """Edge air with the hull skipped where no cut line can hold hull air, against the hull
+    on every slice: the real body cut by a narrowed field of view on each side and on
+    several at once, and random bodies touching random edges."""
+    from types import SimpleNamespace
+
+    p = SimpleNamespace(lung_threshold_hu=-320.0)
+    rng = np.random.default_rng(31)
+    cases = []
+    hu = sample_hu[:, ::2, ::2]
+    # a field of view cutting the body: the crop is the whole image, cut on every side, or
+    # (a larger image) on some sides only
+    for ys, xs in ((slice(100, 160), slice(0, 256)), (slice(0, 256), slice(70, 180)),
+                   (slice(90, 170), slice(60, 200)), (slice(120, 256), slice(0, 110))):
+        h = np.ascontiguousarray(hu[:, ys, xs])
+        body = ops.fill_holes_2d(BE, h > -500)
+        nz, ny, nx = h.shape
+        box = (slice(0, nz), slice(0, ny), slice(0, nx))
+        for extra_y, extra_x in ((0, 0), (1, 0), (0, 1)):
+            cases.append((body, h, box, (nz, ny + extra_y, nx + extra_x)))
+            cases.append((body[:, ::-1], h[:, ::-1], box, (nz, ny + extra_y, nx + extra_x)))
+    for _ in range(40):
+        h = rng.integers(-1000, 200, (3, 14, 16)).astype(np.int16)
+        body = rng.random(h.shape) < rng.choice([0.1, 0.5])
+        body[:, : int(rng.integers(0, 8))] = False  # often away from the first rows
+        y0, x0, y1, x1 = (int(v) for v in rng.integers(0, 2, 4))
+        box = (slice(0, 3), slice(y0, 14), slice(x0, 16))
+        cases.append((body, h, box, (3, 14 + y1, 16 + x1)))
+    for body, h, box, shape in cases:
+        np.testing.assert_array_equal(
+            segment_module._with_edge_air(BE, body, h, box, shape, p),
+            ref.with_edge_air(BE, body, h, box, shape, p),
+        )
+
+
 def test_dilate_erode_equal_scipy_filters(sample_hu):
     """Box dilation / erosion by shifted boolean operations against SciPy's maximum / minimum
     filters (the old formulation): real masks, random shapes with windows larger than the
