@@ -212,10 +212,21 @@ def test_fill_holes_3d_equals_lookup_table(sample_hu):
     tube[:, 3, 3] = False
     walls = np.zeros((4, 9, 9), bool)
     walls[:, :, 1::2] = True  # five separate outside slabs
-    cases += [closed, tube, walls]
+    spiral = np.ones((9, 7, 7), bool)  # a cavity reaching the top face only through a
+    spiral[1:8, 3, 3] = False  # channel that winds across several slab seams
+    spiral[7, 3, 3:6] = False
+    spiral[0:8, 3, 5] = False
+    spiral[0, 3, 5] = False
+    sealed = spiral.copy()
+    sealed[0, 3, 5] = True  # the same channel closed at the top: a cavity
+    cases += [closed, tube, walls, spiral, sealed]
     for m in cases:
-        np.testing.assert_array_equal(ops.fill_holes_3d(BE, m), ref.fill_holes_3d(BE, m))
+        expected = ref.fill_holes_3d(BE, m)
+        for slab in (1, 2, 3, 32):
+            np.testing.assert_array_equal(ops.fill_holes_3d(BE, m, slab=slab), expected)
     assert ops.fill_holes_3d(BE, closed)[2, 3, 3] and not ops.fill_holes_3d(BE, tube)[2, 3, 3]
+    assert not ops.fill_holes_3d(BE, spiral, slab=2)[4, 3, 3]
+    assert ops.fill_holes_3d(BE, sealed, slab=2)[4, 3, 3]
 
 
 def test_centroid_equals_count_nonzero_per_axis(sample_hu):

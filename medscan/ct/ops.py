@@ -169,69 +169,109 @@ def _merge_roots(n_nodes: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return parent
 
 
+class _SlabComponents:
+    """Connected components of a 3-D mask found ``slab`` slices at a time.
+
+    Each slab is labelled on its own; its component ids become global node ids (slab offset
+    + local id, so node order is the raster order of each component's first voxel) and the
+    components of adjacent slabs that touch across a seam are joined (:func:`_merge_roots`):
+    ``root[node]`` is the smallest node of its whole-volume component. Only the local ids are
+    kept per slab, in the smallest unsigned type that holds them: a whole-volume uint32 label
+    array (235 MB for a chest CT's body box) is never built, and touching that much fresh
+    memory was a good part of the labelling time.
+
+    Attributes
+    ----------
+    local : list of (int, int, array)
+        ``(offset, count, local ids)`` per slab.
+    root : numpy.ndarray
+        int64 ``(nodes + 1,)``; node 0 is the background.
+    sampled : numpy.ndarray
+        int64 ``(nodes + 1,)`` voxel counts of each node in a strided 1-in-64 sample.
+    on_border : numpy.ndarray
+        bool ``(nodes + 1,)``: the node touches a face of the whole array.
+    """
+
+    def __init__(self, be: Backend, mask: Any, connectivity: int, slab: int) -> None:
+        xp = be.xp
+        nz = mask.shape[0]
+        self.slab = slab
+        self.local: list[tuple[int, int, Any]] = []
+        sampled = [np.zeros(1, dtype=np.int64)]
+        border = [np.zeros(1, dtype=bool)]
+        pairs_u, pairs_v = [], []
+        offset = 0
+        last = None  # local ids of the previous slab's last slice, and their count
+        for k in range(0, nz, slab):
+            labels, n = be.label(mask[k : k + slab], connectivity)
+            if n:
+                sample = xp.ascontiguousarray(labels[::4, ::4, ::4]).ravel()
+                sampled.append(be.asnumpy(xp.bincount(sample, minlength=n + 1))[1:])
+                faces = [labels[:, 0], labels[:, -1], labels[:, :, 0], labels[:, :, -1]]
+                faces += [labels[0]] if k == 0 else []
+                faces += [labels[-1]] if k + slab >= nz else []
+                flags = xp.zeros(n + 1, dtype=bool)
+                for face in faces:
+                    flags[face.ravel()] = True
+                border.append(be.asnumpy(flags)[1:])
+                if last is not None and last[1]:
+                    u, v = _seam_pairs(be, last[0], labels[0], connectivity, last[1], n)
+                    pairs_u.append(u + (offset - last[1]))
+                    pairs_v.append(v + offset)
+            last = (labels[-1].copy(), n)
+            dtype = xp.uint8 if n < 256 else xp.uint16 if n < 65536 else xp.uint32
+            self.local.append((offset, n, labels.astype(dtype)))
+            del labels
+            offset += n
+        self.nodes = offset
+        empty = np.zeros(0, dtype=np.int64)
+        self.root = _merge_roots(offset, np.concatenate(pairs_u or [empty]),
+                                 np.concatenate(pairs_v or [empty]))
+        self.sampled = np.concatenate(sampled)
+        self.on_border = np.concatenate(border)
+
+    def write(self, be: Backend, keep: np.ndarray, out: Any) -> int:
+        """``out`` = the voxels of the nodes with ``keep[node]``; returns their count."""
+        count = 0
+        for k, (off, n, ids) in zip(range(0, out.shape[0], self.slab), self.local, strict=True):
+            dst = out[k : k + self.slab]
+            select_labels(be, ids, keep[off + 1 : off + n + 1], dst)
+            count += int(be.xp.count_nonzero(dst))
+        return count
+
+    def sizes(self, be: Backend) -> np.ndarray:
+        """Exact voxel count of every node (``bincount`` of every slab)."""
+        parts = [np.zeros(1, dtype=np.int64)]
+        parts += [component_sizes(be, ids, n)[1:] for _, n, ids in self.local]
+        return np.concatenate(parts)
+
+
 def _largest_by_slabs(
     be: Backend, mask: Any, connectivity: int, slab: int, overwrite: bool = False
 ) -> Any:
-    """:func:`largest_component` from ``slab``-slice labellings joined across their seams.
+    """:func:`largest_component` from :class:`_SlabComponents`.
 
-    Each slab is labelled on its own; its component ids become global node ids (slab offset
-    + local id, so node order is the raster order of each component's first voxel), the
-    components of adjacent slabs that touch across the seam are joined (:func:`_merge_roots`)
-    and the group with the most voxels is kept (ties: the smallest root, i.e. the group met
-    first in raster order, as ``np.argmax`` over whole-volume ids). Between the two passes
-    only the local ids are kept, in the smallest unsigned type that holds them.
-
-    As in :func:`largest_component`, the group is first guessed from a strided sample and
-    counted while it is written out; only without a clear majority is every component
-    counted (``bincount`` of every slab).
+    The group with the most voxels is kept (ties: the smallest root, i.e. the group met first
+    in raster order, as ``np.argmax`` over whole-volume ids). As in :func:`largest_component`,
+    the group is first guessed from the strided sample and counted while it is written out;
+    only without a clear majority is every component counted.
     """
     xp = be.xp
-    nz = mask.shape[0]
-    local: list[tuple[int, int, Any]] = []  # (offset, count, local ids) per slab
-    sampled = [np.zeros(1, dtype=np.int64)]
-    pairs_u, pairs_v = [], []
-    offset = 0
-    last = None  # local ids of the previous slab's last slice, and their count
-    for k in range(0, nz, slab):
-        labels, n = be.label(mask[k : k + slab], connectivity)
-        if n:
-            sample = xp.ascontiguousarray(labels[::4, ::4, ::4]).ravel()
-            sampled.append(be.asnumpy(xp.bincount(sample, minlength=n + 1))[1:])
-            if last is not None and last[1]:
-                u, v = _seam_pairs(be, last[0], labels[0], connectivity, last[1], n)
-                pairs_u.append(u + (offset - last[1]))
-                pairs_v.append(v + offset)
-        last = (labels[-1].copy(), n)
-        dtype = xp.uint8 if n < 256 else xp.uint16 if n < 65536 else xp.uint32
-        local.append((offset, n, labels.astype(dtype)))
-        del labels
-        offset += n
-    if offset == 0:  # nothing set: the mask is its own (empty) answer
+    comps = _SlabComponents(be, mask, connectivity, slab)
+    if comps.nodes == 0:  # nothing set: the mask is its own (empty) answer
         return mask if overwrite else xp.zeros(mask.shape, dtype=bool)
-    empty = np.zeros(0, dtype=np.int64)
-    root = _merge_roots(offset, np.concatenate(pairs_u or [empty]),
-                        np.concatenate(pairs_v or [empty]))
     total = int(xp.count_nonzero(mask))  # before ``out`` may overwrite the mask
     out = mask if overwrite else xp.empty(mask.shape, dtype=bool)
+    root = comps.root
 
     def write(weights: np.ndarray) -> int:
-        """Write the group with the most ``weights`` into ``out``; return its voxel count."""
-        group = np.bincount(root, weights=weights.astype(np.float64), minlength=offset + 1)
+        group = np.bincount(root, weights=weights.astype(np.float64), minlength=root.size)
         group[0] = 0
-        keep = root == root[int(np.argmax(group))]
-        count = 0
-        for k, (off, n, ids) in zip(range(0, nz, slab), local, strict=True):
-            dst = out[k : k + slab]
-            select_labels(be, ids, keep[off + 1 : off + n + 1], dst)
-            count += int(xp.count_nonzero(dst))
-        return count
+        return comps.write(be, root == root[int(np.argmax(group))], out)
 
-    sampled_sizes = np.concatenate(sampled)
-    if sampled_sizes.any() and 2 * write(sampled_sizes) > total:
+    if comps.sampled.any() and 2 * write(comps.sampled) > total:
         return out
-    sizes = [np.zeros(1, dtype=np.int64)]
-    sizes += [component_sizes(be, ids, n)[1:] for _, n, ids in local]
-    write(np.concatenate(sizes))
+    write(comps.sizes(be))
     return out
 
 
@@ -291,9 +331,21 @@ def _outside_lut(be: Backend, labels: Any, n: int, faces: list[Any]) -> Any:
     return lut
 
 
-def fill_holes_3d(be: Backend, mask: Any) -> Any:
-    """Fill background cavities of ``mask`` not connected (6-conn.) to the array border."""
+def fill_holes_3d(be: Backend, mask: Any, slab: int = 32) -> Any:
+    """Fill background cavities of ``mask`` not connected (6-conn.) to the array border.
+
+    The background of a mask of more than ``slab`` slices is labelled slab by slab and joined
+    across the seams (:class:`_SlabComponents`; no whole-volume uint32 labels).
+    """
     xp = be.xp
+    if mask.shape[0] > slab:
+        comps = _SlabComponents(be, ~mask, 6, slab)
+        root = comps.root
+        outside = np.isin(root, root[comps.on_border])
+        outside[0] = False
+        out = xp.empty(mask.shape, dtype=bool)
+        comps.write(be, outside, out)
+        return xp.logical_not(out, out=out)
     labels, n = be.label(~mask, 6)
     faces = [labels[0], labels[-1], labels[:, 0], labels[:, -1], labels[:, :, 0], labels[:, :, -1]]
     outside = _outside_lut(be, labels, n, faces)
