@@ -56,11 +56,10 @@ VERSION = 1
 #: Inputs changed less than this before the job started are not trusted to metadata
 #: (file system timestamp granularity: 2 s on FAT, 1 s on some network file systems).
 RACY_S = 2.0
-#: Top-level output entries every run rewrites or that are not results: left out of the digest.
-OUTPUT_SKIP = frozenset({".hydra", ".locks", ".index.lock", RECORD_DIR, "index.csv",
-                         "index.html", "report.html"})
-#: Top-level output files the fast answer requires to exist (the full run rebuilds them).
-OUTPUT_REQUIRED = ("index.csv",)
+#: Top-level output entries that are not results (logs, locks, the records): left out of the
+#: digest. The index, gallery and batch report are in it: the fast answer does not rebuild
+#: them, so a changed or missing one runs the job, which does.
+OUTPUT_SKIP = frozenset({".hydra", ".locks", ".index.lock", RECORD_DIR})
 #: Records kept per output folder (the newest; older command lines run the job again).
 KEEP_RECORDS = 16
 #: Commands with a fast rerun answer.
@@ -69,6 +68,8 @@ _KEY = re.compile(r"[A-Za-z_][\w.]*")
 _PLAIN_PATH = re.compile(r"[^\s'\"\[\]{},$]+")
 
 _armed: str | None = None  # the current run's key, set by the CLI around a single run
+_finished: dict[str, TreeState | None] = {}  # case folder states as the run left them
+_SNAPSHOT_KEY = b"medscan-rerun-case-snapshot"  # in-memory comparison only, never stored
 
 
 @dataclass(frozen=True)
@@ -158,8 +159,23 @@ def _digest(secret: bytes, entries: Iterable[tuple[bytes, os.stat_result]]) -> T
     newest = 0
     for rel, st in items:
         mac.update(_entry_bytes(rel, st))
-        newest = max(newest, st.st_ctime_ns, st.st_mtime_ns)
+        newest = max(newest, st.st_ctime_ns)  # set by the kernel's clock (mtime can be any)
     return TreeState(mac.hexdigest(), len(items), newest)
+
+
+def _fresh_stat(path: str, follow: bool = True) -> os.stat_result:
+    """``stat`` of ``path``, taken after opening it.
+
+    On NFS, open revalidates the cached attributes (close-to-open consistency), so another
+    host's recent write is seen; a plain ``stat`` may answer from a cache up to a minute old.
+    """
+    if not follow and os.path.islink(path):
+        return os.lstat(path)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the check
+    try:
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
 
 
 def input_state(secret: bytes, root: Path) -> TreeState | None:
@@ -173,7 +189,7 @@ def input_state(secret: bytes, root: Path) -> TreeState | None:
     entries = []
     try:
         for path in iter_files(root, errors):
-            entries.append((os.fsencode(os.path.relpath(path, base)), os.stat(path)))
+            entries.append((os.fsencode(os.path.relpath(path, base)), _fresh_stat(str(path))))
     except OSError:
         return None
     return None if errors else _digest(secret, entries)
@@ -187,18 +203,28 @@ def output_state(secret: bytes, output: Path) -> TreeState | None:
     entries = []
     try:
         for folder, dirs, files in os.walk(output):
-            top = os.path.samefile(folder, output)
-            if top:
+            if os.path.samefile(folder, output):
                 dirs[:] = [d for d in dirs if d not in OUTPUT_SKIP]
                 files = [f for f in files if f not in OUTPUT_SKIP]
             for name in files + dirs:  # folders too: an added (empty) one is a change
                 path = os.path.join(folder, name)
                 tail = b"/" if name in dirs else b""
                 entries.append((os.fsencode(os.path.relpath(path, output)) + tail,
-                                os.lstat(path)))
+                                _fresh_stat(path, follow=False)))
     except OSError:
         return None
     return _digest(secret, entries)
+
+
+def case_finished(output: Path, case_id: str) -> None:
+    """Note the state of a case folder as the run leaves it (while it holds the case's lock).
+
+    :func:`finish` records nothing when a case folder differs from this at the end of the run:
+    edited (napari) or removed while the batch went on, the run's row for it is out of date.
+    """
+    if _armed is None:
+        return
+    _finished[case_id] = output_state(_SNAPSHOT_KEY, output / case_id)
 
 
 def _path_tag(secret: bytes, rel: str) -> str:
@@ -213,13 +239,17 @@ def _record_path(output: Path, key: str) -> Path:
 def _secret(overrides: dict[str, str]) -> bytes:
     from medscan.secret import resolve_secret
 
-    return resolve_secret(overrides.get("salt") or None)
+    salt = overrides.get("salt")
+    if salt is not None and salt.lower() == "null":  # Hydra's null: no salt given
+        salt = None
+    return resolve_secret(salt or None)
 
 
 def arm(command: str, rest: Sequence[str]) -> None:
     """Remember this run's key, so the job can leave a record (the CLI, single runs only)."""
     global _armed
     _armed = None
+    _finished.clear()
     overrides = _overrides(rest)
     if command not in COMMANDS or overrides is None or os.environ.get(CHECK_ENV) == "full":
         return
@@ -235,6 +265,7 @@ def disarm() -> None:
     """Forget the key (after the run)."""
     global _armed
     _armed = None
+    _finished.clear()
 
 
 def answer(command: str, rest: Sequence[str]) -> int | None:
@@ -245,8 +276,8 @@ def answer(command: str, rest: Sequence[str]) -> int | None:
     overrides = _overrides(rest)
     if command not in COMMANDS or overrides is None or os.environ.get(CHECK_ENV) == "full":
         return None
-    if overrides.get("overwrite", "false").lower() not in ("false", "0", "no"):
-        return None
+    if overrides.get("overwrite", "false").lower() != "false":  # Hydra's false only: any
+        return None  # other value is the job's to read (or refuse)
     source, output = _plain_path(overrides.get("input")), _plain_path(overrides.get("output"))
     if source is None or output is None or not output.is_dir() or not source.exists():
         return None
@@ -260,8 +291,6 @@ def answer(command: str, rest: Sequence[str]) -> int | None:
         return None
     if record.get("version") != VERSION or record.get("key") != key:
         return None
-    if not all((output / name).is_file() for name in OUTPUT_REQUIRED):
-        return None
     inputs = input_state(secret, source)
     if inputs is None or inputs.digest != record["inputs"]:
         return None
@@ -271,7 +300,8 @@ def answer(command: str, rest: Sequence[str]) -> int | None:
     names = _skipped_names(secret, source, record["skipped"])
     if names is None:
         return None
-    for line in record["warnings"]:
+    kept = [f"case {c} {r}" for c, _, r in record["rows"] if r.startswith("kept:")]
+    for line in [*record["warnings"], *kept]:  # as the full run logs them
         print(f"medscan segment: {line}", file=sys.stderr)
     print(f"medscan segment: nothing changed since the run of {record['created']} (inputs, "
           f"case folders and command line; {CHECK_ENV}=full checks by content)",
@@ -330,8 +360,9 @@ def finish(start: tuple[float, TreeState] | None, source: Path, output: Path,
     if after != before or before.newest_change_ns >= (started - RACY_S) * 1e9:
         return False
     outputs = output_state(secret, output)
-    if outputs is None:
-        return False
+    if outputs is None or any(output_state(_SNAPSHOT_KEY, output / case_id) != state
+                              for case_id, state in _finished.items()):
+        return False  # a case folder changed after the run finished it: its row is stale
     base = source if source.is_dir() else source.parent
     record = {
         "version": VERSION,

@@ -129,7 +129,7 @@ def test_changed_input_tree_runs_the_job(sample_ct: Path, tmp_path: Path, change
 
 
 @pytest.mark.parametrize("change", ["edit_metrics", "remove_case_file", "remove_index",
-                                    "new_case_folder"])
+                                    "garbage_index", "remove_gallery", "new_case_folder"])
 def test_changed_output_runs_the_job(inputs: Path, done: Path, change: str) -> None:
     (case,) = [p for p in done.iterdir() if p.is_dir() and not p.name.startswith(".")]
     if change == "edit_metrics":
@@ -139,12 +139,17 @@ def test_changed_output_runs_the_job(inputs: Path, done: Path, change: str) -> N
         (case / "qc.json").unlink()
     elif change == "remove_index":
         (done / "index.csv").unlink()
+    elif change == "garbage_index":
+        (done / "index.csv").write_text("garbage\n")
+    elif change == "remove_gallery":
+        (done / "index.html").unlink()
     else:
         (done / "ct-0000000000").mkdir()
     again = _segment(inputs, done)
     assert FAST not in again.stderr
-    if change == "remove_index":
-        assert again.returncode == 0 and (done / "index.csv").is_file()  # rebuilt
+    if change in ("remove_index", "garbage_index", "remove_gallery"):  # rebuilt by the job
+        assert again.returncode == 0 and (done / "index.html").is_file()
+        assert (done / "index.csv").read_text().startswith("case_id")
 
 
 @pytest.mark.parametrize("change", ["override", "override_order", "secret", "overwrite",
@@ -205,3 +210,52 @@ def test_quoted_input_path_is_answered_too(sample_ct: Path, tmp_path: Path) -> N
     again = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and FAST in again.stderr
     assert "DOE" not in next((out / rerun.RECORD_DIR).glob("rerun-*.json")).read_text()
+
+
+def test_case_folder_changed_during_the_run_is_not_recorded(inputs: Path, done: Path,
+                                                            monkeypatch) -> None:
+    """A case edited or removed after the run finished it (napari while the batch goes on):
+    its row is out of date, so no record; left as the run left it, the record is written."""
+    (case,) = [p for p in done.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    rows = [(case.name, "skipped", "unchanged inputs and config", 0.0)]
+    for change in (None, "edit", "remove"):
+        monkeypatch.setattr(rerun, "_armed", "k" * 64)
+        start = rerun.begin(inputs, None)
+        rerun.case_finished(done, case.name)
+        if change == "edit":
+            (case / "qc.json").write_text((case / "qc.json").read_text())
+        elif change == "remove":
+            shutil.rmtree(case)
+        assert rerun.finish(start, inputs, done, None, rows, [], [], 0) is (change is None)
+        rerun.disarm()
+
+
+def test_overwrite_takes_true_or_false_only(inputs: Path, done: Path) -> None:
+    """``overwrite=no`` used to overwrite (a non-empty string is true); now the job refuses it,
+    and the fast answer leaves every value but false to the job."""
+    for word in ("no", "No", "0"):
+        r = _segment(inputs, done, f"overwrite={word}")
+        assert r.returncode == 2 and FAST not in r.stderr, (word, r.stderr[-500:])
+        assert "overwrite takes true or false" in r.stderr
+    assert FAST not in _segment(inputs, done, "overwrite=false").stderr  # a new command line
+    assert FAST in _segment(inputs, done, "overwrite=false").stderr
+
+
+def test_salt_null_is_no_salt(inputs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert _segment(inputs, out, "salt=null").returncode == 0
+    assert FAST in _segment(inputs, out, "salt=null").stderr
+
+
+def test_input_with_a_future_mtime_is_recorded(sample_ct: Path, tmp_path: Path) -> None:
+    """Only ctime (the kernel's clock) decides whether inputs are too fresh to trust: a file
+    with a wrong (future) mtime from a scanner or an archive does not disable the answer."""
+    source = tmp_path / "in"
+    shutil.copytree(sample_ct, source)
+    future = time.time_ns() + 5 * 365 * 86400 * 10**9
+    first = sorted(source.glob("*.dcm"))[0]
+    os.utime(first, ns=(future, future))
+    time.sleep(rerun.RACY_S + 0.2)
+    out = tmp_path / "out"
+    assert _segment(source, out).returncode == 0
+    assert FAST in _segment(source, out).stderr

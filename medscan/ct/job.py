@@ -20,6 +20,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from medscan import rerun
 from medscan.backend import BackendUnavailable, get_backend
 from medscan.batch import (
     LEASE_S,
@@ -35,6 +36,7 @@ from medscan.batch import (
 from medscan.case import CaseResult, Provenance, public_config, versions
 from medscan.ct.analyse import CaseOptions, analyse, case_config
 from medscan.ct.prefetch import Prefetcher
+from medscan.defaults import segment_defaults
 from medscan.dicom.discover import LostSeries
 from medscan.dicom.identity import SecretError, secret_fingerprint
 from medscan.io.case import LABELS_SEGMENTED, LABELS_STALE, labels_state, write_case_folder
@@ -193,6 +195,7 @@ def check_job(cfg: dict[str, Any]) -> tuple[Any, CaseOptions, str]:
     except (KeyError, TypeError) as exc:
         raise JobError(f"bad configuration: backend: {exc}") from None
     try:
+        check_switches(cfg, segment_defaults())
         options = CaseOptions.from_config(cfg)
         select_shard([], int(cfg.get("shard", 0)), int(cfg.get("num_shards", 1)))
     except (KeyError, TypeError, ValueError) as exc:
@@ -208,6 +211,23 @@ def check_job(cfg: dict[str, Any]) -> tuple[Any, CaseOptions, str]:
         raise JobError("bad configuration: output is not set")
     check_output(Path(str(cfg["output"])))
     return be, options, fingerprint
+
+
+def check_switches(cfg: dict[str, Any], defaults: dict[str, Any], where: str = "") -> None:
+    """Raise ValueError for a value given to a true/false key that is not true or false.
+
+    Hydra passes ``overwrite=no`` or ``overwrite=0`` on as the string ``"no"`` / the number 0,
+    and Python reads a non-empty string as true: the job would overwrite when told "no".
+    Every key whose default in ``conf/segment.yaml`` is a boolean takes ``true`` or ``false``
+    only (at any depth).
+    """
+    for key, default in defaults.items():
+        if key not in cfg:
+            continue
+        if isinstance(default, dict) and isinstance(cfg[key], dict):
+            check_switches(cfg[key], default, f"{where}{key}.")
+        elif isinstance(default, bool) and not isinstance(cfg[key], bool):
+            raise ValueError(f"{where}{key} takes true or false, got {cfg[key]!r}")
 
 
 def _job_level(exc: BaseException, output: Path) -> OSError | None:
@@ -322,6 +342,7 @@ def _case(job: _Job, series: Any, blocking: bool) -> bool:
                 _lost_case(job, series)
             else:
                 _locked_case(job, series)
+            rerun.case_finished(job.output, case_id)  # as this run leaves it (medscan.rerun)
     except OSError as exc:  # the lock file itself cannot be made: the output folder broke
         if (stop := _job_level(exc, job.output)) is not None:
             raise JobError(f"output folder {job.output}: {stop.strerror or stop} "
@@ -524,8 +545,6 @@ def _run_segment(cfg: dict[str, Any]) -> int:
     output = Path(cfg["output"])
     job = _Job(cfg, source, output, options, be, fingerprint)
 
-    from medscan import rerun
-
     before = rerun.begin(source, cfg.get("salt"))  # the inputs' state before any is read
     found = discover(source, salt=cfg.get("salt"), progress=bool(cfg.get("progress")))
     warnings = []
@@ -590,8 +609,6 @@ def _prefetch_enabled(cfg: dict[str, Any]) -> bool:
     """``prefetch`` of the config; the packaged ``conf/segment.yaml``'s value when absent."""
     value = cfg.get("prefetch")
     if value is None:
-        from medscan.defaults import segment_defaults
-
         value = segment_defaults("prefetch")
     return bool(value)
 
