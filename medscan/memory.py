@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import gc
 import os
 
 
@@ -62,3 +63,35 @@ def rss_mib(pid: int | None = None) -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class CaseMemory:
+    """What a batch does between two cases so that memory does not pile up.
+
+    Measured on 20 copies of lungdx-a0001 in one job: the job's RSS rose by about 80 MiB per
+    case up to 1030 MiB and fell only when Python's cyclic collector ran a full collection.
+    Cases leave their meshes (trimesh's ``Trimesh`` <-> ``ColorVisuals`` cycle) and the
+    preview's matplotlib figure (callback registries, transforms) in reference cycles, which
+    reference counting never frees. :meth:`after_case` collects them (peak 455 MiB), then
+    freezes the survivors once (``gc.freeze``, Python >= 3.7: the imported modules and the
+    job's state are never scanned again), which takes each later collection from about 90 ms
+    to 4 ms, and gives the freed heap back (:func:`release_free_heap`). :meth:`close` unfreezes,
+    so a caller's objects (a notebook's) are collected as usual after the job.
+    """
+
+    def __init__(self) -> None:
+        self._frozen = False
+
+    def after_case(self) -> None:
+        """Collect the finished case's cycles, freeze the survivors once, trim the heap."""
+        gc.collect()
+        if not self._frozen:
+            gc.freeze()
+            self._frozen = True
+        release_free_heap()
+
+    def close(self) -> None:
+        """Undo the freeze (the objects go back to the collector's oldest generation)."""
+        if self._frozen:
+            gc.unfreeze()
+            self._frozen = False

@@ -49,7 +49,7 @@ from medscan.io.redact import (
     series_block,
     series_metadata,
 )
-from medscan.memory import release_free_heap
+from medscan.memory import CaseMemory
 from medscan.volume import Finding, Volume
 
 log = logging.getLogger("medscan.segment")
@@ -573,7 +573,7 @@ def _run_segment(cfg: dict[str, Any]) -> int:
     job.prefetch = Prefetcher([by_id[c] for c in mine], job.will_process, job.load,
                               enabled=_prefetch_enabled(cfg))
     progress = _progress(bool(cfg.get("progress")))
-    with progress, contextlib.closing(job.prefetch):
+    with progress, contextlib.closing(job.prefetch), contextlib.closing(CaseMemory()) as memory:
         task = progress.add_task("segment", total=len(mine))
         busy = []
         # First pass: cases another run is writing right now are left for the second pass.
@@ -584,13 +584,13 @@ def _run_segment(cfg: dict[str, Any]) -> int:
             else:
                 busy.append(case_id)
             job.prefetch.finished(case_id)
-            release_free_heap()  # the case's arrays are freed: give their pages back
+            memory.after_case()  # the case's cycles collected, its pages given back
         job.prefetch.close()
         for case_id in busy:  # wait for the other run; usually it has finished the case
             progress.update(task, description=f"segment {case_id} (after another run)")
             _case(job, by_id[case_id], blocking=True)
             progress.advance(task)
-            release_free_heap()
+            memory.after_case()
 
     try:
         rebuild_index(output)
