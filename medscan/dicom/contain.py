@@ -53,10 +53,10 @@ TIMEOUT_PER_SLICE_S = 1.0
 PENDING, STARTED, DONE = 0, 1, 2
 #: An idle worker holding more than this (MiB resident) is ended instead of kept for the next
 #: request; the next request starts a fresh one. A fresh worker holds about 120 MiB (decoders)
-#: to 300 MiB (after the mesh warm-up); after meshing a case's bone it keeps about 450 MiB
-#: more (255 slices; 1.3 GiB after 1024 slices), mostly the capacity fast_simplification's
-#: global vectors keep (measured; docs/performance.md). The rule of Celery's
-#: ``worker_max_memory_per_child``.
+#: to 300 MiB (after the mesh warm-up); after meshing a 255-slice case's bone it holds 410-470
+#: MiB once its freed heap is returned (kept), after a 1024-slice case about 1.6 GiB (ended),
+#: mostly the capacity fast_simplification's global vectors keep (measured;
+#: docs/performance.md). The rule of Celery's ``worker_max_memory_per_child``.
 IDLE_WORKER_MAX_RSS_MIB = 512.0
 
 
