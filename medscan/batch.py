@@ -68,15 +68,21 @@ def select_shard(case_ids: Iterable[str], shard: int, num_shards: int) -> list[s
 
 
 def case_is_current(case_dir: str | Path, input_hash: str, cfg_hash: str) -> bool:
-    """True when ``case_dir`` holds an ``ok`` case made from the same inputs and config."""
+    """True when ``case_dir`` holds an ``ok`` case made from the same inputs and config.
+
+    Every file the manifest names (its ``meshes`` paths) must still be there: a case with a
+    deleted mesh is redone, not reported current.
+    """
     try:
         manifest = read_manifest(case_dir)
     except (OSError, ValueError):
         return False
+    named = [m.get("path") for m in manifest.get("meshes") or [] if isinstance(m, dict)]
     return (
         manifest.get("status") == "ok"
         and manifest.get("input_hash") == input_hash
         and manifest.get("config_hash") == cfg_hash
+        and all(isinstance(p, str) and (Path(case_dir) / p).is_file() for p in named)
     )
 
 

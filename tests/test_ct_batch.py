@@ -111,3 +111,16 @@ def test_index_rebuild_from_concurrent_writers(tmp_path):
     assert list(rows[0]) == list(INDEX_COLUMNS)
     assert rows[0]["lung_volume_ml"] == "4000.00" and rows[0]["seconds"] == "1.50"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".index.csv")]
+
+
+def test_case_missing_a_file_its_manifest_names_is_not_current(tmp_path):
+    """A finished case whose mesh was deleted is redone by a rerun, not reported current."""
+    with atomic_case_dir(tmp_path, "ct-m") as tmp:
+        (tmp / "meshes").mkdir()
+        (tmp / "meshes" / "bone.ply").write_bytes(b"ply\n")
+        (tmp / "manifest.json").write_text(json.dumps(
+            {"case_id": "ct-m", "status": "ok", "reason": "", "input_hash": "i",
+             "config_hash": "c", "meshes": [{"tissue": "bone", "path": "meshes/bone.ply"}]}))
+    assert case_is_current(tmp_path / "ct-m", "i", "c")
+    (tmp_path / "ct-m" / "meshes" / "bone.ply").unlink()
+    assert not case_is_current(tmp_path / "ct-m", "i", "c")
