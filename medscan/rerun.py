@@ -92,6 +92,17 @@ def _overrides(rest: Sequence[str]) -> dict[str, str] | None:
     return given
 
 
+def _eligible(command: str, rest: Sequence[str]) -> dict[str, str] | None:
+    """The overrides of a run a record may serve, None when it may not.
+
+    Not served: other commands, an argument that is not a plain ``key=value``, and every run
+    while :data:`CHECK_ENV` is ``full``.
+    """
+    if command not in COMMANDS or os.environ.get(CHECK_ENV) == "full":
+        return None
+    return _overrides(rest)
+
+
 def _plain_path(value: str | None) -> Path | None:
     """The path an override value names, None when Hydra might read it otherwise.
 
@@ -178,21 +189,34 @@ def _fresh_stat(path: str, follow: bool = True) -> os.stat_result:
         os.close(fd)
 
 
-def input_state(secret: bytes, root: Path) -> TreeState | None:
-    """The input tree's state, walked as discovery walks it.
+def _relative(path: Path, root: Path) -> str:
+    """``path`` relative to the input ``root`` (its folder when ``root`` is a file)."""
+    return os.path.relpath(path, root if root.is_dir() else root.parent)
+
+
+def _input_files(root: Path) -> list[tuple[Path, os.stat_result]] | None:
+    """The input tree's files, walked as discovery walks it, with their metadata.
 
     None when a folder is unreadable or a file vanishes during the walk (the full run reports
     those).
     """
     errors: list[SkippedFile] = []
-    base = root if root.is_dir() else root.parent
-    entries = []
     try:
-        for path in iter_files(root, errors):
-            entries.append((os.fsencode(os.path.relpath(path, base)), _fresh_stat(str(path))))
+        files = [(path, _fresh_stat(str(path))) for path in iter_files(root, errors)]
     except OSError:
         return None
-    return None if errors else _digest(secret, entries)
+    return None if errors else files
+
+
+def _input_digest(secret: bytes, root: Path, files: list[tuple[Path, os.stat_result]]
+                  ) -> TreeState:
+    return _digest(secret, [(os.fsencode(_relative(path, root)), st) for path, st in files])
+
+
+def input_state(secret: bytes, root: Path) -> TreeState | None:
+    """The input tree's state (:func:`_input_files`), None when it cannot be walked."""
+    files = _input_files(root)
+    return None if files is None else _input_digest(secret, root, files)
 
 
 def output_state(secret: bytes, output: Path) -> TreeState | None:
@@ -250,8 +274,8 @@ def arm(command: str, rest: Sequence[str]) -> None:
     global _armed
     _armed = None
     _finished.clear()
-    overrides = _overrides(rest)
-    if command not in COMMANDS or overrides is None or os.environ.get(CHECK_ENV) == "full":
+    overrides = _eligible(command, rest)
+    if overrides is None:
         return
     from medscan.secret import SecretError, fingerprint_of
 
@@ -273,8 +297,8 @@ def answer(command: str, rest: Sequence[str]) -> int | None:
 
     None means: run the job (no record, something changed, or the run is not eligible).
     """
-    overrides = _overrides(rest)
-    if command not in COMMANDS or overrides is None or os.environ.get(CHECK_ENV) == "full":
+    overrides = _eligible(command, rest)
+    if overrides is None:
         return None
     if overrides.get("overwrite", "false").lower() != "false":  # Hydra's false only: any
         return None  # other value is the job's to read (or refuse)
@@ -291,13 +315,13 @@ def answer(command: str, rest: Sequence[str]) -> int | None:
         return None
     if record.get("version") != VERSION or record.get("key") != key:
         return None
-    inputs = input_state(secret, source)
-    if inputs is None or inputs.digest != record["inputs"]:
+    files = _input_files(source)
+    if files is None or _input_digest(secret, source, files).digest != record["inputs"]:
         return None
     outputs = output_state(secret, output)
     if outputs is None or outputs.digest != record["outputs"]:
         return None
-    names = _skipped_names(secret, source, record["skipped"])
+    names = _skipped_names(secret, source, [path for path, _ in files], record["skipped"])
     if names is None:
         return None
     kept = [f"case {c} {r}" for c, _, r in record["rows"] if r.startswith("kept:")]
@@ -312,21 +336,15 @@ def answer(command: str, rest: Sequence[str]) -> int | None:
     return 0
 
 
-def _skipped_names(secret: bytes, source: Path, skipped: list[list[str]]
+def _skipped_names(secret: bytes, source: Path, paths: list[Path], skipped: list[list[str]]
                    ) -> list[tuple[str, str]] | None:
     """The loader-skipped files of the record with their relative paths (None: one is gone)."""
-    if not skipped:
-        return []
-    base = source if source.is_dir() else source.parent
-    by_tag = {}
-    for path in iter_files(source):
-        rel = relative_to_root(path, source)
-        by_tag[_path_tag(secret, os.fsdecode(os.path.relpath(path, base)))] = rel
+    by_tag = {_path_tag(secret, _relative(path, source)): path for path in paths}
     names = []
     for tag, reason in skipped:
         if tag not in by_tag:
             return None
-        names.append((by_tag[tag], reason))
+        names.append((relative_to_root(by_tag[tag], source), reason))
     return names
 
 
@@ -363,7 +381,6 @@ def finish(start: tuple[float, TreeState] | None, source: Path, output: Path,
     if outputs is None or any(output_state(_SNAPSHOT_KEY, output / case_id) != state
                               for case_id, state in _finished.items()):
         return False  # a case folder changed after the run finished it: its row is stale
-    base = source if source.is_dir() else source.parent
     record = {
         "version": VERSION,
         "key": _armed,
@@ -371,7 +388,7 @@ def finish(start: tuple[float, TreeState] | None, source: Path, output: Path,
         "inputs": before.digest,
         "outputs": outputs.digest,
         "rows": [_as_rerun(row) for row in rows],
-        "skipped": [[_path_tag(secret, os.fsdecode(os.path.relpath(item.path, base))),
+        "skipped": [[_path_tag(secret, _relative(item.path, source)),
                      safe_text(str(item.reason))] for item in skipped],
         "warnings": [safe_text(w) for w in warnings],
     }
