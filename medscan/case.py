@@ -70,7 +70,11 @@ class CaseResult:
     timings_s : dict of str to float
         Seconds per stage.
     preview_png : bytes or None
-        The preview image (PNG bytes), when rendered.
+        The preview image (PNG bytes), when rendered (see :meth:`wait_preview`).
+    pending_preview : object or None
+        A preview still being drawn in a worker process
+        (:class:`medscan.ct.analyse.PendingPreview`, ``analyse(..., defer_preview=True)``):
+        :meth:`wait_preview` turns it into ``preview_png``.
     provenance : Provenance or None
         Set by ``read_case`` (the manifest's provenance fields).
     manifest : dict
@@ -97,10 +101,26 @@ class CaseResult:
     manifest: dict[str, Any] = field(default_factory=dict)
     folder: Path | None = None
     files: dict[str, Any] = field(default_factory=dict)
+    pending_preview: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.status not in ("ok", "failed"):
             raise ValueError(f"status {self.status!r}: use 'ok' or 'failed'")
+
+    def wait_preview(self) -> None:
+        """Wait for a preview drawn in a worker process and set ``preview_png`` (else nothing).
+
+        Adds ``timings_s["preview.worker"]`` (seconds from the request to the PNG).
+        """
+        pending, self.pending_preview = self.pending_preview, None
+        if pending is not None:
+            self.preview_png = pending.result(self.timings_s)
+
+    def discard_preview(self) -> None:
+        """Drop a preview still being drawn (its worker is killed): the case was not written."""
+        pending, self.pending_preview = self.pending_preview, None
+        if pending is not None:
+            pending.discard()
 
     def fail(self, reason: str) -> None:
         """Mark the case failed, appending ``reason`` to an earlier one."""

@@ -62,7 +62,8 @@ def assert_same_case(serial, parallel) -> None:
     areas = {n: s["surface_area_mm2"] for n, s in parallel.metrics["structures"].items()
              if n in parallel.surfaces}
     assert all(a is not None and a > 0 for a in areas.values()), areas
-    assert parallel.preview_png == serial.preview_png
+    assert parallel.preview_png == serial.preview_png  # drawn in the worker / here
+    assert "preview.worker" in parallel.timings_s and "preview.worker" not in serial.timings_s
     assert (parallel.status, parallel.reason) == (serial.status, serial.reason)
     assert [f.code for f in parallel.findings] == [f.code for f in serial.findings]
 
@@ -266,3 +267,76 @@ def test_an_error_while_the_worker_meshes_kills_it(sample_volume, tmp_path, monk
     for t in meshing:
         t.join(30)  # killed within about 0.2 s; 120 s if not
     assert not any(t.is_alive() for t in meshing)
+
+
+def _preview_hook(folder: Path, monkeypatch, name: str, body: str) -> None:
+    """Route the worker's preview drawing through ``body`` (then the real drawing)."""
+    import medscan.ct.render as render_mod
+
+    (folder / f"{name}.py").write_text(textwrap.dedent(f"""
+        import os
+        import time
+        from pathlib import Path
+
+        from medscan.ct.render import render_contained
+
+        MARK = Path({str(folder / 'drawing')!r})
+
+
+        def hooked_render(out, state, *args):
+    """) + textwrap.indent(textwrap.dedent(body).strip("\n"), "    ")
+        + "\n    return render_contained(out, state, *args)\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(folder)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    module = __import__(name)
+    monkeypatch.setattr(render_mod, "render_contained", module.hooked_render)
+    contain._shutdown()
+
+
+def test_a_deferred_preview_is_the_serial_preview(sample_volume, two_cpus):
+    """analyse(defer_preview=True), as the jobs call it: the PNG comes when the writer asks."""
+    options = dataclasses.replace(CaseOptions.defaults(), parallel_meshes=True)
+    deferred = analyse(sample_volume, options, defer_preview=True)
+    assert deferred.preview_png is None and deferred.pending_preview is not None
+    deferred.wait_preview()
+    assert deferred.pending_preview is None and "preview.worker" in deferred.timings_s
+    assert deferred.preview_png == _run(sample_volume, False).preview_png
+    deferred.wait_preview()  # once taken, nothing pending: a no-op
+    assert deferred.preview_png is not None
+
+
+def test_a_crashed_preview_worker_gives_the_preview_drawn_here(sample_volume, tmp_path,
+                                                               monkeypatch, two_cpus,
+                                                               fresh_workers):
+    _preview_hook(tmp_path, monkeypatch, "previewcrash", """
+        MARK.touch()
+        os.abort()
+    """)
+    parallel = _run(sample_volume, True)
+    assert (tmp_path / "drawing").exists(), "the worker never got the drawing"
+    assert parallel.status == "ok" and parallel.preview_png
+    assert parallel.preview_png == _run(sample_volume, False).preview_png
+
+
+def test_a_discarded_preview_kills_its_worker(sample_volume, tmp_path, monkeypatch, two_cpus,
+                                              fresh_workers):
+    """The case's writing failed: the preview still being drawn is not waited for."""
+    import threading
+    import time
+
+    _preview_hook(tmp_path, monkeypatch, "previewsleep", """
+        MARK.touch()
+        time.sleep(120)
+    """)
+    options = dataclasses.replace(CaseOptions.defaults(), parallel_meshes=True)
+    result = analyse(sample_volume, options, defer_preview=True)
+    while not (tmp_path / "drawing").exists():  # the worker has the drawing
+        time.sleep(0.05)
+    result.discard_preview()
+    assert result.pending_preview is None and result.preview_png is None
+    drawing = [t for t in threading.enumerate() if t.name.startswith("medscan-mesh")]
+    for t in drawing:
+        t.join(30)  # killed within about 0.2 s; 120 s if not
+    assert not any(t.is_alive() for t in drawing)

@@ -177,7 +177,8 @@ def case_config(options: CaseOptions, uniform: bool = True,
     }
 
 
-def analyse(volume: Volume, options: CaseOptions, be: Backend | None = None) -> CaseResult:
+def analyse(volume: Volume, options: CaseOptions, be: Backend | None = None,
+            defer_preview: bool = False) -> CaseResult:
     """Segment, measure, mesh and preview ``volume``; nothing is written.
 
     Parameters
@@ -188,6 +189,11 @@ def analyse(volume: Volume, options: CaseOptions, be: Backend | None = None) -> 
         What to compute.
     be : Backend, optional
         Array backend (default CPU).
+    defer_preview : bool
+        With parallel meshes, return while the preview is still drawn in the worker process
+        (:class:`PendingPreview`): ``preview_png`` is then None and ``pending_preview`` set
+        until :meth:`~medscan.case.CaseResult.wait_preview` (the case writer calls it). The
+        jobs use this; the default returns the PNG.
 
     Returns
     -------
@@ -195,19 +201,20 @@ def analyse(volume: Volume, options: CaseOptions, be: Backend | None = None) -> 
         ``status`` is ``"failed"`` with a reason when no lungs were found or the series is too
         short to mesh; everything that could be computed is still there. ``timings_s`` holds
         ``segment, measure, mesh, preview`` and the segmentation's own steps (``segment.*``);
-        with parallel meshes ``mesh.worker``, the worker's mesh from request to result.
+        with parallel meshes ``mesh.worker``, the worker's mesh from request to result, and
+        ``preview.worker``, the preview's drawing from request to result.
     """
     be = be or get_backend("cpu")
     cancel = threading.Event()
     try:
-        return _analyse(volume, options, be, cancel)
+        return _analyse(volume, options, be, cancel, defer_preview)
     except BaseException:  # Ctrl-C in a job or the widget: a mesh still in a worker is killed
         cancel.set()
         raise
 
 
 def _analyse(volume: Volume, options: CaseOptions, be: Backend,
-             cancel: threading.Event) -> CaseResult:
+             cancel: threading.Event, defer_preview: bool = False) -> CaseResult:
     """:func:`analyse`'s work; ``cancel`` stops this case's worker requests when set."""
     tissues = options.tissues
     timings: dict[str, float] = {}
@@ -270,17 +277,81 @@ def _analyse(volume: Volume, options: CaseOptions, be: Backend,
         result.findings.append(Finding("too_short_to_mesh", "error", msg))
         result.fail(msg)
     if options.preview:
-        from medscan.ct.render import preview_png
+        from medscan.ct.render import preview_scene
 
         title = f"{volume.case_id}  status={result.status}" + (
             f"  ({result.reason})" if result.reason else "")
-        result.preview_png = preview_png(volume.hu, labels.array, volume.affine, tissues,
-                                         result.surfaces, title)
+        scene = preview_scene(volume.hu, labels.array, volume.affine, tissues, result.surfaces)
+        pending = PendingPreview.start(scene, title, worker=warm is not None, cancel=cancel)
+        if defer_preview:
+            result.pending_preview = pending
+        else:
+            result.preview_png = pending.result(result.timings_s)
         t = lap("preview", t)
-    result.timings_s = {**timings, **{f"segment.{k}": v for k, v in seg.timings_s.items()}}
+    result.timings_s = {**timings, **{f"segment.{k}": v for k, v in seg.timings_s.items()},
+                        **result.timings_s}
     return result
 
 
+class PendingPreview:
+    """The case's preview PNG, drawn in a worker process while the job writes the rest.
+
+    :func:`~medscan.ct.render.preview_scene` (slices, subsample, decimated meshes: 0.1-0.2 s)
+    runs in the job's process; the drawing (:func:`~medscan.ct.render.scene_png`, 0.4-0.9 s
+    and the first figure's matplotlib imports and fonts, 0.4-0.5 s more) runs in a contained
+    worker (:func:`medscan.dicom.contain.run_contained`, the warm one that meshed the bone)
+    while the job writes the NIfTI files and meshes (``defer_preview``). The worker draws the
+    same figure from the same scene: the PNG is byte-identical to the in-process one
+    (``tests/test_ct_render.py``). When the worker fails (crash, time limit), the preview is
+    drawn in this process instead: a preview is never lost to the worker.
+    """
+
+    def __init__(self, scene: Any, title: str, future: Future[Any] | None,
+                 cancel: threading.Event | None = None) -> None:
+        self._scene, self._title, self._future, self._cancel = scene, title, future, cancel
+        self._started = time.perf_counter()
+
+    @classmethod
+    def start(cls, scene: Any, title: str, worker: bool,
+              cancel: threading.Event | None = None) -> PendingPreview:
+        """Send the drawing to a worker process (``worker``), or keep it for :meth:`result`."""
+        future = None
+        if worker:
+            from medscan.ct.render import render_contained
+
+            future = _in_background(render_contained, (1,), "u1", [Path("preview")], scene,
+                                    title, timeout_s=PREVIEW_TIMEOUT_S, cancel=cancel)
+        return cls(scene, title, future, cancel)
+
+    def result(self, timings: dict[str, float] | None = None) -> bytes:
+        """The PNG bytes: the worker's, or drawn here (no worker, or the worker failed).
+
+        ``timings``, when given, gets ``preview.worker``: seconds from the request to the
+        worker's result (the drawing overlapped with what the job did meanwhile).
+        """
+        from medscan.ct.render import scene_png
+        from medscan.dicom.contain import ContainedError
+
+        if self._future is not None:
+            try:
+                _, png = self._future.result()
+            except ContainedError:  # the worker crashed or hung: draw it here
+                png = None
+            if timings is not None:
+                timings["preview.worker"] = round(time.perf_counter() - self._started, 4)
+            if png is not None:
+                return png
+        return scene_png(self._scene, self._title)
+
+    def discard(self) -> None:
+        """The preview is not wanted (the case's writing failed): a drawing worker is killed."""
+        if self._cancel is not None:
+            self._cancel.set()
+
+
+#: Seconds the preview's drawing in a worker process may take before the worker is killed (and
+#: the preview is drawn in the job's process instead); it takes 0.4-0.9 s.
+PREVIEW_TIMEOUT_S = 120.0
 #: Seconds a mesh in the worker process may take before the worker is killed: a base plus a
 #: per-slice allowance (RICORD's bone, 255 slices: about 3 s; a hang is a bug in native code).
 MESH_TIMEOUT_BASE_S = 120.0

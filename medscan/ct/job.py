@@ -482,7 +482,7 @@ def _write_case(job: _Job, series: Any, refs: FileRefs, inputs: list[dict[str, A
         volume = _load(job, series, input_hash, timings)
         volume.findings = refs.findings(volume.findings)
         volume.metadata = series_metadata(volume.metadata, bool(job.cfg.get("free_text")))
-        result = analyse(volume, job.options, job.be)
+        result = analyse(volume, job.options, job.be, defer_preview=True)
         result.timings_s = {**timings, **result.timings_s}
     except SeriesError as exc:
         result = CaseResult(series.case_id, "failed", f"cannot load the series: {exc}",

@@ -287,18 +287,23 @@ def contained_surface(
 
 
 def warm_up(out: np.ndarray, state: np.ndarray) -> int:
-    """Mesh a small cube in a worker process: imports what :func:`contained_surface` needs.
+    """Mesh a small cube and draw a small figure in a worker process: imports done ahead.
 
     A request :func:`medscan.dicom.contain.run_contained` sends while the case is still being
     segmented, so the worker's first real mesh does not wait for the imports (trimesh, SciPy,
-    scikit-image, fast-simplification: about 1 s). Every step of :func:`crop_surface` runs,
-    decimation included. Returns the number of faces (``out``, ``state``: unused).
+    scikit-image, fast-simplification: about 1 s), nor the case's preview drawn there after
+    the mesh (:func:`medscan.ct.render.warm_up_drawing`: matplotlib and its font cache). Every
+    step of :func:`crop_surface` runs, decimation included. Returns the number of faces
+    (``out``, ``state``: unused).
     """
+    from medscan.ct.render import warm_up_drawing
+
     mask = np.zeros((12, 12, 12), dtype=bool)
     mask[3:9, 3:9, 3:9] = True
     params = MeshParams(work_mm=0.0, smooth_iterations=1, max_faces=16)
     mesh = crop_surface(LabelCrop(mask, (0, 0, 0), mask.shape), np.eye(4), params,
                         get_backend("cpu"), thin=False)
+    warm_up_drawing()
     return 0 if mesh is None else len(mesh.faces)
 
 

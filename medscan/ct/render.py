@@ -13,6 +13,7 @@ from the patient's left.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -219,15 +220,7 @@ def preview_png(
     bytes
         A PNG image.
     """
-    import io
-
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    fig = preview_figure(hu, labels, affine, tissues, meshes, title, dpi)
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return buf.getvalue()
+    return scene_png(preview_scene(hu, labels, affine, tissues, meshes), title, dpi)
 
 
 def preview_figure(
@@ -241,9 +234,7 @@ def preview_figure(
 ) -> Any:
     """The preview figure of one case: three slices over three 3-D views, and a legend.
 
-    The layout is matplotlib's constrained layout, which places every title from the drawn
-    (aspect-adjusted) axes; ``tight_layout`` sized the rows before the equal-aspect 3-D panels
-    grew to their cells' full height, so their titles overlapped the slices above.
+    :func:`preview_scene` (what is drawn) then :func:`scene_figure` (the drawing).
 
     Parameters
     ----------
@@ -266,13 +257,58 @@ def preview_figure(
     -------
     matplotlib.figure.Figure
     """
-    # a Figure on its own Agg canvas, never pyplot or matplotlib.use(): the caller's backend
-    # (napari's Qt, a notebook's inline) stays as it was
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
+    return scene_figure(preview_scene(hu, labels, affine, tissues, meshes), title, dpi)
 
+
+@dataclass
+class PreviewScene:
+    """What the preview of one case draws: a few MB of plain arrays (picklable).
+
+    Computed from the case's volume, label map and meshes by :func:`preview_scene` in the job's
+    process; drawn by :func:`scene_figure` there or in a worker process
+    (:func:`render_contained`), with the same pixels.
+
+    Attributes
+    ----------
+    views : list of (str, numpy.ndarray, numpy.ndarray, float)
+        ``(name, HU slice, label slice, aspect)`` of the axial, coronal and sagittal slices
+        through the lungs' median voxel, in the canonical orientation (2-D, the volume's and
+        label map's dtypes; aspect: row spacing / column spacing).
+    colors : numpy.ndarray
+        float32 ``(256, 3)`` RGB in [0, 1] per label value.
+    structure_labels : list of int
+        Labels drawn as outlines (the lung structures); the others are bands (fill).
+    is_band : numpy.ndarray
+        bool ``(256,)``: label values drawn as a translucent fill.
+    meshes : list of (numpy.ndarray, numpy.ndarray, tuple)
+        ``(vertices float64 (n, 3) LPS mm, faces int64 (m, 3), RGB 0-255)`` per mesh, already
+        decimated to at most :data:`PREVIEW_FACES` faces (:func:`preview_mesh`).
+    legend : list of (int, str, bool, float)
+        ``(label, name, is structure, mean HU of the band on a 1-in-2x4x4 subsample)`` of each
+        label present (the mean is NaN for structures: not used).
+    """
+
+    views: list[tuple[str, np.ndarray, np.ndarray, float]]
+    colors: np.ndarray
+    structure_labels: list[int]
+    is_band: np.ndarray
+    meshes: list[tuple[np.ndarray, np.ndarray, tuple[int, int, int]]]
+    legend: list[tuple[int, str, bool, float]] = field(default_factory=list)
+
+
+def preview_scene(
+    hu: np.ndarray,
+    labels: np.ndarray,
+    affine: np.ndarray,
+    tissues: TissueTable,
+    meshes: dict[str, Any],
+) -> PreviewScene:
+    """What the preview draws, from the case's arrays (parameters as :func:`preview_figure`).
+
+    Returns
+    -------
+    PreviewScene
+    """
     colors = np.zeros((256, 3), dtype=np.float32)
     for t in tissues.all:
         colors[t.label] = np.array(t.color) / 255.0
@@ -298,41 +334,122 @@ def preview_figure(
     # axial: anterior at the top, patient left on the image right (radiological); coronal and
     # sagittal: head up (origin lower), patient left on the right / anterior on the left
     views = [
-        ("axial", hu[zz], labels[zz], sy / sx),
-        ("coronal", hu[:, yy, :], labels[:, yy, :], sz / sx),
-        ("sagittal", hu[:, :, xx], labels[:, :, xx], sz / sy),
+        (name, np.ascontiguousarray(img), np.ascontiguousarray(lab), float(aspect))
+        for name, img, lab, aspect in (
+            ("axial", hu[zz], labels[zz], sy / sx),
+            ("coronal", hu[:, yy, :], labels[:, yy, :], sz / sx),
+            ("sagittal", hu[:, :, xx], labels[:, :, xx], sz / sy),
+        )
     ]
+    # decimated once for the three views (not once per view: issue 15)
+    drawn = []
+    for name, m in meshes.items():
+        if m is not None:
+            small = preview_mesh(m)
+            drawn.append((np.asarray(small.vertices), np.asarray(small.faces),
+                          tuple(tissues[name].color)))
+    sample_lab, sample_hu = labels[::2, ::4, ::4], hu[::2, ::4, ::4]
+    seen = set(np.unique(sample_lab).tolist())
+    legend = [
+        (t.label, t.name, t.label in structure_labels,
+         float("nan") if t.label in structure_labels
+         else float(sample_hu[sample_lab == t.label].mean()))
+        for t in tissues.all if t.label in seen
+    ]
+    return PreviewScene(views, colors, structure_labels, is_band, drawn, legend)
+
+
+def scene_figure(scene: PreviewScene, title: str = "", dpi: int = 80) -> Any:
+    """Draw ``scene``: three slices over three 3-D views, and a legend.
+
+    The layout is matplotlib's constrained layout, which places every title from the drawn
+    (aspect-adjusted) axes; ``tight_layout`` sized the rows before the equal-aspect 3-D panels
+    grew to their cells' full height, so their titles overlapped the slices above.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    # a Figure on its own Agg canvas, never pyplot or matplotlib.use(): the caller's backend
+    # (napari's Qt, a notebook's inline) stays as it was
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    from medscan.ct.mesh import mesh_from_arrays
+
+    colors = scene.colors
     fig = Figure(figsize=(15, 8.5), dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, 3)
-    for ax, (name, img, lab, aspect) in zip(axes[0], views, strict=True):
+    for ax, (name, img, lab, aspect) in zip(axes[0], scene.views, strict=True):
         origin = "upper" if name == "axial" else "lower"
         ax.imshow(img, cmap="gray", vmin=WINDOW_HU[0], vmax=WINDOW_HU[1], aspect=aspect,
                   origin=origin, interpolation="nearest")
-        ax.imshow(_band_fill_rgba(lab, colors, is_band), aspect=aspect, origin=origin,
+        ax.imshow(_band_fill_rgba(lab, colors, scene.is_band), aspect=aspect, origin=origin,
                   interpolation="nearest")
-        _draw_outlines(ax, lab, colors, structure_labels)
+        _draw_outlines(ax, lab, colors, scene.structure_labels)
         ax.set_title(name, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    # decimated once for the three views (not once per view: issue 15)
-    mesh_list = [(preview_mesh(m), tissues[name].color) for name, m in meshes.items()
-                 if m is not None]
+    mesh_list = [(mesh_from_arrays(v, f), color) for v, f, color in scene.meshes]
     for ax, view in zip(axes[1], ("front", "top", "side"), strict=True):
         _shaded_projection(ax, mesh_list, view)
-    sample_lab, sample_hu = labels[::2, ::4, ::4], hu[::2, ::4, ::4]
-    seen = set(np.unique(sample_lab).tolist())
-    present = [t for t in tissues.all if t.label in seen]
     # legend swatches as the slices show them: bands as their fill over their own mean HU,
     # structures as lines in the outline colour
     handles = [
-        Line2D([], [], color=colors[t.label], linewidth=2.0, label=f"{t.label} {t.name}")
-        if t.label in structure_labels else
-        Patch(color=_seen_colour(colors[t.label], float(sample_hu[sample_lab == t.label].mean())),
-              label=f"{t.label} {t.name}")
-        for t in present
+        Line2D([], [], color=colors[label], linewidth=2.0, label=f"{label} {name}")
+        if structure else
+        Patch(color=_seen_colour(colors[label], mean_hu), label=f"{label} {name}")
+        for label, name, structure, mean_hu in scene.legend
     ]
-    fig.legend(handles=handles, loc="outside lower center", ncol=max(len(present), 1),
+    fig.legend(handles=handles, loc="outside lower center", ncol=max(len(scene.legend), 1),
                fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=11)
     return fig
+
+
+def scene_png(scene: PreviewScene, title: str = "", dpi: int = 80) -> bytes:
+    """:func:`scene_figure` as PNG bytes (the figure's own Agg canvas)."""
+    import io
+
+    fig = scene_figure(scene, title, dpi)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def render_contained(out: np.ndarray, state: np.ndarray, scene: PreviewScene, title: str,
+                     dpi: int = 80) -> bytes:
+    """:func:`scene_png` as a :func:`medscan.dicom.contain.run_contained` request.
+
+    Runs in a worker process while the job writes the case's other outputs
+    (:mod:`medscan.ct.analyse`); ``out`` and ``state`` are unused.
+    """
+    return scene_png(scene, title, dpi)
+
+
+def warm_up_drawing() -> int:
+    """Draw a small figure with text to PNG: matplotlib's imports and font cache are loaded.
+
+    Called by a worker's warm-up request (:func:`medscan.ct.mesh.warm_up`), so the preview
+    drawn there later does not wait for them (about 0.4-0.5 s on the first figure of a
+    process). Returns the PNG's size in bytes.
+    """
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    fig = Figure(figsize=(1, 1), dpi=20, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots(1, 1)
+    ax.imshow(np.zeros((2, 2), np.float32), cmap="gray")
+    ax.contour(np.eye(3, dtype=np.float32), levels=[0.5])
+    ax.set_title("warm-up", fontsize=9)
+    fig.legend(handles=[Line2D([], [], label="x")], loc="outside lower center", fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return len(buf.getvalue())
