@@ -27,12 +27,22 @@ import numpy as np
 from medscan.backend import Backend, get_backend
 from medscan.ct.density import DensityBands, default_density_bands
 from medscan.ct.orient import canonical_reorientation
-from medscan.ct.regions import LungVoxels, lung_regions, lung_voxels
+from medscan.ct.regions import (
+    HALVES,
+    THIRDS,
+    LungVoxels,
+    lung_regions,
+    lung_regions_from_histogram,
+    lung_voxels,
+    region_grid,
+)
 from medscan.ct.structures import (
     MAX_ALL_LABEL_BINS,
     label_counts,
+    label_geometry,
     label_hu_histogram,
     ndimage_boxes,
+    row_hu_histogram,
     structure_stats,
 )
 from medscan.ct.tissues import LUNG_LEFT, LUNG_RIGHT, TissueTable
@@ -574,27 +584,18 @@ def measure_case(
     ml = volume.voxel_volume_ml
     hu = volume.hu
     lung_ids = _lung_ids(names)
-    histogram = None
     integer = np.issubdtype(hu.dtype, np.integer) and hu.size > 0
-    if integer and 256 * (int(hu.max()) - int(hu.min()) + 1) <= MAX_ALL_LABEL_BINS:
-        values, per_label = label_hu_histogram(hu, array)  # every id: counts come with it
-        counts = per_label.sum(axis=1)
-        present = np.flatnonzero(counts[1:]) + 1
-        histogram = (values, per_label[present])
-    else:
-        counts = label_counts(array)
-        present = np.flatnonzero(counts[1:]) + 1
-        if integer and present.size:
-            histogram = label_hu_histogram(hu, array, present)
-    boxes = ndimage_boxes(array)
+    cpu = be is None or be.name == "cpu"
+    if cpu and integer and 255 < array.size < 2**32 and (
+            256 * (int(hu.max()) - int(hu.min()) + 1) <= MAX_ALL_LABEL_BINS):
+        passes = _one_pass(hu, array, volume.affine, lung_ids, options.density, ml)
+    else:  # float HU, an accelerator, a very wide HU range, a tiny or huge map
+        passes = _per_block_passes(hu, array, volume.affine, lung_ids, options.density, ml)
+    counts, present, histogram, boxes, centres, lung_hu, density, regions = passes
     face_counts = face_label_counts(hu, array, volume.affine)
-    lungs = {name: (lung_voxels(hu, array, volume.affine, label, box=boxes[label - 1])
-                    if boxes[label - 1] is not None
-                    else LungVoxels(np.zeros(0, hu.dtype), np.zeros(0), np.zeros(0)))
-             for name, label in lung_ids.items()}
-    if (be is None or be.name == "cpu") and integer:
+    if cpu and integer:
         metrics = _measure_from_histogram(names, counts, present, histogram, ml,
-                                          lungs_found is not False, lungs)
+                                          lungs_found is not False, lung_hu)
     else:  # float HU or an accelerator: gather per label
         metrics = measure(hu, array, names, ml, lungs_found is not False, be=be)
     metrics["voxel_volume_ml"] = ml
@@ -602,23 +603,114 @@ def measure_case(
                                        min_contact_cm2=options.min_contact_cm2,
                                        counts=counts, face_counts=face_counts)
     add_coverage(metrics, coverage)
-    density, regions = lung_regions(lungs, options.density, ml)
     metrics["density_bands"] = {"definition": options.density.to_dict(), **density}
     if options.regions:
         metrics["regions"] = regions
     if options.structures:
         stats = structure_stats(hu, array, volume.affine, names, counts=counts, boxes=boxes,
-                                histogram=histogram)
+                                histogram=histogram, centres=centres)
         contacts = structure_contacts(hu, array, volume.affine, face_counts=face_counts)
         metrics["structures"] = _structures(stats, contacts, coverage, surfaces or {},
                                             options.min_contact_cm2)
     return metrics, findings
 
 
+#: What :func:`measure_case`'s shared passes give its blocks: voxel counts per id, the ids
+#: present, the (values, per-label HU histogram) of the ids present (integer HU), index boxes,
+#: mean voxel indices (None: computed by structure_stats), the lung HU values for Perc15, and
+#: the density and regions blocks.
+_Passes = tuple[np.ndarray, np.ndarray, "tuple[np.ndarray, np.ndarray] | None",
+                "list[tuple[slice, ...] | None]", "dict[int, list[float]] | None",
+                "np.ndarray | None", dict[str, Any], dict[str, Any]]
+
+
+def _one_pass(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray, lung_ids: dict[str, int],
+              bands: DensityBands, voxel_volume_ml: float) -> _Passes:
+    """The shared passes for integer HU on the CPU: two walks over the volume.
+
+    :func:`~medscan.ct.structures.label_geometry` (counts, boxes, mean indices, one cc3d
+    pass) and one (row, HU) histogram (:func:`~medscan.ct.structures.row_hu_histogram`) over
+    the labelled voxels' box, in which each lung has six rows, one per (third, half) region
+    (:func:`~medscan.ct.regions.region_grid`): every label's HU statistics, the lung metrics,
+    the density bands and the regional analysis follow from it exactly, without gathering the
+    lung voxels. Perc15 is ``numpy.percentile`` of the lung HU rebuilt from the histogram
+    (``numpy.repeat``: the same float32 values, sorted; a percentile does not depend on order).
+    """
+    counts, boxes, centres = label_geometry(labels)
+    present = np.flatnonzero(counts[1:]) + 1
+    lo, hi = int(hu.min()), int(hu.max())
+    values = np.arange(lo, hi + 1, dtype=np.int64)
+    lungs = {name: label for name, label in lung_ids.items() if counts[label]}
+    # rows of the histogram: 0 for the background (and absent ids), one per label present,
+    # six per lung (one per region: third * 2 + half)
+    n_regions = len(THIRDS) * len(HALVES)
+    label_rows = np.zeros(256, np.int64)
+    span: dict[int, slice] = {}
+    n_rows = 1
+    for label in map(int, present):
+        label_rows[label] = n_rows
+        n_rows += n_regions if label in lungs.values() else 1
+        span[label] = slice(int(label_rows[label]), n_rows)
+    splits, bounds = [], {}
+    for name, label in lungs.items():
+        box = boxes[label - 1]
+        grid, bounds[name] = region_grid(labels, affine, label, box)  # type: ignore[arg-type]
+        splits.append((label, box, grid))
+    rows = np.zeros((n_rows, values.size), np.int64)
+    if present.size:
+        union = tuple(slice(min(boxes[i - 1][a].start for i in present),  # type: ignore[index]
+                            max(boxes[i - 1][a].stop for i in present))  # type: ignore[index]
+                      for a in range(3))
+        rows = row_hu_histogram(hu, labels, label_rows, n_rows, lo, values.size, union,
+                                tuple(splits))
+    per_label = np.zeros((present.size, values.size), np.int64)
+    for r, label in enumerate(map(int, present)):
+        per_label[r] = rows[span[label]].sum(axis=0)
+    lung_rows = {name: (rows[span[label]], bounds[name]) for name, label in lungs.items()}
+    density, regions = lung_regions_from_histogram(lung_rows, values, bands, voxel_volume_ml)
+    lung_hist = sum((h.sum(axis=0) for h, _ in lung_rows.values()),
+                    np.zeros(values.size, np.int64))
+    lung_hu = np.repeat(values.astype(np.float32), lung_hist)
+    return (counts, present, (values, per_label), boxes, centres, lung_hu, density, regions)
+
+
+def _per_block_passes(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray,
+                      lung_ids: dict[str, int], bands: DensityBands, voxel_volume_ml: float
+                      ) -> _Passes:
+    """The shared passes for every other input (float HU, an accelerator, wide HU ranges).
+
+    Label counts, one (label, HU) histogram of the ids present (integer HU), ``find_objects``
+    boxes and the lung voxels gathered per lung (:func:`~medscan.ct.regions.lung_voxels`,
+    :func:`~medscan.ct.regions.lung_regions`).
+    """
+    histogram = None
+    integer = np.issubdtype(hu.dtype, np.integer) and hu.size > 0
+    if integer and 256 * (int(hu.max()) - int(hu.min()) + 1) <= MAX_ALL_LABEL_BINS:
+        values, per_label = label_hu_histogram(hu, labels)  # every id: counts come with it
+        counts = per_label.sum(axis=1)
+        present = np.flatnonzero(counts[1:]) + 1
+        histogram = (values, per_label[present])
+    else:
+        counts = label_counts(labels)
+        present = np.flatnonzero(counts[1:]) + 1
+        if integer and present.size:
+            histogram = label_hu_histogram(hu, labels, present)
+    boxes = ndimage_boxes(labels)
+    lungs = {name: (lung_voxels(hu, labels, affine, label, box=boxes[label - 1])
+                    if boxes[label - 1] is not None
+                    else LungVoxels(np.zeros(0, hu.dtype), np.zeros(0), np.zeros(0)))
+             for name, label in lung_ids.items()}
+    lung_hu = None
+    if any(v.size for v in lungs.values()):
+        lung_hu = np.concatenate([v.hu for v in lungs.values() if v.size]).astype(np.float32)
+    density, regions = lung_regions(lungs, bands, voxel_volume_ml)
+    return counts, present, histogram, boxes, None, lung_hu, density, regions
+
+
 def _measure_from_histogram(
     names: dict[int, str], counts: np.ndarray, present: np.ndarray,
     histogram: tuple[np.ndarray, np.ndarray] | None, voxel_volume_ml: float, lungs_found: bool,
-    lungs: Mapping[str, LungVoxels],
+    lung_hu: np.ndarray | None,
 ) -> dict[str, Any]:
     """:func:`measure`'s result for integer HU from per-label HU histograms, bit for bit.
 
@@ -658,7 +750,6 @@ def _measure_from_histogram(
                  if n in by_name and counts[by_name[n]]]
     h = hist[lung_rows].sum(axis=0)
     n = int(h.sum())
-    lung_hu = np.concatenate([v.hu for v in lungs.values() if v.size])
     out.update(
         lung_volume_ml=round(n * voxel_volume_ml, 3),
         lung_left_ml=left["volume_ml"],
@@ -666,7 +757,7 @@ def _measure_from_histogram(
         lung_complete=None,  # set by lung_coverage
         mean_lung_hu=round(float(int((h * values).sum())) / n, 2),
         laa950_percent=round(100.0 * int(h[values < -950].sum()) / n, 3),
-        perc15_hu=round(float(np.percentile(lung_hu.astype(np.float32), 15.0)), 2),
+        perc15_hu=round(float(np.percentile(lung_hu, 15.0)), 2),  # type: ignore[arg-type]
     )
     return out
 

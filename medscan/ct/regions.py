@@ -110,14 +110,83 @@ def region_index(voxels: LungVoxels) -> tuple[np.ndarray, np.ndarray, dict[str, 
     if voxels.size == 0:
         empty = np.zeros(0, np.uint8)
         return empty, empty, {}
-    s_lo, s_hi = float(voxels.s_mm.min()), float(voxels.s_mm.max())
+    return _cuts(voxels.s_mm, voxels.y_mm, float(voxels.s_mm.min()), float(voxels.s_mm.max()),
+                 float(voxels.y_mm.min()), float(voxels.y_mm.max()))
+
+
+def region_grid(labels: np.ndarray, affine: np.ndarray, label: int,
+                box: tuple[slice, ...]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Region of every voxel of ``label`` inside its box, as a grid, without gathering voxels.
+
+    The same regions as :func:`region_index` on :func:`lung_voxels` (same cuts, same float64
+    arithmetic, bit for bit), computed on the index grid of the box: the LPS S and A-P
+    coordinates ``a[r, 0] * i + a[r, 1] * j + a[r, 2] * k + a[r, 3]`` are evaluated in the same
+    order as :func:`lung_voxels` does per voxel, but only along the axes whose coefficient is
+    non-zero (for the others ``a * i`` is a signed zero whose sign does not depend on the index
+    ``i >= 0``, so index 0 gives the same bits). An axial volume needs S per slice and A-P per
+    row only.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Label map ``(z, y, x)``.
+    affine : numpy.ndarray
+        4x4 index ``(i, j, k, 1)`` -> LPS mm.
+    label : int
+        Label id (present: ``box`` from ``find_objects`` / :func:`~medscan.ct.structures.
+        label_geometry`, tight on every axis).
+    box : tuple of slice
+        Index box ``(z, y, x)`` of the label.
+
+    Returns
+    -------
+    grid : numpy.ndarray
+        int64 ``third * 2 + half`` (third 0 upper, 1 middle, 2 lower; half 0 ventral,
+        1 dorsal), broadcastable to the box's shape.
+    bounds : dict
+        As :func:`region_index`.
+    """
+    a = np.asarray(affine, np.float64)
+
+    def index(axis: int, coef: float) -> np.ndarray:
+        shape = [1, 1, 1]
+        if coef == 0:
+            return np.zeros(shape, np.int64)
+        shape[axis] = box[axis].stop - box[axis].start
+        return np.arange(box[axis].start, box[axis].stop, dtype=np.int64).reshape(shape)
+
+    def coordinate(r: int) -> np.ndarray:
+        i, j, k = index(2, a[r, 0]), index(1, a[r, 1]), index(0, a[r, 2])
+        return a[r, 0] * i + a[r, 1] * j + a[r, 2] * k + a[r, 3]
+
+    s, y = coordinate(2), coordinate(1)
+    mask = None
+
+    def extent(c: np.ndarray) -> tuple[float, float]:
+        nonlocal mask
+        if sum(n > 1 for n in c.shape) <= 1:
+            # one varying axis: monotonic in its index, and the box is tight on every axis,
+            # so the extreme voxel centres lie on the box's end planes
+            return float(c.min()), float(c.max())
+        if mask is None:  # oblique: the voxels' own values, in C order as lung_voxels
+            mask = labels[box] == label
+        values = np.broadcast_to(c, mask.shape)[mask]
+        return float(values.min()), float(values.max())
+
+    s_lo, s_hi = extent(s)
+    y_lo, y_hi = extent(y)
+    third, half, bounds = _cuts(s, y, s_lo, s_hi, y_lo, y_hi)
+    return third.astype(np.int64) * 2 + half, bounds
+
+
+def _cuts(s: np.ndarray, y: np.ndarray, s_lo: float, s_hi: float, y_lo: float, y_hi: float
+          ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Third and half of each S / A-P coordinate from the lung's extent (see module doc)."""
     h = s_hi - s_lo
     cut_low, cut_high = s_lo + h / 3.0, s_lo + 2.0 * h / 3.0
-    third = np.where(voxels.s_mm >= cut_high - TIE_MM, 0,
-                     np.where(voxels.s_mm >= cut_low - TIE_MM, 1, 2))
-    y_lo, y_hi = float(voxels.y_mm.min()), float(voxels.y_mm.max())
+    third = np.where(s >= cut_high - TIE_MM, 0, np.where(s >= cut_low - TIE_MM, 1, 2))
     mid = (y_lo + y_hi) / 2.0
-    half = (voxels.y_mm >= mid - TIE_MM).astype(np.uint8)
+    half = (y >= mid - TIE_MM).astype(np.uint8)
     bounds = {"s_range_mm": [round(s_lo, 2), round(s_hi, 2)],
               "thirds_at_mm": [round(cut_low, 2), round(cut_high, 2)],
               "ap_range_mm": [round(y_lo, 2), round(y_hi, 2)], "ap_split_mm": round(mid, 2)}
@@ -177,25 +246,83 @@ def lung_regions(lungs: dict[str, LungVoxels], bands: DensityBands, voxel_volume
         ``mean_hu`` and ``laa950_percent``.
     """
     n_bins = len(bands.entries)
-    density: dict[str, Any] = {}
-    regions: dict[str, Any] = {}
-    lung_sums: list[_Sums] = []
-    region_sums: dict[str, list[_Sums]] = {r: [] for r in (*THIRDS, *HALVES)}
+    per_lung: dict[str, tuple[_Sums, dict[str, _Sums], dict[str, Any]]] = {}
     for name, vox in lungs.items():
         if vox.size == 0:
             continue
         bins = bands.bin_index(vox.hu)
-        whole = _sums(vox.hu, bins, n_bins)
-        lung_sums.append(whole)
-        density[name] = _entry(whole, bands, voxel_volume_ml, whole.n)
         third, half, bounds = region_index(vox)
-        per: dict[str, Any] = {}
+        parts = {}
         for names, index in ((THIRDS, third), (HALVES, half)):
             for r, region in enumerate(names):
                 sel = index == r
-                s = _sums(vox.hu[sel], bins[sel], n_bins)
-                region_sums[region].append(s)
-                per[region] = _entry(s, bands, voxel_volume_ml, whole.n)
+                parts[region] = _sums(vox.hu[sel], bins[sel], n_bins)
+        per_lung[name] = (_sums(vox.hu, bins, n_bins), parts, bounds)
+    return _assemble(per_lung, bands, voxel_volume_ml)
+
+
+def lung_regions_from_histogram(lungs: dict[str, tuple[np.ndarray, dict[str, Any]]],
+                                values: np.ndarray, bands: DensityBands,
+                                voxel_volume_ml: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`lung_regions`' result, bit for bit, from per-region HU histograms (integer HU).
+
+    Parameters
+    ----------
+    lungs : dict
+        ``{lung name: (hist, bounds)}`` for the lungs with voxels: ``hist`` int64
+        ``(6, len(values))``, row ``third * 2 + half`` (the grid of :func:`region_grid`,
+        through :func:`medscan.ct.structures.row_hu_histogram`), ``bounds`` from
+        :func:`region_grid`.
+    values : numpy.ndarray
+        int64 HU of the histogram's columns.
+    bands : DensityBands
+        Band definition.
+    voxel_volume_ml : float
+        Volume of one voxel (mL).
+
+    Returns
+    -------
+    density, regions : dict
+        As :func:`lung_regions`.
+
+    Notes
+    -----
+    Every sum of :func:`lung_regions` follows exactly from a histogram of integer HU: the
+    voxel count, the float64 HU sum (each partial sum is an integer below 2**53, so exact and
+    equal to the integer sum converted once), the count below -950 HU and the band counts
+    (the band of each HU value, weighted by its count).
+    """
+    n_bins = len(bands.entries)
+    band_of_value = bands.bin_index(values)
+    laa = values < LAA_HU
+    per_lung = {}
+    for name, (hist, bounds) in lungs.items():
+        def sums(h: np.ndarray) -> _Sums:
+            bins = np.zeros(n_bins, np.int64)
+            np.add.at(bins, band_of_value, h)
+            return _Sums(int(h.sum()), float(int((h * values).sum())), int(h[laa].sum()), bins)
+
+        parts = {region: sums(hist[2 * r] + hist[2 * r + 1]) for r, region in enumerate(THIRDS)}
+        parts.update({region: sums(hist[r::2].sum(axis=0)) for r, region in enumerate(HALVES)})
+        per_lung[name] = (sums(hist.sum(axis=0)), parts, bounds)
+    return _assemble(per_lung, bands, voxel_volume_ml)
+
+
+def _assemble(per_lung: dict[str, tuple[_Sums, dict[str, _Sums], dict[str, Any]]],
+              bands: DensityBands, voxel_volume_ml: float
+              ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The density and regions blocks from each lung's sums (whole, per region, bounds)."""
+    density: dict[str, Any] = {}
+    regions: dict[str, Any] = {}
+    lung_sums: list[_Sums] = []
+    region_sums: dict[str, list[_Sums]] = {r: [] for r in (*THIRDS, *HALVES)}
+    for name, (whole, parts, bounds) in per_lung.items():
+        lung_sums.append(whole)
+        density[name] = _entry(whole, bands, voxel_volume_ml, whole.n)
+        per: dict[str, Any] = {}
+        for region in (*THIRDS, *HALVES):
+            region_sums[region].append(parts[region])
+            per[region] = _entry(parts[region], bands, voxel_volume_ml, whole.n)
         per["bounds"] = bounds
         regions[name] = per
     if lung_sums:

@@ -151,6 +151,118 @@ def ndimage_boxes(labels: np.ndarray) -> list[tuple[slice, ...] | None]:
     return boxes
 
 
+def label_geometry(labels: np.ndarray
+                   ) -> tuple[np.ndarray, list[tuple[slice, ...] | None], dict[int, list[float]]]:
+    """Voxel count, index box and mean voxel index of every label id, in one pass.
+
+    ``cc3d.statistics`` (connected-components-3d) walks the label map once in C and gives all
+    three; it replaces ``numpy.bincount`` + ``scipy.ndimage.find_objects`` + one box-restricted
+    mask per label (:func:`label_counts`, :func:`ndimage_boxes`, :func:`_index_moments`).
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        uint8 label map ``(z, y, x)`` with more than 255 voxels (cc3d needs every label value
+        below the voxel count) and fewer than ``2**32`` (its counts are uint32).
+
+    Returns
+    -------
+    counts : numpy.ndarray
+        int64 ``(256,)`` voxels per label id.
+    boxes : list
+        Index box ``(z, y, x)`` slices per id 1..255 (None if absent), as
+        :func:`ndimage_boxes`.
+    centres : dict
+        ``{label id: [z, y, x]}`` mean voxel index (float64) of every id 1..255 present.
+
+    Raises
+    ------
+    ValueError
+        When the label map is not 3-D uint8 or its size is outside ``(255, 2**32)``.
+
+    Notes
+    -----
+    The mean index is bit for bit the exact-integer form ``float(sum of indices) / n`` of
+    :func:`_index_moments`: cc3d accumulates the integer indices in float64 (every partial sum
+    is an integer below 2**53, so each addition is exact) and divides once by the count.
+    """
+    import cc3d
+
+    if labels.ndim != 3 or labels.dtype != np.uint8 or not 255 < labels.size < 2**32:
+        raise ValueError(f"label_geometry needs a 3-D uint8 map of 256 .. 2**32 voxels, got "
+                         f"{labels.dtype} {labels.shape}")
+    stats = cc3d.statistics(labels)
+    n = len(stats["voxel_counts"])
+    counts = np.zeros(256, np.int64)
+    counts[:n] = stats["voxel_counts"]
+    boxes: list[tuple[slice, ...] | None] = [None] * 255
+    centres: dict[int, list[float]] = {}
+    for label in np.flatnonzero(counts[1:]) + 1:
+        box = stats["bounding_boxes"][label]
+        boxes[label - 1] = tuple(slice(int(b.start), int(b.stop)) for b in box)
+        centres[int(label)] = [float(c) for c in stats["centroids"][label]]
+    return counts, boxes, centres
+
+
+def row_hu_histogram(hu: np.ndarray, labels: np.ndarray, label_rows: np.ndarray, n_rows: int,
+                     lo: int, width: int, box: tuple[slice, ...],
+                     splits: tuple[tuple[int, tuple[slice, ...], np.ndarray], ...] = (),
+                     slab: int = 4) -> np.ndarray:
+    """Voxels per (row, HU) of integer HU: one ``numpy.bincount`` pass over ``box``.
+
+    The row of a voxel is ``label_rows[label]``; for each split ``(label, split_box, grid)``
+    the voxels of ``label`` inside ``split_box`` go to row ``label_rows[label] + grid`` (an
+    integer grid broadcastable to the split box's shape, e.g. the lung regions of
+    :func:`medscan.ct.regions.region_grid`). Compact rows (only the labels present) keep the
+    histogram small enough for the cache, which makes the bincount faster than the 256-row
+    :func:`label_hu_histogram`.
+
+    Parameters
+    ----------
+    hu : numpy.ndarray
+        Integer HU volume ``(z, y, x)``; every value in ``lo .. lo + width - 1``.
+    labels : numpy.ndarray
+        uint8 label map on the same grid.
+    label_rows : numpy.ndarray
+        int64 ``(256,)`` row of each label id (``0 .. n_rows - 1``).
+    n_rows : int
+        Rows of the histogram.
+    lo, width : int
+        HU of the first column and number of columns.
+    box : tuple of slice
+        Index box ``(z, y, x)`` holding every voxel whose row matters (voxels outside it are
+        not counted).
+    splits : tuple
+        ``(label, split_box, grid)``: extra row offsets for the voxels of ``label``;
+        ``split_box`` lies inside ``box``.
+    slab : int
+        Slices per step (bounds the temporaries).
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 ``(n_rows, width)``.
+    """
+    offset = np.asarray(label_rows, np.int64) * width - lo
+    hist = np.zeros(n_rows * width, np.int64)
+    zb, yb, xb = box
+    for k in range(zb.start, zb.stop, slab):
+        k1 = min(k + slab, zb.stop)
+        lab = labels[k:k1, yb, xb]
+        index = offset[lab]
+        index += hu[k:k1, yb, xb]
+        for label, (sz, sy, sx), grid in splits:
+            z0, z1 = max(k, sz.start), min(k1, sz.stop)
+            if z0 >= z1:
+                continue
+            inner = (slice(z0 - k, z1 - k), slice(sy.start - yb.start, sy.stop - yb.start),
+                     slice(sx.start - xb.start, sx.stop - xb.start))
+            g = grid[z0 - sz.start : z1 - sz.start] if grid.shape[0] > 1 else grid
+            index[inner] += (lab[inner] == label) * (g * width)
+        hist += np.bincount(index.ravel(), minlength=hist.size)
+    return hist.reshape(n_rows, width)
+
+
 def _index_moments(labels: np.ndarray, slab: int, counts: np.ndarray | None = None,
                    boxes: list[tuple[slice, ...] | None] | None = None
                    ) -> tuple[np.ndarray, dict[int, tuple[tuple[slice, ...], list[np.ndarray]]]]:
@@ -183,6 +295,23 @@ def _index_moments(labels: np.ndarray, slab: int, counts: np.ndarray | None = No
     return counts, moments
 
 
+def _geometry_from_moments(labels: np.ndarray, slab: int, counts: np.ndarray | None,
+                           boxes: list[tuple[slice, ...] | None] | None
+                           ) -> tuple[np.ndarray, list[tuple[slice, ...] | None],
+                                      dict[int, list[float]]]:
+    """:func:`label_geometry`'s result from :func:`_index_moments` (any label map size)."""
+    counts, moments = _index_moments(labels, slab, counts, boxes)
+    centres: dict[int, list[float]] = {}
+    boxes = [None] * 255
+    for label, (box, proj) in moments.items():
+        n = int(counts[label])
+        # exact integer sums of the indices, one float division
+        centres[label] = [float(((np.arange(p.size) + b.start) * p).sum()) / n
+                          for p, b in zip(proj, box, strict=True)]
+        boxes[label - 1] = box
+    return counts, boxes, centres
+
+
 def _axis_aligned(affine: np.ndarray) -> bool:
     """True when every index axis maps onto one LPS axis (no obliquity)."""
     m = np.abs(np.asarray(affine, np.float64)[:3, :3]) > 1e-9 * np.abs(affine[:3, :3]).max()
@@ -212,7 +341,8 @@ def structure_stats(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray,
                     names: dict[int, str], slab: int = 16, *,
                     counts: np.ndarray | None = None,
                     boxes: list[tuple[slice, ...] | None] | None = None,
-                    histogram: tuple[np.ndarray, np.ndarray] | None = None
+                    histogram: tuple[np.ndarray, np.ndarray] | None = None,
+                    centres: dict[int, list[float]] | None = None
                     ) -> dict[str, dict[str, Any]]:
     """Statistics of every label of ``names`` (and of unnamed ids present, as ``label_<id>``).
 
@@ -234,6 +364,9 @@ def structure_stats(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray,
         :func:`ndimage_boxes` of ``labels`` when already computed.
     histogram : tuple, optional
         :func:`label_hu_histogram` of the labels present (integer HU), when already computed.
+    centres : dict, optional
+        Mean voxel index ``[z, y, x]`` per label present (:func:`label_geometry`), when already
+        computed (with ``counts`` and ``boxes`` from the same call).
 
     Returns
     -------
@@ -253,7 +386,8 @@ def structure_stats(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray,
         raise ValueError(f"labels must be uint8, got {labels.dtype}")
     affine = np.asarray(affine, np.float64)
     voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
-    counts, moments = _index_moments(labels, slab, counts, boxes)
+    if centres is None or counts is None or boxes is None:
+        counts, boxes, centres = _geometry_from_moments(labels, slab, counts, boxes)
     present = np.flatnonzero(counts[1:]) + 1
     if present.size == 0:
         hu_stats: dict[int, dict[str, float]] = {}
@@ -275,10 +409,8 @@ def structure_stats(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray,
             out[name] = entry
             continue
         entry.update({k: round(v, 3) for k, v in hu_stats[label].items()})
-        box, proj = moments[label]
-        centre_zyx = [float(((np.arange(p.size) + b.start) * p).sum()) / n
-                      for p, b in zip(proj, box, strict=True)]
-        centroid = _lps(affine, np.array([centre_zyx[::-1]]))[0]
+        box = boxes[label - 1]  # type: ignore[index]
+        centroid = _lps(affine, np.array([centres[int(label)][::-1]]))[0]
         lo, hi = _lps_bbox(labels, affine, label, box)  # type: ignore[arg-type]
         entry["centroid_lps_mm"] = [round(float(c), 2) for c in centroid]
         entry["bbox_lps_mm"] = {"min": [round(float(c), 2) for c in lo],
