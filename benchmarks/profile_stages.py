@@ -18,6 +18,7 @@ import sys
 WORKER_RULES = [
     ("decode (decoder worker processes)", ["decode_slices", "_fill_slice", "decode_file"]),
     ("bone mesh (mesh worker process)", ["contained_surface"]),
+    ("preview drawing (mesh worker process)", ["render_contained"]),
     ("mesh worker warm-up", ["warm_up"]),
     ("worker start-up (imports)", ["_find_and_load"]),
 ]
