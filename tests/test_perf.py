@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -191,3 +192,21 @@ def test_segment_with_scratch_writes_the_same_case(sample_ct, tmp_path, monkeypa
     assert (a / "meshes" / "lung_left.ply").read_bytes() == (
         b / "meshes" / "lung_left.ply").read_bytes()
     assert (tmp_path / "node").is_dir() and _entries(tmp_path / "node") == []  # used, emptied
+
+
+def test_preload_imports_the_case_modules_once_in_a_daemon_thread():
+    code = textwrap.dedent("""
+        import sys
+        from medscan.ct.analyse import CASE_MODULES, preload_modules
+        names = [e.partition(":")[0] for e in CASE_MODULES]
+        assert not any(n in sys.modules for n in ("trimesh", "cc3d", "fast_simplification"))
+        thread = preload_modules()
+        assert thread.daemon and thread.name == "medscan-preload"
+        thread.join(120)
+        missing = [n for n in names if n not in sys.modules]
+        assert not missing, missing
+        assert "skimage.measure._marching_cubes_lewiner" in sys.modules  # loaded on use
+        assert preload_modules() is None  # once per process
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr

@@ -94,3 +94,4 @@ def test_a_reader_gone_gives_141_without_a_traceback():
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == BROKEN_PIPE_EXIT
     assert b"Traceback" not in err and b"Exception ignored" not in err
+

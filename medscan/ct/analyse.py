@@ -15,6 +15,7 @@ it and hand the :class:`~medscan.case.CaseResult` to :func:`medscan.io.case.writ
 
 from __future__ import annotations
 
+import importlib
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -347,6 +348,45 @@ class PendingPreview:
         """The preview is not wanted (the case's writing failed): a drawing worker is killed."""
         if self._cancel is not None:
             self._cancel.set()
+
+
+#: Modules :func:`analyse` imports in the job's process on its first case (SciPy's ndimage,
+#: cc3d, scikit-image's marching cubes -- ``module:attribute``, scikit-image loads it on
+#: first use --, trimesh, fast-simplification, nibabel for the writer):
+#: 0.6-0.9 s of imports on this machine, which :func:`preload_modules` moves into the wait
+#: for the decoder processes.
+CASE_MODULES = ("scipy.ndimage", "cc3d", "skimage.measure:marching_cubes", "trimesh",
+                "fast_simplification", "nibabel")
+_preload_started = threading.Event()
+
+
+def preload_modules() -> threading.Thread | None:
+    """Import :data:`CASE_MODULES` in a background thread (once per process).
+
+    For a job whose process is about to wait for its decoder processes
+    (:mod:`medscan.dicom.contain`): the imports then run while it waits (their CPU is shared
+    with the decoders) instead of at the start of the first case's segmentation and meshing.
+    Python's import lock makes a later ``import`` of the same module wait for this one; a
+    module that fails to import here raises again, with its message, where it is used.
+    Returns the thread (daemon), or None when already started.
+    """
+    if _preload_started.is_set():
+        return None
+    _preload_started.set()
+
+    def run() -> None:
+        for entry in CASE_MODULES:
+            name, _, attr = entry.partition(":")  # skimage's submodules load on attribute use
+            try:
+                module = importlib.import_module(name)
+                if attr:
+                    getattr(module, attr)
+            except Exception:  # raised again where the module is used
+                continue
+
+    thread = threading.Thread(target=run, name="medscan-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 #: Seconds the preview's drawing in a worker process may take before the worker is killed (and

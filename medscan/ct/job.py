@@ -34,7 +34,13 @@ from medscan.batch import (
     select_shard,
 )
 from medscan.case import CaseResult, Provenance, public_config, versions
-from medscan.ct.analyse import CaseOptions, analyse, case_config
+from medscan.ct.analyse import (
+    CaseOptions,
+    analyse,
+    case_config,
+    parallel_meshes,
+    preload_modules,
+)
 from medscan.ct.prefetch import Prefetcher
 from medscan.defaults import segment_defaults
 from medscan.dicom.discover import LostSeries
@@ -457,6 +463,11 @@ def _load(job: _Job, series: Any, input_hash: str, timings: dict[str, float]) ->
             volume, timings["load"] = ahead
             timings["load_wait"] = round(time.perf_counter() - t, 4)
             return volume
+        if parallel_meshes(job.options, job.be):  # decoders work on both CPUs meanwhile
+            from medscan.dicom.pixels import needs_containment
+
+            if needs_containment(series):  # this process waits for them: import meanwhile
+                preload_modules()
         volume = job.load(series)
         timings["load"] = round(time.perf_counter() - t, 4)
         return volume
