@@ -463,12 +463,17 @@ def _load(job: _Job, series: Any, input_hash: str, timings: dict[str, float]) ->
             volume, timings["load"] = ahead
             timings["load_wait"] = round(time.perf_counter() - t, 4)
             return volume
+        preload = None
         if parallel_meshes(job.options, job.be):  # decoders work on both CPUs meanwhile
             from medscan.dicom.pixels import needs_containment
 
             if needs_containment(series):  # this process waits for them: import meanwhile
-                preload_modules()
-        volume = job.load(series)
+                preload = preload_modules()
+        try:
+            volume = job.load(series)
+        finally:
+            if preload is not None:  # done by now, usually; no import runs beside the case's
+                preload.join()
         timings["load"] = round(time.perf_counter() - t, 4)
         return volume
     finally:
