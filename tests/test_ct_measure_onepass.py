@@ -288,3 +288,23 @@ def test_regions_from_histogram_equal_the_gathered_regions_on_random_lungs():
         new = lung_regions_from_histogram(hists, values, bands, 0.7)
         old = lung_regions(gathered, bands, 0.7)
         assert json.dumps(new) == json.dumps(old)
+
+
+def test_percentile_stand_in_gives_numpy_percentile_of_the_data(case):
+    """The clamped stand-in's percentile is NumPy's on the data itself, bit for bit."""
+    volume, labels = case
+    rng = np.random.default_rng(150)
+    samples = [volume.hu[np.isin(labels, LUNGS)], np.array([-5], np.int16),
+               np.array([3, -2], np.int16), np.full(5000, -870, np.int16)]
+    samples += [rng.integers(-1024, int(rng.integers(-1000, 3000)), int(n)).astype(np.int16)
+                for n in rng.integers(1, 60_000, 8)]
+    samples.append(np.concatenate([np.full(3000, -1000), np.full(1, 7), np.full(3000, 40)]))
+    for data in samples:
+        values, hist = np.unique(data, return_counts=True)
+        for q in (0.0, 5.0, 15.0, 50.0, 95.0, 99.99, 100.0):
+            stand_in = m.percentile_stand_in(values.astype(np.float32), hist, q)
+            expected = np.percentile(data.astype(np.float32), q)
+            got = np.percentile(stand_in, q, overwrite_input=True)
+            assert stand_in.size == data.size and stand_in.dtype == np.float32
+            assert np.asarray(got).tobytes() == np.asarray(expected).tobytes(), (data.size, q)
+    assert m.percentile_stand_in(np.zeros(0, np.float32), np.zeros(0, np.int64), 15.0).size == 0
