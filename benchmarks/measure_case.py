@@ -41,7 +41,9 @@ SERIES = {
 #: Functions of ``medscan.ct.measure`` timed as blocks when the version has them.
 BLOCKS = ("measure", "lung_coverage", "lung_voxels", "lung_regions", "_structures",
           "structure_stats", "structure_contacts", "label_counts", "ndimage_boxes",
-          "face_label_counts", "label_hu_histogram", "_measure_from_histogram")
+          "face_label_counts", "label_hu_histogram", "_measure_from_histogram",
+          "label_geometry", "row_hu_histogram", "region_grid", "lung_regions_from_histogram",
+          "percentile_stand_in")
 
 
 def prepare(names: list[str], cache: Path) -> dict[str, Path]:
