@@ -112,9 +112,10 @@ class CaseResult:
 
         Adds ``timings_s["preview.worker"]`` (seconds from the request to the PNG).
         """
-        pending, self.pending_preview = self.pending_preview, None
-        if pending is not None:
+        pending = self.pending_preview
+        if pending is not None:  # kept until done: an interrupted wait can still discard it
             self.preview_png = pending.result(self.timings_s)
+            self.pending_preview = None
 
     def discard_preview(self) -> None:
         """Drop a preview still being drawn (its worker is killed): the case was not written."""

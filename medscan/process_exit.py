@@ -15,7 +15,9 @@ switch for it; :func:`end_process` does what a normal exit does that matters and
 2. ``atexit`` handlers run as at a normal exit (``logging.shutdown`` flushes and closes log
    files, medscan's contained workers are ended, multiprocessing's finalizers run).
 3. ``sys.stdout`` and ``sys.stderr`` are flushed. A reader that has gone (``medscan ... |
-   head``) makes the flush fail: the exit code is then 141 as for SIGPIPE, as ``main`` gives.
+   head``) makes the flush fail: the exit code is then 141 as for SIGPIPE, as ``main`` gives;
+   any other write error (a full disk under a redirected stdout) gives 120 and the reason on
+   stderr, as a normal exit does.
 
 Only the ``medscan`` console script and ``python -m medscan.cli`` end this way; ``main()``
 called in a Python process (tests, notebooks) returns its code as before.
@@ -31,6 +33,9 @@ from typing import NoReturn
 
 #: Exit code for a reader of stdout that has gone (128 + SIGPIPE), as :func:`medscan.cli.main`.
 BROKEN_PIPE_EXIT = 141
+#: Exit code when stdout or stderr could not be flushed at exit: CPython's own (``Py_Exit``
+#: after a failed flush of the standard streams).
+FLUSH_FAILED_EXIT = 120
 
 
 def _other_threads_running() -> bool:
@@ -40,18 +45,36 @@ def _other_threads_running() -> bool:
 
 
 def _flush_stdio(code: int) -> int:
-    """Flush stdout and stderr; the exit code, 141 when stdout's reader has gone."""
+    """Flush stdout and stderr; the exit code, changed when output could not be written.
+
+    As a normal exit: a failed flush (a full disk, an I/O error) gives 120 with the reason on
+    stderr; a reader of stdout that has gone gives 141 (as :func:`medscan.cli.main`), quietly.
+    A stream already closed (``ValueError``) has nothing left to write.
+    """
     for stream in (sys.stdout, sys.stderr):
         if stream is None:
             continue
         try:
             stream.flush()
         except BrokenPipeError:
-            if stream is sys.stdout and code == 0:
-                code = BROKEN_PIPE_EXIT
-        except (OSError, ValueError):  # closed or unusable: nothing left to write there
+            if code == 0:
+                code = BROKEN_PIPE_EXIT if stream is sys.stdout else FLUSH_FAILED_EXIT
+        except OSError as exc:
+            if code == 0:
+                code = FLUSH_FAILED_EXIT
+            if stream is sys.stdout:
+                _tell_stderr(f"medscan: cannot write the output: {exc.strerror or exc}")
+        except ValueError:
             pass
     return code
+
+
+def _tell_stderr(line: str) -> None:
+    """Write ``line`` to stderr's file descriptor, unbuffered; nothing when that fails too."""
+    try:
+        os.write(2, (line + "\n").encode("utf-8", "replace"))
+    except OSError:
+        pass
 
 
 def end_process(code: int) -> NoReturn:

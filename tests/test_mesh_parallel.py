@@ -309,15 +309,81 @@ def test_a_deferred_preview_is_the_serial_preview(sample_volume, two_cpus):
 
 def test_a_crashed_preview_worker_gives_the_preview_drawn_here(sample_volume, tmp_path,
                                                                monkeypatch, two_cpus,
-                                                               fresh_workers):
+                                                               fresh_workers, caplog):
     _preview_hook(tmp_path, monkeypatch, "previewcrash", """
         MARK.touch()
         os.abort()
     """)
-    parallel = _run(sample_volume, True)
+    with caplog.at_level("WARNING", logger="medscan.analyse"):
+        parallel = _run(sample_volume, True)
     assert (tmp_path / "drawing").exists(), "the worker never got the drawing"
     assert parallel.status == "ok" and parallel.preview_png
     assert parallel.preview_png == _run(sample_volume, False).preview_png
+    assert "preview.worker" not in parallel.timings_s  # no worker's drawing to time
+    [warning] = [r.getMessage() for r in caplog.records if "preview" in r.getMessage()]
+    assert "the preview's worker process failed (crashed (signal SIGABRT)" in warning
+    assert sample_volume.case_id in warning
+
+
+def test_a_hung_preview_worker_is_killed_after_the_time_limit(sample_volume, tmp_path,
+                                                              monkeypatch, two_cpus,
+                                                              fresh_workers, caplog):
+    _preview_hook(tmp_path, monkeypatch, "previewhang", """
+        MARK.touch()
+        time.sleep(120)
+    """)
+    monkeypatch.setattr(analyse_mod, "PREVIEW_TIMEOUT_S", 2.0)
+    with caplog.at_level("WARNING", logger="medscan.analyse"):
+        parallel = _run(sample_volume, True)
+    assert (tmp_path / "drawing").exists()
+    assert parallel.preview_png == _run(sample_volume, False).preview_png
+    [warning] = [r.getMessage() for r in caplog.records if "preview" in r.getMessage()]
+    assert "the preview's worker process failed (timed out after 2 s and was killed)" in warning
+
+
+def test_without_a_worker_the_preview_is_drawn_in_analyse(sample_volume, monkeypatch):
+    """One CPU, parallel_meshes=false or the GPU: defer_preview changes nothing (no worker),
+    so timings_s["preview"] is the whole drawing, as before the worker existed."""
+    monkeypatch.setattr(analyse_mod, "usable_cpus", lambda: 1)
+    options = dataclasses.replace(CaseOptions.defaults(), parallel_meshes=True)
+    result = analyse(sample_volume, options, defer_preview=True)
+    assert result.pending_preview is None and result.preview_png
+    assert "preview.worker" not in result.timings_s
+
+
+def test_an_interrupted_wait_for_the_preview_kills_its_worker(sample_volume, tmp_path,
+                                                              monkeypatch, two_cpus,
+                                                              fresh_workers):
+    """Ctrl-C (or SIGTERM) while the writer waits for the preview: the worker is killed at
+    once, not waited for by the interpreter's exit (found by a tester: 118 s)."""
+    import signal
+    import threading
+    import time
+
+    _preview_hook(tmp_path, monkeypatch, "previewsleep2", """
+        MARK.touch()
+        time.sleep(120)
+    """)
+    options = dataclasses.replace(CaseOptions.defaults(), parallel_meshes=True)
+    result = analyse(sample_volume, options, defer_preview=True)
+    while not (tmp_path / "drawing").exists():
+        time.sleep(0.05)
+
+    def ctrl_c(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, ctrl_c)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            result.wait_preview()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    drawing = [t for t in threading.enumerate() if t.name.startswith("medscan-mesh")]
+    for t in drawing:
+        t.join(30)  # killed within about 0.2 s; 120 s if not
+    assert not any(t.is_alive() for t in drawing)
 
 
 def test_a_discarded_preview_kills_its_worker(sample_volume, tmp_path, monkeypatch, two_cpus,

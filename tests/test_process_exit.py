@@ -95,3 +95,19 @@ def test_a_reader_gone_gives_141_without_a_traceback():
     assert proc.returncode == BROKEN_PIPE_EXIT
     assert b"Traceback" not in err and b"Exception ignored" not in err
 
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this system")
+def test_a_write_error_at_the_final_flush_gives_120_and_the_reason():
+    """stdout on a full disk: the exit code and a line on stderr, as a normal exit gives."""
+    code = textwrap.dedent("""
+        import sys
+        from medscan.process_exit import end_process
+        sys.stdout.write("table\\n")  # buffered: written by the final flush
+        end_process(0)
+    """)
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-c", code], stdout=full, stderr=subprocess.PIPE,
+                           text=True, timeout=120, env=_buffered_env())
+    assert r.returncode == 120
+    assert r.stderr.strip() == "medscan: cannot write the output: No space left on device"

@@ -16,6 +16,7 @@ it and hand the :class:`~medscan.case.CaseResult` to :func:`medscan.io.case.writ
 from __future__ import annotations
 
 import importlib
+import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -44,6 +45,8 @@ from medscan.hpc import usable_cpus
 from medscan.io.case import check_outputs
 from medscan.io.mesh import FORMATS
 from medscan.volume import Finding, LabelMap, Volume
+
+log = logging.getLogger("medscan.analyse")
 
 
 @dataclass
@@ -283,11 +286,16 @@ def _analyse(volume: Volume, options: CaseOptions, be: Backend,
         title = f"{volume.case_id}  status={result.status}" + (
             f"  ({result.reason})" if result.reason else "")
         scene = preview_scene(volume.hu, labels.array, volume.affine, tissues, result.surfaces)
-        pending = PendingPreview.start(scene, title, worker=warm is not None, cancel=cancel)
-        if defer_preview:
-            result.pending_preview = pending
+        if warm is None:  # no worker: drawn here, as part of "preview"
+            from medscan.ct.render import scene_png
+
+            result.preview_png = scene_png(scene, title)
         else:
-            result.preview_png = pending.result(result.timings_s)
+            pending = PendingPreview.start(scene, title, volume.case_id, cancel)
+            if defer_preview:
+                result.pending_preview = pending
+            else:
+                result.preview_png = pending.result(result.timings_s)
         t = lap("preview", t)
     result.timings_s = {**timings, **{f"segment.{k}": v for k, v in seg.timings_s.items()},
                         **result.timings_s}
@@ -303,51 +311,59 @@ class PendingPreview:
     worker (:func:`medscan.dicom.contain.run_contained`, the warm one that meshed the bone)
     while the job writes the NIfTI files and meshes (``defer_preview``). The worker draws the
     same figure from the same scene: the PNG is byte-identical to the in-process one
-    (``tests/test_ct_render.py``). When the worker fails (crash, time limit), the preview is
+    (``tests/test_mesh_parallel.py``). When the worker fails (crash, or no PNG within
+    :data:`PREVIEW_TIMEOUT_S`), a warning names the case and the reason and the preview is
     drawn in this process instead: a preview is never lost to the worker.
     """
 
-    def __init__(self, scene: Any, title: str, future: Future[Any] | None,
-                 cancel: threading.Event | None = None) -> None:
-        self._scene, self._title, self._future, self._cancel = scene, title, future, cancel
+    def __init__(self, scene: Any, title: str, case_id: str, future: Future[Any],
+                 cancel: threading.Event) -> None:
+        self._scene, self._title, self._case_id = scene, title, case_id
+        self._future, self._cancel = future, cancel
         self._started = time.perf_counter()
 
     @classmethod
-    def start(cls, scene: Any, title: str, worker: bool,
-              cancel: threading.Event | None = None) -> PendingPreview:
-        """Send the drawing to a worker process (``worker``), or keep it for :meth:`result`."""
-        future = None
-        if worker:
-            from medscan.ct.render import render_contained
+    def start(cls, scene: Any, title: str, case_id: str,
+              cancel: threading.Event) -> PendingPreview:
+        """Send the drawing to a contained worker process; ``cancel`` set kills it."""
+        from medscan.ct.render import render_contained
 
-            future = _in_background(render_contained, (1,), "u1", [Path("preview")], scene,
-                                    title, timeout_s=PREVIEW_TIMEOUT_S, cancel=cancel)
-        return cls(scene, title, future, cancel)
+        future = _in_background(render_contained, (1,), "u1", [Path("preview")], scene, title,
+                                timeout_s=PREVIEW_TIMEOUT_S, cancel=cancel)
+        return cls(scene, title, case_id, future, cancel)
 
     def result(self, timings: dict[str, float] | None = None) -> bytes:
-        """The PNG bytes: the worker's, or drawn here (no worker, or the worker failed).
+        """The PNG bytes: the worker's, or drawn here when the worker failed.
 
         ``timings``, when given, gets ``preview.worker``: seconds from the request to the
-        worker's result (the drawing overlapped with what the job did meanwhile).
+        worker's PNG (the drawing overlapped with what the job did meanwhile); not set when
+        the worker failed (the drawing here is then part of the caller's own time).
+
+        Raises
+        ------
+        KeyboardInterrupt
+            Or any exception while waiting: the worker is killed first (:meth:`discard`).
         """
         from medscan.ct.render import scene_png
         from medscan.dicom.contain import ContainedError
 
-        if self._future is not None:
-            try:
-                _, png = self._future.result()
-            except ContainedError:  # the worker crashed or hung: draw it here
-                png = None
-            if timings is not None:
-                timings["preview.worker"] = round(time.perf_counter() - self._started, 4)
-            if png is not None:
-                return png
-        return scene_png(self._scene, self._title)
+        try:
+            _, png = self._future.result()
+        except ContainedError as exc:  # the worker crashed or hung: draw it here
+            detail = str(exc).removeprefix("decoder ")  # contain.py's words are a decoder's
+            log.warning("case %s: the preview's worker process failed (%s); drawing it in the "
+                        "job's process", self._case_id, detail)
+            return scene_png(self._scene, self._title)
+        except BaseException:
+            self.discard()
+            raise
+        if timings is not None:
+            timings["preview.worker"] = round(time.perf_counter() - self._started, 4)
+        return png
 
     def discard(self) -> None:
         """The preview is not wanted (the case's writing failed): a drawing worker is killed."""
-        if self._cancel is not None:
-            self._cancel.set()
+        self._cancel.set()
 
 
 #: Modules :func:`analyse` imports in the job's process on its first case (SciPy's ndimage,
@@ -389,9 +405,11 @@ def preload_modules() -> threading.Thread | None:
     return thread
 
 
-#: Seconds the preview's drawing in a worker process may take before the worker is killed (and
-#: the preview is drawn in the job's process instead); it takes 0.4-0.9 s.
-PREVIEW_TIMEOUT_S = 120.0
+#: Seconds the preview's drawing in a worker process may take before the worker is killed and
+#: the preview is drawn in the job's process instead (with a warning): the drawing takes
+#: 0.4-0.9 s, 1.5-2 s in a freshly started worker on a loaded machine. Short enough that a hung
+#: worker costs a batch little and stays well inside Slurm's grace period.
+PREVIEW_TIMEOUT_S = 30.0
 #: Seconds a mesh in the worker process may take before the worker is killed: a base plus a
 #: per-slice allowance (RICORD's bone, 255 slices: about 3 s; a hang is a bug in native code).
 MESH_TIMEOUT_BASE_S = 120.0
