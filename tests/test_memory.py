@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from medscan.memory import rss_mib
+from medscan.memory import CaseMemory, rss_mib
 
 # Allocates ~300 MiB in 100 KiB blocks (below glibc's mmap threshold: heap memory), frees all
 # but the last block (which pins the top of the heap, so free() cannot trim it away), and
@@ -76,3 +76,16 @@ def test_case_memory_collects_cycles_freezes_once_and_unfreezes() -> None:
     held, frozen, after = float(out[0]), int(out[1]), int(out[2])
     assert held < 60 + 40, held  # interpreter + NumPy, not 3 x 40 MB
     assert frozen > 0 and after == 0
+
+
+def test_before_case_works_between_cases_only(monkeypatch) -> None:
+    """A job calls before_case() before each case: the first call does nothing (so nothing
+    runs after the last case, just before the process ends); every later one is after_case."""
+    calls = []
+    memory = CaseMemory()
+    monkeypatch.setattr(memory, "after_case", lambda: calls.append("after"))
+    memory.before_case()
+    assert calls == []
+    memory.before_case()
+    memory.before_case()
+    assert calls == ["after", "after"]

@@ -595,18 +595,18 @@ def _run_segment(cfg: dict[str, Any]) -> int:
         # First pass: cases another run is writing right now are left for the second pass.
         for case_id in mine:
             progress.update(task, description=f"segment {case_id}")
+            memory.before_case()  # the previous case's cycles collected, its pages given back
             if _case(job, by_id[case_id], blocking=False):
                 progress.advance(task)
             else:
                 busy.append(case_id)
             job.prefetch.finished(case_id)
-            memory.after_case()  # the case's cycles collected, its pages given back
         job.prefetch.close()
         for case_id in busy:  # wait for the other run; usually it has finished the case
             progress.update(task, description=f"segment {case_id} (after another run)")
+            memory.before_case()
             _case(job, by_id[case_id], blocking=True)
             progress.advance(task)
-            memory.after_case()
 
     try:
         rebuild_index(output)
