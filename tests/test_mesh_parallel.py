@@ -157,30 +157,38 @@ def _crash_hook(folder: Path, monkeypatch, once: bool) -> None:
     """)
 
 
-def _hook(folder: Path, monkeypatch, name: str, body: str) -> None:
-    """Route the worker's mesh through ``body`` (then the real mesh) in module ``name``.
+def _hook(folder: Path, monkeypatch, name: str, body: str, target: str = "mesh") -> None:
+    """Route the worker's mesh (``target`` "mesh") or preview drawing ("preview") through
+    ``body`` (then the real function) in module ``name``.
 
-    The hook is a module in ``folder``, importable by fresh workers (PYTHONPATH) and here.
+    The hook is a module in ``folder``, importable by fresh workers (PYTHONPATH) and here;
+    ``body`` sees ``MARK`` (``folder/crashed`` for the mesh, ``folder/drawing`` for the preview).
     """
+    import medscan.ct.render as render_mod
+
+    owner, module_name, func, mark = {
+        "mesh": (analyse_mod, "medscan.ct.mesh", "contained_surface", "crashed"),
+        "preview": (render_mod, "medscan.ct.render", "render_contained", "drawing"),
+    }[target]
     (folder / f"{name}.py").write_text(textwrap.dedent(f"""
         import os
         import time
         from pathlib import Path
 
-        from medscan.ct.mesh import contained_surface
+        from {module_name} import {func}
 
-        MARK = Path({str(folder / 'crashed')!r})
+        MARK = Path({str(folder / mark)!r})
 
 
-        def hooked_surface(out, state, *args):
+        def hooked(out, state, *args):
     """) + textwrap.indent(textwrap.dedent(body).strip("\n"), "    ")
-        + "\n    return contained_surface(out, state, *args)\n")
+        + f"\n    return {func}(out, state, *args)\n")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         [str(folder)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
     monkeypatch.syspath_prepend(str(folder))
     monkeypatch.delitem(sys.modules, name, raising=False)
     module = __import__(name)
-    monkeypatch.setattr(analyse_mod, "contained_surface", module.hooked_surface)
+    monkeypatch.setattr(owner, func, module.hooked)
     contain._shutdown()  # pooled workers started without the hook's folder on their path
 
 
@@ -269,32 +277,6 @@ def test_an_error_while_the_worker_meshes_kills_it(sample_volume, tmp_path, monk
     assert not any(t.is_alive() for t in meshing)
 
 
-def _preview_hook(folder: Path, monkeypatch, name: str, body: str) -> None:
-    """Route the worker's preview drawing through ``body`` (then the real drawing)."""
-    import medscan.ct.render as render_mod
-
-    (folder / f"{name}.py").write_text(textwrap.dedent(f"""
-        import os
-        import time
-        from pathlib import Path
-
-        from medscan.ct.render import render_contained
-
-        MARK = Path({str(folder / 'drawing')!r})
-
-
-        def hooked_render(out, state, *args):
-    """) + textwrap.indent(textwrap.dedent(body).strip("\n"), "    ")
-        + "\n    return render_contained(out, state, *args)\n")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        [str(folder)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
-    monkeypatch.syspath_prepend(str(folder))
-    monkeypatch.delitem(sys.modules, name, raising=False)
-    module = __import__(name)
-    monkeypatch.setattr(render_mod, "render_contained", module.hooked_render)
-    contain._shutdown()
-
-
 def test_a_deferred_preview_is_the_serial_preview(sample_volume, two_cpus):
     """analyse(defer_preview=True), as the jobs call it: the PNG comes when the writer asks."""
     options = dataclasses.replace(CaseOptions.defaults(), parallel_meshes=True)
@@ -310,10 +292,10 @@ def test_a_deferred_preview_is_the_serial_preview(sample_volume, two_cpus):
 def test_a_crashed_preview_worker_gives_the_preview_drawn_here(sample_volume, tmp_path,
                                                                monkeypatch, two_cpus,
                                                                fresh_workers, caplog):
-    _preview_hook(tmp_path, monkeypatch, "previewcrash", """
+    _hook(tmp_path, monkeypatch, "previewcrash", """
         MARK.touch()
         os.abort()
-    """)
+    """, target="preview")
     with caplog.at_level("WARNING", logger="medscan.analyse"):
         parallel = _run(sample_volume, True)
     assert (tmp_path / "drawing").exists(), "the worker never got the drawing"
@@ -328,10 +310,10 @@ def test_a_crashed_preview_worker_gives_the_preview_drawn_here(sample_volume, tm
 def test_a_hung_preview_worker_is_killed_after_the_time_limit(sample_volume, tmp_path,
                                                               monkeypatch, two_cpus,
                                                               fresh_workers, caplog):
-    _preview_hook(tmp_path, monkeypatch, "previewhang", """
+    _hook(tmp_path, monkeypatch, "previewhang", """
         MARK.touch()
         time.sleep(120)
-    """)
+    """, target="preview")
     monkeypatch.setattr(analyse_mod, "PREVIEW_TIMEOUT_S", 2.0)
     with caplog.at_level("WARNING", logger="medscan.analyse"):
         parallel = _run(sample_volume, True)
@@ -360,10 +342,10 @@ def test_an_interrupted_wait_for_the_preview_kills_its_worker(sample_volume, tmp
     import threading
     import time
 
-    _preview_hook(tmp_path, monkeypatch, "previewsleep2", """
+    _hook(tmp_path, monkeypatch, "previewsleep2", """
         MARK.touch()
         time.sleep(120)
-    """)
+    """, target="preview")
     options = dataclasses.replace(CaseOptions.defaults(), parallel_meshes=True)
     result = analyse(sample_volume, options, defer_preview=True)
     while not (tmp_path / "drawing").exists():
@@ -392,10 +374,10 @@ def test_a_discarded_preview_kills_its_worker(sample_volume, tmp_path, monkeypat
     import threading
     import time
 
-    _preview_hook(tmp_path, monkeypatch, "previewsleep", """
+    _hook(tmp_path, monkeypatch, "previewsleep", """
         MARK.touch()
         time.sleep(120)
-    """)
+    """, target="preview")
     options = dataclasses.replace(CaseOptions.defaults(), parallel_meshes=True)
     result = analyse(sample_volume, options, defer_preview=True)
     while not (tmp_path / "drawing").exists():  # the worker has the drawing
