@@ -34,13 +34,7 @@ from medscan.batch import (
     select_shard,
 )
 from medscan.case import CaseResult, Provenance, public_config, versions
-from medscan.ct.analyse import (
-    CaseOptions,
-    analyse,
-    case_config,
-    parallel_meshes,
-    preload_modules,
-)
+from medscan.ct.analyse import CaseOptions, analyse, case_config, preload_modules
 from medscan.ct.prefetch import Prefetcher
 from medscan.defaults import segment_defaults
 from medscan.dicom.discover import LostSeries
@@ -464,10 +458,10 @@ def _load(job: _Job, series: Any, input_hash: str, timings: dict[str, float]) ->
             timings["load_wait"] = round(time.perf_counter() - t, 4)
             return volume
         preload = None
-        if parallel_meshes(job.options, job.be):  # decoders work on both CPUs meanwhile
+        if job.be.name == "cpu":  # the modules of the CPU path (the GPU's are others)
             from medscan.dicom.pixels import needs_containment
 
-            if needs_containment(series):  # this process waits for them: import meanwhile
+            if needs_containment(series):  # decoded by worker processes: import meanwhile
                 preload = preload_modules()
         try:
             volume = job.load(series)
