@@ -350,9 +350,8 @@ class PendingPreview:
         try:
             _, png = self._future.result()
         except ContainedError as exc:  # the worker crashed or hung: draw it here
-            detail = str(exc).removeprefix("decoder ")  # contain.py's words are a decoder's
             log.warning("case %s: the preview's worker process failed (%s); drawing it in the "
-                        "job's process", self._case_id, detail)
+                        "job's process", self._case_id, _worker_failure(exc))
             return scene_png(self._scene, self._title)
         except BaseException:
             self.discard()
@@ -414,6 +413,11 @@ PREVIEW_TIMEOUT_S = 30.0
 #: per-slice allowance (RICORD's bone, 255 slices: about 3 s; a hang is a bug in native code).
 MESH_TIMEOUT_BASE_S = 120.0
 MESH_TIMEOUT_PER_SLICE_S = 0.5
+
+
+def _worker_failure(exc: BaseException) -> str:
+    """What happened to a contained worker, without contain.py's word "decoder" in front."""
+    return str(exc).removeprefix("decoder ")
 
 
 def _in_background(func: Any, *args: Any, **kwargs: Any) -> Future[Any]:
@@ -514,8 +518,8 @@ class _Meshes(Mapping[str, Any]):
         try:
             _, arrays = future.result()
         except ContainedError as exc:  # native code crashed or hung: this case fails
-            detail = str(exc).removeprefix("decoder ")  # contain.py's words are a decoder's
-            self.failures.append(f"mesh of {name} failed in its worker process: {detail}")
+            self.failures.append(f"mesh of {name} failed in its worker process: "
+                                 f"{_worker_failure(exc)}")
             arrays = None
         finally:
             self.wait_s = time.perf_counter() - t0

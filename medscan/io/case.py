@@ -280,37 +280,27 @@ def write_case_folder(
                                                            provenance.inputs, strict=False)})
     t0 = time.perf_counter()
     try:
-        write = _write_case_files(result, output, provenance, refs, mesh_formats, outputs,
-                                  label_table, lease_s, scratch, report, t0)
+        with case_writer(output, result.case_id, lease_s, scratch=scratch) as write:
+            folder = write.path
+            result = _write_outputs(result, folder, provenance, outputs, output)
+            meshes = _write_meshes(result, folder, mesh_formats)
+            if result.metrics:
+                write_json(folder / METRICS, result.metrics)
+            write_json(folder / QC, _qc(result, refs.findings))
+            result.wait_preview()  # drawn in a worker meanwhile (analyse(defer_preview=True))
+            if result.preview_png is not None:
+                write_bytes(folder / PREVIEW, result.preview_png)
+            timings = {**result.timings_s, "write": round(time.perf_counter() - t0, 4)}
+            manifest = build_manifest(result, provenance, refs, meshes, timings, label_table,
+                                      labels_sha256=_labels_sha256(folder))
+            if report:
+                write_case_report(folder, manifest)
+            _write_manifest(folder, manifest)
+            write.manifest = manifest
     finally:
         result.discard_preview()  # still pending only when the writing failed: not wanted
     if index:
         rebuild_index(output)
-    return write
-
-
-def _write_case_files(result: CaseResult, output: Path, provenance: Provenance, refs: FileRefs,
-                      mesh_formats: list[str], outputs: Any, label_table: dict[str, Any] | None,
-                      lease_s: float, scratch: str | Path | None, report: bool,
-                      t0: float) -> Any:
-    """:func:`write_case_folder`'s files, in the case writer (returns the writer)."""
-    with case_writer(output, result.case_id, lease_s, scratch=scratch) as write:
-        folder = write.path
-        result = _write_outputs(result, folder, provenance, outputs, output)
-        meshes = _write_meshes(result, folder, mesh_formats)
-        if result.metrics:
-            write_json(folder / METRICS, result.metrics)
-        write_json(folder / QC, _qc(result, refs.findings))
-        result.wait_preview()  # drawn in a worker meanwhile (analyse(defer_preview=True))
-        if result.preview_png is not None:
-            write_bytes(folder / PREVIEW, result.preview_png)
-        timings = {**result.timings_s, "write": round(time.perf_counter() - t0, 4)}
-        manifest = build_manifest(result, provenance, refs, meshes, timings, label_table,
-                                  labels_sha256=_labels_sha256(folder))
-        if report:
-            write_case_report(folder, manifest)
-        _write_manifest(folder, manifest)
-        write.manifest = manifest
     return write
 
 
