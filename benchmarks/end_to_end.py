@@ -11,6 +11,12 @@ What a user waits for is the command, not the stages inside one warm process
   VTK discrete flying edges for both lungs and bone, PLY, NIfTI via ITK);
 * ``skimage``: ``benchmarks/ref_skimage.py`` (pydicom, ``skimage.measure.label``,
   ``marching_cubes`` at full resolution, trimesh PLY, nibabel), written as a practitioner would;
+* ``sitk_like`` (opt-in): ``ref_sitk_vtk.py --like-for-like``, the reference with medscan's
+  mesh and preview work added (meshes from a 1.5 mm block mean, smoothed, decimated to 40,000
+  faces, PLY + GLB, a preview PNG; see that script);
+* ``medscan_nomesh`` (opt-in): ``medscan segment`` without the outputs the reference lacks
+  (``mesh_labels=[] preview=false report=false``): what is left when every mesh, the preview
+  and the report are dropped -- loading, segmentation, measurements, NIfTI, manifest;
 * with ``--before DIR``: ``medscan_before``, the same command from another checkout (an import
   path holding ``medscan``, ``medscan_jobs`` and ``medscan_conf``, e.g. links to an older
   commit's ``medscan/``, ``jobs/`` and ``conf/``), for before/after ratios in one run;
@@ -28,7 +34,8 @@ engineers' jobs): absolute times swing by 2-4x with the load, so the pipelines r
 within each round and only ratios of medians from one run of this script are comparable.
 
     .venv/bin/python benchmarks/end_to_end.py [--rounds 3] [--series PATH ...]
-        [--only medscan,sitk,skimage] [--startup] [--before DIR] [-- medscan overrides]
+        [--only medscan,sitk,skimage[,sitk_like,medscan_nomesh]] [--startup] [--before DIR]
+        [-- medscan overrides]
 
 Goals (issue 15): medscan <= 0.5x the SimpleITK+VTK time and >= 8x faster than plain
 scikit-image on RICORD and lungdx-a0001; ``--help`` and a no-op rerun under 0.5 s.
@@ -50,6 +57,8 @@ from proctree import run_measured
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "ct"
 DEFAULT_SERIES = ("ricord-1a-000082-jpegll", "lungdx-a0001-chest-5mm")
+#: medscan without the outputs the SimpleITK + VTK reference does not make (``medscan_nomesh``)
+NOMESH = ("mesh_labels=[]", "preview=false", "report=false")
 
 
 def medscan_exe() -> list[str]:
@@ -81,7 +90,11 @@ def commands(series: Path, out: Path, extra: list[str]) -> dict[str, list[str]]:
                     "progress=false", *extra],
         "medscan_before": [py, "-m", "medscan.cli", "segment", f"input={series}",
                            f"output={out}", "progress=false", *extra],
+        "medscan_nomesh": [*medscan_exe(), "segment", f"input={series}", f"output={out}",
+                           "progress=false", *extra, *NOMESH],
         "sitk": [py, str(REPO / "benchmarks" / "ref_sitk_vtk.py"), str(series), str(out)],
+        "sitk_like": [py, str(REPO / "benchmarks" / "ref_sitk_vtk.py"), str(series), str(out),
+                      "--like-for-like"],
         "skimage": [py, str(REPO / "benchmarks" / "ref_skimage.py"), str(series), str(out)],
     }
 
@@ -142,6 +155,14 @@ def report(series: Path, results: dict[str, list[tuple[float, ...]]]) -> None:
     if "medscan" in wall and "medscan_before" in wall:
         print(f"medscan / medscan_before: wall {wall['medscan'] / wall['medscan_before']:.2f}x  "
               f"cpu {cpu['medscan'] / cpu['medscan_before']:.2f}x")
+    for name, label in (("sitk_like", "SimpleITK+VTK like-for-like"),):
+        if "medscan" in wall and name in wall:
+            print(f"medscan / {label}: wall {wall['medscan'] / wall[name]:.2f}x  "
+                  f"cpu {cpu['medscan'] / cpu[name]:.2f}x")
+    if "medscan_nomesh" in wall and "sitk" in wall:
+        print(f"medscan_nomesh / SimpleITK+VTK: wall {wall['medscan_nomesh'] / wall['sitk']:.2f}x"
+              f"  cpu {cpu['medscan_nomesh'] / cpu['sitk']:.2f}x   (medscan with no mesh, "
+              "preview or report, against the reference with its meshes)")
     if "medscan" in wall and "skimage" in wall:
         print(f"scikit-image / medscan:   wall {wall['skimage'] / wall['medscan']:.2f}x  "
               f"cpu {cpu['skimage'] / cpu['medscan']:.2f}x faster   (goal >= 8x)")
