@@ -120,3 +120,40 @@ def test_bone_mesh_keeps_ribs_continuous_on_ricord(shared_ct):
     faces = sorted((len(p.faces) for p in mesh.split(only_watertight=False)), reverse=True)
     assert faces[0] / len(mesh.faces) > 0.8 * largest_share, (faces[:5], largest_share)
     assert sum(f >= 200 for f in faces) <= mask_pieces, (faces[:30], mask_pieces)
+
+
+def test_decimation_holds_only_the_mesh(case, monkeypatch):
+    """When decimation starts (fast-simplification: ~275 bytes per face of its own), the field,
+    the marching-cubes arrays and trimesh's derived cache are no longer held: at 1024 slices
+    they were 550 MiB of the bone worker's peak (issue 15, docs/performance.md). NumPy reports
+    its buffers to tracemalloc, so what is allocated and still alive is measured directly."""
+    import gc
+    import tracemalloc
+
+    from medscan.ct.mesh import crop_surface, label_crop
+
+    volume, labels, tissues = case
+    params = MeshParams(max_faces=2000)
+    crop = label_crop(labels, tissues["bone"].label, volume.affine, params)
+    assert crop is not None
+    seen: dict[str, int] = {}
+    decimate = trimesh.Trimesh.simplify_quadric_decimation
+
+    def spy(self, *args, **kwargs):
+        gc.collect()
+        seen["held"] = tracemalloc.get_traced_memory()[0] - seen["start"]
+        seen["mesh"] = self.vertices.nbytes + self.faces.nbytes
+        return decimate(self, *args, **kwargs)
+
+    monkeypatch.setattr(trimesh.Trimesh, "simplify_quadric_decimation", spy)
+    tracemalloc.start()
+    try:
+        seen["start"] = tracemalloc.get_traced_memory()[0]
+        mesh = crop_surface(crop, volume.affine, params, thin=True)
+    finally:
+        tracemalloc.stop()
+    assert "held" in seen, "the surface was not decimated"
+    assert mesh is not None and len(mesh.faces) < seen["mesh"] // 36  # decimated (3 int64s/face)
+    assert seen["mesh"] > 100_000, "too small a surface to tell"
+    # the mesh's own arrays, plus room for small objects; the field alone would exceed it
+    assert seen["held"] < 1.5 * seen["mesh"], seen

@@ -237,13 +237,17 @@ def crop_surface(
         verts, faces = be.marching_cubes(field, 0.5)
     except (ValueError, RuntimeError):
         return None
+    del field  # each array is dropped once used: the peak is decimation's, not their sum
     if len(faces) == 0:
         return None
     fac = np.array(f, dtype=np.float64)
     start = np.array([sl.start - p[0] for sl, p in zip(box, pads, strict=True)], np.float64)
     verts_full = (verts - 1.0) * fac + (fac - 1.0) / 2.0 + start
+    del verts
     world = world_from_zyx(affine, verts_full)
+    del verts_full
     mesh = trimesh.Trimesh(vertices=world, faces=faces, process=True)
+    del world, faces
     if _signed_volume(mesh) < 0:
         mesh.invert()
     if params.smooth_iterations > 0:
@@ -252,6 +256,11 @@ def crop_surface(
             iterations=params.smooth_iterations,
         )
     if params.max_faces and len(mesh.faces) > params.max_faces:
+        # trimesh keeps what it derived (edges, adjacency, normals: about 70 bytes per face)
+        # in its cache, which trimesh has no public call to drop; decimation reads only the
+        # vertices and faces, and needs about 275 bytes per face of its own (issue 15: the
+        # mesh worker's peak at 1024 slices)
+        mesh._cache.clear()
         mesh = mesh.simplify_quadric_decimation(face_count=int(params.max_faces))
         if _signed_volume(mesh) < 0:
             mesh.invert()
