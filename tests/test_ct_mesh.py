@@ -143,6 +143,7 @@ def test_decimation_holds_only_the_mesh(case, monkeypatch):
         gc.collect()
         seen["held"] = tracemalloc.get_traced_memory()[0] - seen["start"]
         seen["mesh"] = self.vertices.nbytes + self.faces.nbytes
+        seen["faces"] = len(self.faces)
         return decimate(self, *args, **kwargs)
 
     monkeypatch.setattr(trimesh.Trimesh, "simplify_quadric_decimation", spy)
@@ -153,7 +154,8 @@ def test_decimation_holds_only_the_mesh(case, monkeypatch):
     finally:
         tracemalloc.stop()
     assert "held" in seen, "the surface was not decimated"
-    assert mesh is not None and len(mesh.faces) < seen["mesh"] // 36  # decimated (3 int64s/face)
+    assert mesh is not None and len(mesh.faces) < seen["faces"]
     assert seen["mesh"] > 100_000, "too small a surface to tell"
-    # the mesh's own arrays, plus room for small objects; the field alone would exceed it
+    # the mesh's own arrays plus room for small objects: 1.04x now, 6.1x while the field, the
+    # marching-cubes arrays and trimesh's cache were still held
     assert seen["held"] < 1.5 * seen["mesh"], seen
