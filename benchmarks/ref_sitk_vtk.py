@@ -57,17 +57,21 @@ def segment(img: sitk.Image) -> sitk.Image:
                      sitk.sitkUInt8)
 
 
+def vtk_image(image: sitk.Image, array_type: int) -> vtk.vtkImageData:
+    """``image`` as VTK image data (a copy) with its origin and spacing; direction ignored."""
+    vimg = vtk.vtkImageData()
+    vimg.SetDimensions(*image.GetSize())
+    vimg.SetSpacing(*image.GetSpacing())
+    vimg.SetOrigin(*image.GetOrigin())
+    arr = np.ascontiguousarray(sitk.GetArrayViewFromImage(image)).ravel()
+    vimg.GetPointData().SetScalars(numpy_to_vtk(arr, deep=True, array_type=array_type))
+    return vimg
+
+
 def mesh(labels: sitk.Image, value: int) -> vtk.vtkPolyData:
     """Flying-edges surface of ``labels == value`` in the image's physical space (mm)."""
-    arr = sitk.GetArrayViewFromImage(labels)
-    vimg = vtk.vtkImageData()
-    vimg.SetDimensions(*labels.GetSize())
-    vimg.SetSpacing(*labels.GetSpacing())
-    vimg.SetOrigin(*labels.GetOrigin())
-    vimg.GetPointData().SetScalars(numpy_to_vtk(np.ascontiguousarray(arr).ravel(), deep=True,
-                                                array_type=vtk.VTK_UNSIGNED_CHAR))
     fe = vtk.vtkDiscreteFlyingEdges3D()
-    fe.SetInputData(vimg)
+    fe.SetInputData(vtk_image(labels, vtk.VTK_UNSIGNED_CHAR))
     fe.SetValue(0, value)
     fe.Update()
     return fe.GetOutput()
@@ -84,21 +88,19 @@ def mesh_like(labels: sitk.Image, value: int, work_mm: float = 1.5, sigma: float
     field = sitk.BinShrink(sitk.Cast(labels == value, sitk.sitkFloat32), factors)
     field = sitk.DiscreteGaussian(field, variance=sigma ** 2, useImageSpacing=False)
     field = sitk.ConstantPad(field, [1, 1, 1], [1, 1, 1], 0.0)  # closed surfaces at the edges
-    vimg = vtk.vtkImageData()
-    vimg.SetDimensions(*field.GetSize())
-    vimg.SetSpacing(*field.GetSpacing())
-    vimg.SetOrigin(*field.GetOrigin())
-    vimg.GetPointData().SetScalars(numpy_to_vtk(sitk.GetArrayViewFromImage(field).ravel(),
-                                                deep=True, array_type=vtk.VTK_FLOAT))
     surface = vtk.vtkFlyingEdges3D()
-    surface.SetInputData(vimg)
+    surface.SetInputData(vtk_image(field, vtk.VTK_FLOAT))
     surface.SetValue(0, 0.5)
     smooth = vtk.vtkWindowedSincPolyDataFilter()
     smooth.SetInputConnection(surface.GetOutputPort())
     smooth.SetNumberOfIterations(iterations)
     smooth.NormalizeCoordinatesOn()
     smooth.Update()
-    poly = smooth.GetOutput()
+    return decimate(smooth.GetOutput(), max_faces)
+
+
+def decimate(poly: vtk.vtkPolyData, max_faces: int) -> vtk.vtkPolyData:
+    """``poly`` simplified to about ``max_faces`` triangles by fast-simplification (quadrics)."""
     if poly.GetNumberOfPolys() <= max_faces:
         return poly
     import fast_simplification
