@@ -72,6 +72,32 @@ sys.exit(0 if ok else 1)
 PY
 }
 
+# Warns (does not stop) when the disk looks too small for `test`: a full disk otherwise shows up
+# minutes later as pip's "[Errno 28] No space left on device" half-way through an install.
+# Sizes measured on a fresh clone (README.md): .venv 8.3 GB with the pinned CUDA torch, and the
+# test suite's temporary files (pytest's basetemp under $TMPDIR) 6.8 GB; apt's packages about 1 GB.
+disk_check() {
+  local venv_gb=$1 tmp_gb=7 tmp="${TMPDIR:-/tmp}"
+  local repo_fs tmp_fs repo_free tmp_free
+  repo_fs=$(df -P . | awk 'NR==2 {print $1}')
+  tmp_fs=$(df -P "$tmp" | awk 'NR==2 {print $1}')
+  repo_free=$(df -Pk . | awk 'NR==2 {print int($4 / 1048576)}')
+  tmp_free=$(df -Pk "$tmp" | awk 'NR==2 {print int($4 / 1048576)}')
+  if [ "$repo_fs" = "$tmp_fs" ]; then
+    venv_gb=$((venv_gb + tmp_gb))
+    tmp_gb=0
+  fi
+  if [ "$repo_free" -lt "$venv_gb" ]; then
+    echo "[medscan] warning: $repo_free GB free on the disk of $(basename "$PWD"), the tests" \
+      "need about $venv_gb GB there (.venv and temporary files); installs may fail" \
+      "with 'No space left on device'" >&2
+  fi
+  if [ "$tmp_gb" -gt 0 ] && [ "$tmp_free" -lt "$tmp_gb" ]; then
+    echo "[medscan] warning: $tmp_free GB free in $tmp, the tests' temporary files need about" \
+      "$tmp_gb GB; set TMPDIR to a larger disk" >&2
+  fi
+}
+
 case "$mode" in
   demo)
     command -v apt-get >/dev/null && apt_install "${DEMO_APT[@]}"
@@ -86,6 +112,7 @@ case "$mode" in
     echo "[medscan] napari: .venv/bin/pip install -e '.[viewer]' && .venv/bin/medscan view outputs/demo"
     ;;
   test)
+    if torch_ok; then disk_check 2; else disk_check 10; fi   # GB: .venv, apt packages
     command -v apt-get >/dev/null && apt_install "${TEST_APT[@]}"
     venv
     constraints=ci/constraints.txt
