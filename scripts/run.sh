@@ -77,20 +77,22 @@ PY
 # Sizes measured on a fresh clone (README.md): .venv 8.3 GB with the pinned CUDA torch, and the
 # test suite's temporary files (pytest's basetemp under $TMPDIR) 6.8 GB; apt's packages about 1 GB.
 disk_check() {
-  local venv_gb=$1 tmp_gb=7 tmp="${TMPDIR:-/tmp}"
+  local venv_gb=$1 tmp_gb=7 tmp="${TMPDIR:-/tmp}" what=".venv and apt packages"
   local repo_fs tmp_fs repo_free tmp_free
-  repo_fs=$(df -P . | awk 'NR==2 {print $1}')
-  tmp_fs=$(df -P "$tmp" | awk 'NR==2 {print $1}')
-  repo_free=$(df -Pk . | awk 'NR==2 {print int($4 / 1048576)}')
-  tmp_free=$(df -Pk "$tmp" | awk 'NR==2 {print int($4 / 1048576)}')
+  # A check that cannot read the disk says nothing rather than stopping the run (set -e).
+  repo_fs=$(df -P . 2>/dev/null | awk 'NR==2 {print $1}') || return 0
+  tmp_fs=$(df -P "$tmp" 2>/dev/null | awk 'NR==2 {print $1}') || return 0
+  repo_free=$(df -Pk . | awk 'NR==2 {print int($4 / 1048576)}') || return 0
+  tmp_free=$(df -Pk "$tmp" | awk 'NR==2 {print int($4 / 1048576)}') || return 0
   if [ "$repo_fs" = "$tmp_fs" ]; then
     venv_gb=$((venv_gb + tmp_gb))
     tmp_gb=0
+    what="$what, temporary files"
   fi
   if [ "$repo_free" -lt "$venv_gb" ]; then
     echo "[medscan] warning: $repo_free GB free on the disk of $(basename "$PWD"), the tests" \
-      "need about $venv_gb GB there (.venv and temporary files); installs may fail" \
-      "with 'No space left on device'" >&2
+      "need about $venv_gb GB there ($what); installs may fail with" \
+      "'No space left on device'" >&2
   fi
   if [ "$tmp_gb" -gt 0 ] && [ "$tmp_free" -lt "$tmp_gb" ]; then
     echo "[medscan] warning: $tmp_free GB free in $tmp, the tests' temporary files need about" \
