@@ -79,11 +79,12 @@ PY
 disk_check() {
   local venv_gb=$1 tmp_gb=7 tmp="${TMPDIR:-/tmp}" what=".venv and apt packages"
   local repo_fs tmp_fs repo_free tmp_free
-  # A check that cannot read the disk says nothing rather than stopping the run (set -e).
-  repo_fs=$(df -P . 2>/dev/null | awk 'NR==2 {print $1}') || return 0
-  tmp_fs=$(df -P "$tmp" 2>/dev/null | awk 'NR==2 {print $1}') || return 0
-  repo_free=$(df -Pk . | awk 'NR==2 {print int($4 / 1048576)}') || return 0
-  tmp_free=$(df -Pk "$tmp" | awk 'NR==2 {print int($4 / 1048576)}') || return 0
+  # One df per path gives its filesystem and free GB; a check that cannot read the disk says
+  # nothing rather than stopping the run (set -e).
+  read -r repo_fs repo_free < <(df -Pk . 2>/dev/null | awk 'NR==2 {print $1, int($4 / 1048576)}') \
+    || return 0
+  read -r tmp_fs tmp_free < <(df -Pk "$tmp" 2>/dev/null | awk 'NR==2 {print $1, int($4 / 1048576)}') \
+    || return 0
   if [ "$repo_fs" = "$tmp_fs" ]; then
     venv_gb=$((venv_gb + tmp_gb))
     tmp_gb=0
